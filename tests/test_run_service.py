@@ -1,0 +1,192 @@
+"""`make run` end to end: scripts/run.py brings the whole service up and takes all of it down.
+
+No mocks: the real launcher starts the embedded Redis, migrates, runs web, worker and beat from
+the Procfile, and must answer /readyz; then SIGTERM must stop everything with exit code 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+READY_TIMEOUT_S = 90
+STOP_TIMEOUT_S = 30
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _venv_python() -> str:
+    venv_python = ROOT / ".venv" / "bin" / "python"
+    return str(venv_python) if venv_python.exists() else sys.executable
+
+
+def _start_time(pid: int) -> str | None:
+    """Field 22 of /proc/<pid>/stat: with the pid it names one process even if pids are reused.
+
+    None when the process is gone or a zombie (dead, only waiting to be reaped).
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    state, start = fields[0], fields[19]
+    return None if state in ("Z", "X") else start
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """Every live descendant of pid (pid → start time), walking /proc/<pid>/task/*/children."""
+    found: dict[int, str] = {}
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                for child in map(int, (task / "children").read_text().split()):
+                    start = _start_time(child)
+                    if start is not None and child not in found:
+                        found[child] = start
+                        todo.append(child)
+    return found
+
+
+def _still_alive(processes: dict[int, str]) -> list[int]:
+    return [pid for pid, start in processes.items() if _start_time(pid) == start]
+
+
+def _cmdline(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()[:200]
+    return "?"
+
+
+def _processes_mentioning(data_dir: Path, port: int) -> list[str]:
+    """Live processes whose command line or environment names our data dir or port."""
+    needles = [str(data_dir).encode()]
+    port_pattern = re.compile(rf":{port}\b".encode())
+    hits = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        if int(proc.name) == os.getpid() or _start_time(int(proc.name)) is None:
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        try:
+            environ = (proc / "environ").read_bytes()
+        except OSError:
+            environ = b""
+        if any(n in cmdline or n in environ for n in needles) or port_pattern.search(cmdline):
+            hits.append(f"{proc.name}: {cmdline.decode(errors='replace')[:200]}")
+    return hits
+
+
+def _get_status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (loopback URL)
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return exc.code
+    except OSError:
+        return None
+
+
+def _kill_leftovers(processes: dict[int, str]) -> None:
+    """Test hygiene only: a failing run must not leave its children behind for the next test."""
+    for pid in _still_alive(processes):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_make_run_serves_readyz_then_sigterm_stops_every_process_with_exit_0(
+    tmp_path: Path,
+) -> None:
+    """With REDIS_URL unset, run.py starts an embedded Redis, migrates and runs web + worker +
+    beat until /readyz is 200; SIGTERM then stops all of it, exit code 0, no process left."""
+    data_dir = tmp_path / "data"
+    port = _free_port()
+    env = dict(os.environ)
+    env.update(
+        PORT=str(port),
+        HOST="127.0.0.1",
+        PARLEY_DATA_DIR=str(data_dir),
+        # The app rejects HS256 secrets shorter than 32 bytes.
+        PARLEY_JWT_SECRET="test-" + "s" * 40,
+        # Empty, not absent: a developer's .env must not point this run at their own Redis/DB.
+        REDIS_URL="",
+        CELERY_BROKER_URL="",
+        DATABASE_URL=f"sqlite:///{data_dir / 'parley.db'}",
+        PYTHONUNBUFFERED="1",
+    )
+    log_path = tmp_path / "run.log"
+    seen: dict[int, str] = {}
+    with open(log_path, "wb") as log:
+        launcher = subprocess.Popen(
+            [_venv_python(), "scripts/run.py"],
+            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    seen[launcher.pid] = _start_time(launcher.pid) or ""
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        status = None
+        while time.monotonic() < deadline and launcher.poll() is None:
+            seen.update(_descendants(launcher.pid))
+            status = _get_status(f"http://127.0.0.1:{port}/readyz")
+            if status == 200:
+                break
+            time.sleep(0.5)
+        output = log_path.read_text(errors="replace")
+        assert status == 200, (
+            f"/readyz never answered 200 (last: {status}, launcher exit: {launcher.poll()})\n"
+            + output[-6000:]
+        )
+
+        assert f"Parley on http://127.0.0.1:{port} (data: {data_dir}, redis: embedded)" in output
+        match = re.search(r"starting embedded Redis on (redis://127\.0\.0\.1:\d+/0)", output)
+        assert match, output[-3000:]
+        embedded = redis.Redis.from_url(match.group(1), socket_timeout=2)
+        try:
+            assert embedded.ping()
+        finally:
+            embedded.close()
+
+        seen.update(_descendants(launcher.pid))
+        assert len(seen) >= 5, f"expected launcher, redis, web, worker, beat; saw {seen}"
+
+        launcher.send_signal(signal.SIGTERM)
+        returncode = launcher.wait(STOP_TIMEOUT_S)
+        output = log_path.read_text(errors="replace")
+        assert returncode == 0, output[-4000:]
+
+        leftovers = {pid: _cmdline(pid) for pid in _still_alive(seen)}
+        assert leftovers == {}, output[-4000:]
+        assert _processes_mentioning(data_dir, port) == []
+        assert _get_status(f"http://127.0.0.1:{port}/readyz") is None
+        # Redis persisted its append-only file under the data dir before it stopped.
+        assert (data_dir / "redis" / "appendonly.aof").exists()
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+        _kill_leftovers(seen)
