@@ -1,0 +1,100 @@
+"""The Celery app: broker, queues, routes, reliability settings and the beat schedule.
+
+Run a worker with `celery -A celery_config worker -Q pipeline,media,push,maintenance` and beat
+with `celery -A celery_config beat` (see Procfile). Ops scale a stage by starting workers with
+`-Q <queue>`; routes live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery, Task, signals
+from kombu import Queue
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+QUEUES = ("pipeline", "media", "push", "maintenance")
+INCLUDE = ["tasks.moderate", "tasks.fanout", "tasks.push", "tasks.outbox", "tasks.rotation"]
+# Longer than any countdown/ETA we use, so the Redis broker never hands a waiting task to a
+# second worker (kombu restores unacked messages after this many seconds).
+VISIBILITY_TIMEOUT_S = 3600
+
+_flask_app: Flask | None = None
+
+
+def flask_app() -> Flask:
+    """The worker's Flask app, built once per process (after the fork) for its app context."""
+    global _flask_app
+    if _flask_app is None:
+        from web import create_app
+
+        _flask_app = create_app()
+    return _flask_app
+
+
+class AppContextTask(Task):  # type: ignore[misc]
+    """Runs every task inside the Flask app context, so tasks reach the shared services."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from flask import has_app_context
+
+        if has_app_context():
+            return self.run(*args, **kwargs)
+        with flask_app().app_context():
+            return self.run(*args, **kwargs)
+
+
+def make_celery(broker_url: str | None) -> Celery:
+    """A Celery app with Parley's settings; each web/worker process builds one per broker."""
+    sweep_s = float(os.environ.get("PARLEY_OUTBOX_SWEEP_S") or 5)
+    app = Celery("parley", task_cls=AppContextTask, include=INCLUDE)
+    app.conf.update(
+        broker_url=broker_url,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=60,
+        task_time_limit=90,
+        task_default_queue="pipeline",
+        task_queues=[Queue(name) for name in QUEUES],
+        task_routes={
+            "tasks.moderate.*": {"queue": "pipeline"},
+            "tasks.fanout.*": {"queue": "pipeline"},
+            "tasks.media.*": {"queue": "media"},
+            "tasks.push.*": {"queue": "push"},
+            "tasks.outbox.*": {"queue": "maintenance"},
+            "tasks.rotation.*": {"queue": "maintenance"},
+            "tasks.retention.*": {"queue": "maintenance"},
+        },
+        beat_schedule={
+            "outbox-sweep": {
+                "task": "tasks.outbox.sweep",
+                "schedule": sweep_s,
+                "options": {"expires": sweep_s * 2},
+            },
+        },
+        worker_send_task_events=False,
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+# What `celery -A celery_config worker|beat` runs, configured from the environment.
+celery_app = make_celery(os.environ.get("CELERY_BROKER_URL") or os.environ.get("REDIS_URL"))
+
+
+@signals.worker_process_init.connect
+def _fresh_connections(**_: Any) -> None:
+    """A forked child must not reuse connections inherited from the parent."""
+    if _flask_app is not None:
+        _flask_app.extensions["parley"].dispose()

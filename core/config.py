@@ -1,0 +1,121 @@
+"""Settings shared by the web app, the Celery worker and the CLI.
+
+One frozen object built from defaults, then the environment (and `.env`), then an explicit
+mapping (tests). Web and worker read the same variables, so a worker started by hand with the
+same environment as the web node behaves the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from dotenv import load_dotenv
+
+
+def _data_dir(env: Mapping[str, str]) -> Path:
+    return Path(env.get("PARLEY_DATA_DIR") or "var").resolve()
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    database_url: str
+    redis_url: str
+    broker_url: str
+    env: str = "development"
+    jwt_secret: str = ""
+    jwt_public_key: str = ""
+    jwt_leeway_s: int = 10
+    master_keys: str = ""
+    edit_window_s: int = 600
+    max_text_length: int = 4000
+    max_body_bytes: int = 256 * 1024
+    max_members: int = 1000
+    page_limit_default: int = 50
+    page_limit_max: int = 200
+    outbox_sweep_s: float = 5.0
+    outbox_stale_s: float = 10.0
+    stream_maxlen: int = 1000
+    rotation_batch: int = 500
+    moderation_policies: str = ""
+    testing: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def moderation_overrides(self) -> dict[str, dict[str, str]] | None:
+        """`PARLEY_MODERATION_POLICIES`: JSON {conversation type: {label: action}}."""
+        return json.loads(self.moderation_policies) if self.moderation_policies else None
+
+
+_ENV_NAMES = {
+    "database_url": "DATABASE_URL",
+    "redis_url": "REDIS_URL",
+    "broker_url": "CELERY_BROKER_URL",
+    "env": "PARLEY_ENV",
+    "jwt_secret": "PARLEY_JWT_SECRET",
+    "jwt_public_key": "PARLEY_JWT_PUBLIC_KEY",
+    "jwt_leeway_s": "PARLEY_JWT_LEEWAY_S",
+    "master_keys": "PARLEY_MASTER_KEYS",
+    "edit_window_s": "PARLEY_EDIT_WINDOW_S",
+    "max_text_length": "PARLEY_MAX_TEXT_LENGTH",
+    "max_body_bytes": "PARLEY_MAX_BODY_BYTES",
+    "max_members": "PARLEY_MAX_MEMBERS",
+    "outbox_sweep_s": "PARLEY_OUTBOX_SWEEP_S",
+    "outbox_stale_s": "PARLEY_OUTBOX_STALE_S",
+    "stream_maxlen": "PARLEY_STREAM_MAXLEN",
+    "rotation_batch": "PARLEY_ROTATION_BATCH",
+    "moderation_policies": "PARLEY_MODERATION_POLICIES",
+}
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Build settings: defaults < environment (.env does not override real env) < overrides."""
+    load_dotenv(override=False)
+    env = os.environ
+    overrides = dict(overrides or {})
+    data_dir = Path(overrides.pop("data_dir", None) or _data_dir(env)).resolve()
+    redis_url = overrides.get("redis_url") or env.get("REDIS_URL") or ""
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "database_url": f"sqlite:///{data_dir / 'parley.db'}",
+        "redis_url": redis_url,
+        "broker_url": redis_url,
+    }
+    types = {f.name: f.type for f in fields(Settings)}
+    for name, var in _ENV_NAMES.items():
+        raw = env.get(var)
+        if raw not in (None, ""):
+            values[name] = _coerce(raw, types[name])
+    values.update(overrides)
+    if not values.get("broker_url"):
+        values["broker_url"] = values["redis_url"]
+    if not values["redis_url"]:
+        raise RuntimeError(
+            "REDIS_URL is not set. `make run` starts an embedded Redis for you; when running a "
+            "process by hand, export REDIS_URL (e.g. redis://127.0.0.1:6379/0)."
+        )
+    return Settings(**values)
+
+
+def _coerce(raw: str, annotation: object) -> Any:
+    kind = str(annotation)
+    if kind == "int":
+        return int(raw)
+    if kind == "float":
+        return float(raw)
+    if kind == "bool":
+        return raw.lower() in {"1", "true", "yes", "on"}
+    return raw
+
+
+def with_overrides(settings: Settings, **changes: Any) -> Settings:
+    return replace(settings, **changes)

@@ -1,0 +1,92 @@
+"""Per-user event streams in Redis, appended exactly once per (event, recipient).
+
+Each user has a capped stream (`parley:stream:<user>`); its entry ids are the `id` clients
+resume from. Entries carry ids only (message, conversation, seq) — never text: the web process
+loads and decrypts at send time. A done-set per event key makes a re-run of the same stage add
+nothing, and the wake-up for the web hubs is published in the same script, so one round trip
+does append + dedupe + wake for a whole batch of recipients.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import redis
+
+STREAM_PREFIX = "parley:stream:"
+DONE_PREFIX = "parley:done:"
+WAKE_CHANNEL = "parley:wake"
+DONE_TTL_S = 7 * 24 * 3600
+
+_APPEND_ONCE = """
+local maxlen, ttl, etype, data = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local woken = {}
+for i = 2, #KEYS do
+  local uid = ARGV[i + 3]
+  if redis.call('SADD', KEYS[1], uid) == 1 then
+    redis.call('XADD', KEYS[i], 'MAXLEN', '~', maxlen, '*', 'type', etype, 'data', data)
+    woken[#woken + 1] = uid
+  end
+end
+redis.call('EXPIRE', KEYS[1], ttl)
+if #woken > 0 then
+  redis.call('PUBLISH', ARGV[#ARGV], cjson.encode(woken))
+end
+return woken
+"""
+
+
+def stream_key(user_id: str) -> str:
+    return STREAM_PREFIX + user_id
+
+
+class EventLog:
+    """Append events to user streams and read them back."""
+
+    def __init__(self, client: redis.Redis, maxlen: int) -> None:
+        self.redis = client
+        self.maxlen = maxlen
+        self._append = client.register_script(_APPEND_ONCE)
+
+    def append_once(
+        self, event_key: str, etype: str, data: Mapping[str, Any], user_ids: Iterable[str]
+    ) -> list[str]:
+        """Append one event to each user's stream unless already appended under `event_key`.
+
+        Returns the users that got it now (the others had it from an earlier run).
+        """
+        users = list(dict.fromkeys(user_ids))
+        if not users:
+            return []
+        keys = [DONE_PREFIX + event_key, *(stream_key(u) for u in users)]
+        argv = [self.maxlen, DONE_TTL_S, etype, json.dumps(data, separators=(",", ":"))]
+        woken = self._append(keys=keys, args=[*argv, *users, WAKE_CHANNEL])
+        return [w.decode() if isinstance(w, bytes) else str(w) for w in woken or []]
+
+    def read(self, user_id: str, since: str = "0", count: int = 500) -> list[tuple[str, dict]]:
+        """Entries after `since` (exclusive), oldest first."""
+        rows = self.redis.xrange(stream_key(user_id), min="(" + since, count=count)
+        return [(_s(eid), _decode(fields)) for eid, fields in rows]
+
+    def first_id(self, user_id: str) -> str | None:
+        rows = self.redis.xrange(stream_key(user_id), count=1)
+        return _s(rows[0][0]) if rows else None
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _decode(fields: Mapping[Any, Any]) -> dict[str, Any]:
+    f = {_s(k): _s(v) for k, v in fields.items()}
+    return {"type": f["type"], "data": json.loads(f["data"])}
+
+
+PRESENCE_PREFIX = "parley:presence:"
+
+
+def is_online(client: redis.Redis, user_id: str) -> bool:
+    """A user is online while a web node keeps their presence key alive (see web/ws)."""
+    return bool(client.exists(PRESENCE_PREFIX + user_id))

@@ -1,0 +1,66 @@
+"""The process-wide handles web and worker share: settings, DB, Redis, keyring.
+
+Built once per process (`build_services`), stored on the Flask app, and reached through
+`services()` inside an app context, which Celery tasks also run in (see celery_config.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from celery import Celery
+from flask import current_app
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.config import Settings
+from core.crypto import Keyring, MasterKeys
+from models import DataKey
+from models.db import make_engine, make_sessionmaker
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    Session: sessionmaker[Session]
+    redis: redis.Redis
+    keyring: Keyring
+    tasks: Celery  # producer bound to this process's broker
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def dispose(self) -> None:
+        """Drop inherited connections (a forked worker child must not share its parent's)."""
+        self.engine.dispose(close=False)
+        self.redis.connection_pool.reset()
+
+
+def build_services(settings: Settings) -> Services:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.database_url)
+    session_factory = make_sessionmaker(engine)
+
+    def load_wrapped(dk_id: str) -> tuple[str, bytes] | None:
+        with session_factory() as s:
+            row = s.execute(
+                select(DataKey.master_kid, DataKey.wrapped).where(DataKey.id == dk_id)
+            ).first()
+            return (row[0], row[1]) if row else None
+
+    master = MasterKeys.load(settings.master_keys, settings.data_dir)
+    client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    from celery_config import make_celery
+
+    producer = make_celery(settings.broker_url)
+    return Services(
+        settings, engine, session_factory, client, Keyring(master, load_wrapped), producer
+    )
+
+
+def services() -> Services:
+    svc: Services = current_app.extensions["parley"]
+    return svc

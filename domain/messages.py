@@ -1,0 +1,422 @@
+"""Messages: posting (durable, idempotent, gap-free seq), reading, editing and the rest."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import case, delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from core.ids import new_id, utcnow
+from core.services import Services
+from domain import audit, events, outbox
+from domain.conversations import PIN_ROLES, readable, visible_to_reader
+from domain.errors import Conflict, Forbidden, Invalid, NotFound
+from domain.keys import conversation_key
+from domain.pagination import decode_cursor, encode_cursor
+from domain.principals import Principal
+from models import Conversation, Message, MessageEdit, Participant, Reaction, Report, User
+
+logger = logging.getLogger(__name__)
+
+MODERATE_TASK = "tasks.moderate.moderate_message"
+REPORT_REASONS = ("spam", "abuse", "harassment", "contact_details", "fraud", "other")
+MEDIA_TYPES = frozenset({"image", "file", "audio", "video"})
+
+
+def message_aad(message_id: str) -> str:
+    return f"msg:{message_id}"
+
+
+def edit_aad(message_id: str) -> str:
+    return f"edit:{message_id}"
+
+
+def post(
+    svc: Services, session: Session, who: Principal, cid: str, body: Mapping[str, Any]
+) -> tuple[Message, bool]:
+    """Persist a message and its outbox row in one transaction. Returns (message, created)."""
+    conv, part = readable(session, who, cid)
+    mtype = body.get("type", "text")
+    sender = who.user_id
+    if who.is_service:
+        if mtype != "system":
+            raise Invalid("an API key posts system messages only", {"type": ["must be system"]})
+    else:
+        if mtype == "system":
+            raise Forbidden("system messages are posted with an API key")
+        if part is None or part.role == "observer":
+            raise Forbidden("observers and non-members cannot post in this conversation")
+        _check_sender_standing(session, sender)
+    if conv.status != "active":
+        raise Conflict(f"the conversation is {conv.status}; reopen it to post")
+    text = body.get("text")
+    _check_content(svc, mtype, text, body)
+    cmid = body.get("client_msg_id")
+    if cmid and sender is not None:
+        existing = session.scalar(
+            select(Message).where(Message.sender_id == sender, Message.client_msg_id == cmid)
+        )
+        if existing is not None:
+            return _same_request(existing, conv.id), False
+    reply_to = body.get("reply_to")
+    if reply_to is not None:
+        target = session.get(Message, reply_to)
+        if target is None or target.conversation_id != cid:
+            raise Invalid(
+                "reply_to must be a message of this conversation", {"reply_to": ["unknown message"]}
+            )
+
+    seq = session.execute(
+        update(Conversation)
+        .where(Conversation.id == cid)
+        .values(last_seq=Conversation.last_seq + 1, last_activity_at=utcnow())
+        .returning(Conversation.last_seq)
+    ).scalar_one()
+    mid = new_id()
+    dk = conversation_key(svc, session, conv)
+    msg = Message(
+        id=mid,
+        conversation_id=cid,
+        seq=seq,
+        sender_id=sender,
+        client_msg_id=cmid,
+        type=mtype,
+        text_ct=svc.keyring.seal_text(dk, text, message_aad(mid)) if text is not None else None,
+        key_id=dk if text is not None else None,
+        reply_to_id=reply_to,
+        meta=body.get("metadata") or {},
+        state="pending",
+    )
+    session.add(msg)
+    outbox.add(session, MODERATE_TASK, [mid], ref_id=mid)
+    try:
+        session.flush()
+    except IntegrityError:
+        session.rollback()  # a concurrent request with the same client_msg_id won
+        existing = session.scalar(
+            select(Message).where(Message.sender_id == sender, Message.client_msg_id == cmid)
+        )
+        if existing is None:
+            raise
+        return existing, False
+    logger.info("message accepted", extra={"message_id": mid, "conversation_id": cid, "seq": seq})
+    return msg, True
+
+
+def _same_request(existing: Message, cid: str) -> Message:
+    if existing.conversation_id != cid:
+        raise Conflict("client_msg_id was already used for a message in another conversation")
+    return existing
+
+
+def _check_sender_standing(session: Session, user_id: str | None) -> None:
+    user = session.get(User, user_id) if user_id else None
+    if user is None:
+        return
+    if user.banned_at is not None:
+        raise Forbidden("this user is banned from posting")
+    if user.muted_until is not None and user.muted_until > utcnow():
+        raise Forbidden(f"this user is muted until {user.muted_until.isoformat()}")
+
+
+def _check_content(svc: Services, mtype: str, text: str | None, body: Mapping[str, Any]) -> None:
+    limit = svc.settings.max_text_length
+    if text is not None and len(text) > limit:
+        raise Invalid(
+            f"text is longer than {limit} characters", {"text": [f"longer than {limit} characters"]}
+        )
+    if mtype in ("text", "system") and (text is None or not text.strip()):
+        raise Invalid(f"a {mtype} message needs non-empty text", {"text": ["required"]})
+    if mtype in MEDIA_TYPES or body.get("attachments"):
+        raise Invalid(
+            "attachments are not enabled on this server yet",
+            {"attachments": ["attachment uploads are not available"]},
+        )
+    if mtype == "location":
+        meta = body.get("metadata") or {}
+        lat, lng = meta.get("lat"), meta.get("lng")
+        if not (
+            isinstance(lat, int | float)
+            and isinstance(lng, int | float)
+            and -90 <= lat <= 90
+            and -180 <= lng <= 180
+        ):
+            raise Invalid(
+                "a location message needs metadata.lat and metadata.lng",
+                {"metadata": ["lat in [-90, 90] and lng in [-180, 180] are required"]},
+            )
+
+
+# --- reading --------------------------------------------------------------------------------
+
+
+def can_see(msg: Message, who: Principal, part: Participant | None) -> bool:
+    if msg.state == "delivered" or who.is_moderator:
+        return True
+    if part is not None and part.role == "moderator":
+        return True
+    return msg.sender_id is not None and msg.sender_id == who.user_id
+
+
+def get_visible(
+    session: Session, who: Principal, mid: str
+) -> tuple[Message, Conversation, Participant | None]:
+    msg = session.get(Message, mid)
+    if msg is None:
+        raise NotFound(f"message {mid} does not exist")
+    conv, part = readable(session, who, msg.conversation_id)
+    if not can_see(msg, who, part):
+        raise NotFound(f"message {mid} does not exist")
+    return msg, conv, part
+
+
+def list_page(
+    session: Session,
+    who: Principal,
+    cid: str,
+    *,
+    after_seq: int | None,
+    before_seq: int | None,
+    cursor: str | None,
+    limit: int,
+    query: Mapping[str, Any] | None = None,
+) -> tuple[Conversation, Participant | None, list[Message], str | None]:
+    conv, part = readable(session, who, cid)
+    if cursor:
+        direction, bound = decode_cursor(cursor, ("d", "s"))
+        if direction == "a":
+            after_seq, before_seq = bound, None
+        else:
+            after_seq, before_seq = None, bound
+    stmt = select(Message).where(Message.conversation_id == cid)
+    if not who.is_moderator and (part is None or part.role != "moderator"):
+        stmt = stmt.where(visible_to_reader(who.user_id or ""))
+    if query:
+        stmt = _apply_filters(stmt, query)
+    backwards = before_seq is not None and after_seq is None
+    if after_seq is not None:
+        stmt = stmt.where(Message.seq > after_seq)
+    if before_seq is not None:
+        stmt = stmt.where(Message.seq < before_seq)
+    order = Message.seq.desc() if backwards else Message.seq.asc()
+    rows = list(session.scalars(stmt.order_by(order).limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    if backwards:
+        rows.reverse()
+    next_cursor = None
+    if more and rows:
+        next_cursor = (
+            encode_cursor({"d": "b", "s": rows[0].seq})
+            if backwards
+            else encode_cursor({"d": "a", "s": rows[-1].seq})
+        )
+    if part is not None and rows:
+        top = max(m.seq for m in rows if m.state == "delivered" or m.sender_id == who.user_id)
+        if top > part.delivered_seq:
+            part.delivered_seq = top  # the client has now received these
+    return conv, part, rows, next_cursor
+
+
+def _apply_filters(stmt: Any, query: Mapping[str, Any]) -> Any:
+    if query.get("sender_id"):
+        stmt = stmt.where(Message.sender_id == query["sender_id"])
+    if query.get("since"):
+        stmt = stmt.where(Message.created_at >= query["since"])
+    if query.get("until"):
+        stmt = stmt.where(Message.created_at < query["until"])
+    if query.get("pinned"):
+        stmt = stmt.where(Message.pinned_at.is_not(None))
+    return stmt
+
+
+# --- changes ----------------------------------------------------------------------------------
+
+
+def _own_editable(session: Session, who: Principal, mid: str) -> tuple[Message, Conversation]:
+    msg, conv, _ = get_visible(session, who, mid)
+    if msg.sender_id is None or msg.sender_id != who.user_id:
+        raise Forbidden("only the sender may change a message")
+    if msg.deleted_at is not None:
+        raise Conflict("the message was deleted")
+    return msg, conv
+
+
+def edit(svc: Services, session: Session, who: Principal, mid: str, text: str) -> Message:
+    """Replace the text, keeping the previous version sealed in the edit history.
+
+    The new text is moderated here, synchronously: it is pure and fast, and the sender learns at
+    once if the edit is refused instead of a delivered message silently turning into a held one.
+    """
+    from moderation import moderate, policy_for
+
+    msg, conv = _own_editable(session, who, mid)
+    window = svc.settings.edit_window_s
+    if utcnow() - msg.created_at > timedelta(seconds=window):
+        raise Conflict(f"messages can be edited for {window} seconds after sending")
+    if msg.type != "text":
+        raise Conflict("only text messages can be edited")
+    _check_content(svc, "text", text, {})
+    verdict = moderate(text, policy_for(conv.type, svc.settings.moderation_overrides))
+    if verdict.action in ("hold", "reject"):
+        raise Invalid(
+            f"the edit was refused: {verdict.reason}",
+            {"text": [verdict.reason]},
+            moderation=verdict.to_dict(),
+        )
+    if msg.text_ct is not None:
+        old_key = msg.key_id or ""
+        old = svc.keyring.open_text(old_key, msg.text_ct, message_aad(mid))
+        edit_row = MessageEdit(message_id=mid, replaced_at=utcnow())
+        session.add(edit_row)
+        dk = conversation_key(svc, session, conv)
+        edit_row.text_ct = svc.keyring.seal_text(dk, old, edit_aad(mid))
+        edit_row.key_id = dk
+    dk = conversation_key(svc, session, conv)
+    msg.text_ct = svc.keyring.seal_text(dk, text, message_aad(mid))
+    msg.key_id = dk
+    msg.edited_at = utcnow()
+    msg.moderation_action = verdict.action
+    msg.moderation_labels = list(verdict.labels)
+    msg.moderation_spans = [list(s) for s in verdict.spans]
+    _announce(session, conv, msg, "message.updated")
+    return msg
+
+
+def soft_delete(session: Session, who: Principal, mid: str) -> Message:
+    msg, conv = _own_editable(session, who, mid)
+    msg.deleted_at = utcnow()
+    _announce(session, conv, msg, "message.deleted")
+    return msg
+
+
+def set_pinned(session: Session, who: Principal, mid: str, pinned: bool) -> Message:
+    msg, conv, part = get_visible(session, who, mid)
+    if not who.is_moderator and (part is None or part.role not in PIN_ROLES):
+        raise Forbidden("only owners, admins and moderators of the conversation may pin")
+    if msg.deleted_at is not None:
+        raise Conflict("a deleted message cannot be pinned")
+    if pinned != (msg.pinned_at is not None):
+        msg.pinned_at = utcnow() if pinned else None
+        msg.pinned_by = who.label if pinned else None
+        audit.record(session, who, "message.pin" if pinned else "message.unpin", "message", mid)
+        _announce(session, conv, msg, "message.updated")
+    return msg
+
+
+def react(session: Session, who: Principal, mid: str, emoji: str, on: bool) -> Message:
+    msg, conv, part = get_visible(session, who, mid)
+    user = who.require_user()
+    if part is None or part.role == "observer":
+        raise Forbidden("only members may react")
+    if msg.state != "delivered" or msg.deleted_at is not None:
+        raise Conflict("only delivered, undeleted messages take reactions")
+    exists_now = session.get(Reaction, (mid, user, emoji)) is not None
+    if on and not exists_now:
+        session.add(Reaction(message_id=mid, user_id=user, emoji=emoji))
+    elif not on and exists_now:
+        session.execute(
+            delete(Reaction).where(
+                Reaction.message_id == mid, Reaction.user_id == user, Reaction.emoji == emoji
+            )
+        )
+    else:
+        return msg
+    data = {
+        "conversation_id": conv.id,
+        "message_id": mid,
+        "user_id": user,
+        "emoji": emoji,
+        "action": "added" if on else "removed",
+    }
+    events.emit(session, "reaction", data, [p.user_id for p in conv.active_participants()])
+    return msg
+
+
+def report(
+    session: Session, who: Principal, mid: str, reason: str, note: str | None
+) -> tuple[Report, bool]:
+    msg, _, part = get_visible(session, who, mid)
+    user = who.require_user()
+    if part is None:
+        raise Forbidden("only participants may report messages")
+    if msg.sender_id == user:
+        raise Conflict("you cannot report your own message")
+    found = session.scalar(
+        select(Report).where(Report.message_id == mid, Report.reporter_id == user)
+    )
+    if found is not None:
+        return found, False
+    row = Report(message_id=mid, reporter_id=user, reason=reason, note=note)
+    session.add(row)
+    session.flush()
+    return row, True
+
+
+def mark_read(session: Session, who: Principal, cid: str, seq: int) -> Participant:
+    conv, part = readable(session, who, cid)
+    if part is None:
+        raise Forbidden("only participants have a read cursor")
+    if seq > conv.last_seq:
+        raise Invalid(
+            f"seq {seq} is beyond the last message ({conv.last_seq})",
+            {"seq": [f"must be at most {conv.last_seq}"]},
+        )
+    if seq > part.read_seq:
+        part.read_seq = seq
+        part.delivered_seq = max(part.delivered_seq, seq)
+        others = [p.user_id for p in conv.active_participants() if p.user_id != part.user_id]
+        events.emit(
+            session,
+            "receipt",
+            {"conversation_id": cid, "user_id": part.user_id, "read_seq": seq},
+            others,
+        )
+    return part
+
+
+def _announce(session: Session, conv: Conversation, msg: Message, etype: str) -> None:
+    if msg.state != "delivered":  # recipients never saw it; tell the sender only
+        users = [msg.sender_id] if msg.sender_id else []
+    else:
+        users = [p.user_id for p in conv.active_participants()]
+    events.emit(
+        session, etype, {"conversation_id": conv.id, "message_id": msg.id, "seq": msg.seq}, users
+    )
+
+
+def reactions_for(
+    session: Session, ids: Sequence[str], me: str | None
+) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    if not ids:
+        return out
+    stmt = (
+        select(
+            Reaction.message_id,
+            Reaction.emoji,
+            func.count(),
+            func.max(case((Reaction.user_id == (me or ""), 1), else_=0)),
+        )
+        .where(Reaction.message_id.in_(ids))
+        .group_by(Reaction.message_id, Reaction.emoji)
+        .order_by(Reaction.message_id, func.min(Reaction.created_at))
+    )
+    for mid, emoji, n, mine in session.execute(stmt):
+        out.setdefault(mid, []).append({"emoji": emoji, "count": n, "me": bool(mine)})
+    return out
+
+
+def members_of(session: Session, cid: str) -> list[Participant]:
+    return list(
+        session.scalars(
+            select(Participant).where(
+                Participant.conversation_id == cid, Participant.left_at.is_(None)
+            )
+        )
+    )

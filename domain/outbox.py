@@ -1,0 +1,69 @@
+"""Transactional outbox: rows written with the change, tasks sent only after the commit.
+
+`add()` records the work in the caller's transaction; a session `after_commit` hook sends it to
+the broker. If the send fails (broker down), nothing is lost: the sweeper (tasks/outbox.py)
+re-sends rows not done in time, backing off per attempt so a backlog is not multiplied.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import event, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.ids import utcnow
+from models import Outbox
+
+logger = logging.getLogger(__name__)
+
+_PENDING = "parley_outbox_pending"
+
+
+def add(session: Session, task: str, args: Sequence[Any], ref_id: str | None = None) -> Outbox:
+    row = Outbox(task=task, args=list(args), ref_id=ref_id)
+    session.add(row)
+    session.info.setdefault(_PENDING, []).append(row)
+    return row
+
+
+def mark_done(session: Session, ref_ids: Sequence[str], task: str | None = None) -> None:
+    if not ref_ids:
+        return
+    stmt = update(Outbox).where(Outbox.ref_id.in_(ref_ids), Outbox.done_at.is_(None))
+    if task:
+        stmt = stmt.where(Outbox.task == task)
+    session.execute(stmt.values(done_at=utcnow()))
+
+
+def send(task: str, args: Sequence[Any]) -> bool:
+    """Send one task; False (logged) when the broker is unreachable."""
+    from core.services import services
+
+    try:
+        services().tasks.send_task(
+            task,
+            args=list(args),
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2},
+        )
+        return True
+    except Exception as exc:  # broker down: the sweeper will re-send
+        logger.warning("enqueue of %s%s failed, left to the sweeper: %s", task, list(args), exc)
+        return False
+
+
+def install(session_factory: sessionmaker[Session]) -> None:
+    """Send queued outbox rows after each successful commit of sessions from this factory."""
+
+    @event.listens_for(session_factory, "after_commit")
+    def _after_commit(session: Session) -> None:
+        rows = session.info.pop(_PENDING, [])
+        for row in rows:
+            send(row.task, row.args)
+
+    @event.listens_for(session_factory, "after_rollback")
+    def _after_rollback(session: Session) -> None:
+        session.info.pop(_PENDING, None)

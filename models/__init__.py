@@ -1,0 +1,39 @@
+"""SQLAlchemy 2 typed models; Alembic migrations live in models/migrations."""
+
+from models.base import Base
+from models.conversations import (
+    CONVERSATION_STATUSES,
+    CONVERSATION_TYPES,
+    NOTIFICATION_LEVELS,
+    PARTICIPANT_ROLES,
+    Conversation,
+    DeliveryCursor,
+    Participant,
+    User,
+)
+from models.messages import MESSAGE_STATES, MESSAGE_TYPES, Message, MessageEdit, Reaction, Report
+from models.ops import ApiKey, AuditEntry, DataKey, Job, Notification, Outbox
+
+__all__ = [
+    "CONVERSATION_STATUSES",
+    "CONVERSATION_TYPES",
+    "MESSAGE_STATES",
+    "MESSAGE_TYPES",
+    "NOTIFICATION_LEVELS",
+    "PARTICIPANT_ROLES",
+    "ApiKey",
+    "AuditEntry",
+    "Base",
+    "Conversation",
+    "DataKey",
+    "DeliveryCursor",
+    "Job",
+    "Message",
+    "MessageEdit",
+    "Notification",
+    "Outbox",
+    "Participant",
+    "Reaction",
+    "Report",
+    "User",
+]

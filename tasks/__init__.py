@@ -1,0 +1,1 @@
+"""Celery tasks: one module per stage, each idempotent and keyed by the id it works on."""

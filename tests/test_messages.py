@@ -1,0 +1,327 @@
+"""Messages over REST: validation, idempotency, pagination, permissions, seq under concurrency."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select, update
+
+from core.ids import utcnow
+from models import Conversation, Message, MessageEdit
+from tests.conftest import Stack
+from tests.factories import Api, uid
+
+
+def _count(stack: Stack, cid: str) -> int:
+    with stack.svc.Session() as s:
+        return (
+            s.scalar(
+                select(func.count()).select_from(Message).where(Message.conversation_id == cid)
+            )
+            or 0
+        )
+
+
+def test_post_is_202_pending_with_seq_and_the_same_client_msg_id_returns_it_again(
+    api: Api, stack: Stack
+) -> None:
+    a, b = uid(), uid()
+    cid = api.conversation(a, b)
+    first = api.post(
+        f"/v1/conversations/{cid}/messages", user=a, json={"text": "hello", "client_msg_id": "m-1"}
+    )
+    assert first.status_code == 202
+    body = first.get_json()
+    assert body["state"] == "pending" and body["seq"] == 1 and body["conversation_id"] == cid
+    again = api.post(
+        f"/v1/conversations/{cid}/messages", user=a, json={"text": "hello", "client_msg_id": "m-1"}
+    )
+    assert again.status_code == 200 and again.get_json()["id"] == body["id"]
+    assert _count(stack, cid) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"text": ""}, "text"),
+        ({"text": "   "}, "text"),
+        ({"text": "x" * 4001}, "text"),
+        ({"text": 5}, "text"),
+        ({"text": "hi", "type": "telegram"}, "type"),
+        ({"text": "hi", "extra": 1}, "extra"),
+        ({"text": "hi", "reply_to": "01NOTAMESSAGE00000000000000"}, "reply_to"),
+        ({"text": "hi", "client_msg_id": ""}, "client_msg_id"),
+        ({"type": "location", "metadata": {"lat": 200, "lng": 0}}, "metadata"),
+        ({"text": "hi", "metadata": {"k": "v" * 9000}}, "metadata"),
+        ({"text": "hi", "attachments": ["att_1"]}, "attachments"),
+    ],
+)
+def test_bad_message_input_is_a_problem_and_changes_nothing(
+    api: Api, stack: Stack, body: dict, field: str
+) -> None:
+    a = uid()
+    cid = api.conversation(a, uid())
+    resp = api.post(f"/v1/conversations/{cid}/messages", user=a, json=body)
+    assert resp.status_code == 422, resp.get_json()
+    problem = resp.get_json()
+    assert resp.content_type == "application/problem+json"
+    assert problem["status"] == 422 and problem["detail"] and field in problem["errors"]
+    assert _count(stack, cid) == 0
+    with stack.svc.Session() as s:
+        assert s.get(Conversation, cid).last_seq == 0
+
+
+def test_wrong_media_type_bad_json_and_huge_bodies_are_problems(api: Api, stack: Stack) -> None:
+    a = uid()
+    cid = api.conversation(a, uid())
+    url = f"/v1/conversations/{cid}/messages"
+    assert api.post(url, user=a, data="text=hi").status_code == 415
+    bad = api.post(url, user=a, data="{nope", content_type="application/json")
+    assert bad.status_code == 400 and bad.content_type == "application/problem+json"
+    assert api.post(url, user=a, json=["text"]).status_code == 400
+    huge = api.post(url, user=a, data="x" * (300 * 1024), content_type="application/json")
+    assert huge.status_code == 413
+    wrong_method = api.put(url, user=a, json={})
+    assert wrong_method.status_code == 405 and "POST" in wrong_method.headers["Allow"]
+    assert _count(stack, cid) == 0
+
+
+def test_authentication_failures_are_401_problems(api: Api, stack: Stack) -> None:
+    import jwt
+
+    assert api.get("/v1/conversations").status_code == 401
+    expired = jwt.encode(
+        {"sub": "x", "exp": utcnow() - timedelta(minutes=5)},
+        stack.svc.settings.jwt_secret,
+        algorithm="HS256",
+    )
+    resp = api.get("/v1/conversations", headers={"Authorization": f"Bearer {expired}"})
+    assert resp.status_code == 401 and "expired" in resp.get_json()["detail"]
+    forged = jwt.encode(
+        {"sub": "x", "exp": utcnow() + timedelta(minutes=5)},
+        "another-secret-that-is-long-enough-000000",
+        algorithm="HS256",
+    )
+    assert (
+        api.get("/v1/conversations", headers={"Authorization": f"Bearer {forged}"}).status_code
+        == 401
+    )
+    unsigned = jwt.encode(
+        {"sub": "x", "exp": utcnow() + timedelta(minutes=5)}, None, algorithm="none"
+    )
+    assert (
+        api.get("/v1/conversations", headers={"Authorization": f"Bearer {unsigned}"}).status_code
+        == 401
+    )
+
+
+def test_pages_by_seq_forwards_backwards_and_by_cursor(api: Api) -> None:
+    a = uid()
+    cid = api.conversation(a, uid())
+    for i in range(7):
+        api.send(a, cid, f"m{i}")
+    url = f"/v1/conversations/{cid}/messages"
+    page = api.get(f"{url}?after_seq=2&limit=3", user=a).get_json()
+    assert [m["seq"] for m in page["items"]] == [3, 4, 5]
+    rest = api.get(f"{url}?cursor={page['next_cursor']}", user=a).get_json()
+    assert [m["seq"] for m in rest["items"]] == [6, 7] and rest["next_cursor"] is None
+    back = api.get(f"{url}?before_seq=6&limit=2", user=a).get_json()
+    assert [m["seq"] for m in back["items"]] == [4, 5]
+    older = api.get(f"{url}?cursor={back['next_cursor']}&limit=10", user=a).get_json()
+    assert [m["seq"] for m in older["items"]] == [1, 2, 3]
+    assert api.get(f"{url}?cursor=garbage", user=a).status_code == 422
+    assert api.get(f"{url}?limit=1000", user=a).status_code == 422
+
+
+def test_recipients_do_not_see_messages_before_delivery_senders_do(api: Api) -> None:
+    a, b = uid(), uid()
+    cid = api.conversation(a, b)
+    mid = api.send(a, cid, "not yet moderated")["id"]
+    assert [
+        m["id"] for m in api.get(f"/v1/conversations/{cid}/messages", user=a).get_json()["items"]
+    ] == [mid]
+    assert api.get(f"/v1/conversations/{cid}/messages", user=b).get_json()["items"] == []
+    assert api.get(f"/v1/messages/{mid}", user=b).status_code == 404
+
+
+def _deliver(stack: Stack, mid: str) -> None:
+    """Mark a message delivered directly, for REST tests that do not run the pipeline."""
+    with stack.svc.Session.begin() as s:
+        s.execute(
+            update(Message)
+            .where(Message.id == mid)
+            .values(state="delivered", moderation_action="allow")
+        )
+
+
+def test_edit_keeps_sealed_history_and_only_the_sender_may_edit(api: Api, stack: Stack) -> None:
+    a, b = uid(), uid()
+    cid = api.conversation(a, b)
+    mid = api.send(a, cid, "first draft")["id"]
+    _deliver(stack, mid)
+    assert api.patch(f"/v1/messages/{mid}", user=b, json={"text": "hijack"}).status_code == 403
+    resp = api.patch(f"/v1/messages/{mid}", user=a, json={"text": "second draft"})
+    assert resp.status_code == 200
+    assert resp.get_json()["text"] == "second draft" and resp.get_json()["edited_at"]
+    with stack.svc.Session() as s:
+        edits = s.scalars(select(MessageEdit).where(MessageEdit.message_id == mid)).all()
+        assert len(edits) == 1 and b"first draft" not in edits[0].text_ct
+        from domain.messages import edit_aad
+
+        assert (
+            stack.svc.keyring.open_text(edits[0].key_id, edits[0].text_ct, edit_aad(mid))
+            == "first draft"
+        )
+    with stack.svc.Session.begin() as s:
+        s.execute(
+            update(Message)
+            .where(Message.id == mid)
+            .values(created_at=utcnow() - timedelta(hours=1))
+        )
+    late = api.patch(f"/v1/messages/{mid}", user=a, json={"text": "too late"})
+    assert late.status_code == 409
+
+
+def test_delete_leaves_a_tombstone_and_only_the_sender_may_delete(api: Api, stack: Stack) -> None:
+    a, b = uid(), uid()
+    cid = api.conversation(a, b)
+    mid = api.send(a, cid, "oops")["id"]
+    _deliver(stack, mid)
+    assert api.delete(f"/v1/messages/{mid}", user=b).status_code == 403
+    assert api.delete(f"/v1/messages/{mid}", user=a).status_code == 200
+    seen = api.get(f"/v1/messages/{mid}", user=b).get_json()
+    assert seen["deleted"] is True and seen["text"] is None
+    assert api.patch(f"/v1/messages/{mid}", user=a, json={"text": "x"}).status_code == 409
+
+
+def test_pin_reactions_reports_and_replies(api: Api, stack: Stack) -> None:
+    a, b = uid(), uid()
+    cid = api.conversation(a, b)
+    mid = api.send(a, cid, "pin me")["id"]
+    _deliver(stack, mid)
+    assert api.put(f"/v1/messages/{mid}/pin", user=b).status_code == 403
+    assert api.put(f"/v1/messages/{mid}/pin", user=a).get_json()["pinned"] is True
+    pinned = api.get(f"/v1/conversations/{cid}/messages?pinned=true", user=b).get_json()
+    assert [m["id"] for m in pinned["items"]] == [mid]
+    assert api.delete(f"/v1/messages/{mid}/pin", user=a).get_json()["pinned"] is False
+    for _ in range(2):
+        r = api.put(f"/v1/messages/{mid}/reactions/👍", user=b)
+        assert r.status_code == 200
+    assert r.get_json()["reactions"] == [{"emoji": "👍", "count": 1, "me": True}]
+    assert api.get(f"/v1/messages/{mid}", user=a).get_json()["reactions"][0]["me"] is False
+    assert api.delete(f"/v1/messages/{mid}/reactions/👍", user=b).get_json()["reactions"] == []
+    first = api.post(f"/v1/messages/{mid}/reports", user=b, json={"reason": "spam"})
+    again = api.post(f"/v1/messages/{mid}/reports", user=b, json={"reason": "spam"})
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.get_json()["id"] == again.get_json()["id"]
+    assert (
+        api.post(f"/v1/messages/{mid}/reports", user=a, json={"reason": "spam"}).status_code == 409
+    )
+    assert (
+        api.post(f"/v1/messages/{mid}/reports", user=b, json={"reason": "meh"}).status_code == 422
+    )
+    reply = api.send(b, cid, "replying", reply_to=mid)
+    assert reply["reply_to"] == mid
+
+
+def test_read_cursor_moves_forward_only_and_drives_unread(api: Api, stack: Stack) -> None:
+    a, b = uid(), uid()
+    cid = api.conversation(a, b)
+    ids = [api.send(a, cid, f"m{i}")["id"] for i in range(3)]
+    for mid in ids:
+        _deliver(stack, mid)
+    conv = api.get(f"/v1/conversations/{cid}", user=b).get_json()
+    assert conv["unread_count"] == 3
+    assert api.get("/v1/unread", user=b).get_json() == {"total": 3, "conversations": 1}
+    r = api.post(f"/v1/conversations/{cid}/read", user=b, json={"seq": 2})
+    assert r.get_json() == {"conversation_id": cid, "read_seq": 2, "unread_count": 1}
+    back = api.post(f"/v1/conversations/{cid}/read", user=b, json={"seq": 1})
+    assert back.get_json()["read_seq"] == 2
+    assert api.post(f"/v1/conversations/{cid}/read", user=b, json={"seq": 99}).status_code == 422
+    unread_only = api.get("/v1/conversations?unread_only=true", user=b).get_json()["items"]
+    assert [c["id"] for c in unread_only] == [cid]
+    api.post(f"/v1/conversations/{cid}/read", user=b, json={"seq": 3})
+    assert api.get("/v1/conversations?unread_only=true", user=b).get_json()["items"] == []
+    assert api.get(f"/v1/messages/{ids[0]}", user=a).get_json()["status"] == "seen"
+
+
+# (action, role of actor in the conversation or None for a stranger, expected status)
+MATRIX = [
+    ("read", "member", 200),
+    ("read", "observer", 200),
+    ("read", None, 404),
+    ("post", "member", 202),
+    ("post", "observer", 403),
+    ("post", None, 404),
+    ("pin", "member", 403),
+    ("pin", "moderator", 200),
+    ("pin", "admin", 200),
+    ("edit_other", "admin", 403),
+    ("delete_other", "owner", 403),
+]
+
+
+@pytest.mark.parametrize(("action", "role", "expected"), MATRIX)
+def test_permission_matrix(
+    api: Api, stack: Stack, action: str, role: str | None, expected: int
+) -> None:
+    owner, actor = uid("owner"), uid("actor")
+    cid = api.conversation(owner, uid())
+    if role is not None and role != "owner":
+        api.post(
+            f"/v1/conversations/{cid}/members", user=owner, json={"user_ids": [actor], "role": role}
+        )
+    if role == "owner":
+        actor = owner
+    mid = (
+        api.send(owner if role != "owner" else uid(), cid, "target")["id"]
+        if role != "owner"
+        else None
+    )
+    if mid is None:  # the actor is the owner: the target must be someone else's message
+        other = uid()
+        api.post(f"/v1/conversations/{cid}/members", user=owner, json={"user_ids": [other]})
+        mid = api.send(other, cid, "target")["id"]
+    _deliver(stack, mid)
+    calls = {
+        "read": lambda: api.get(f"/v1/conversations/{cid}/messages", user=actor),
+        "post": lambda: api.post(
+            f"/v1/conversations/{cid}/messages", user=actor, json={"text": "hi"}
+        ),
+        "pin": lambda: api.put(f"/v1/messages/{mid}/pin", user=actor),
+        "edit_other": lambda: api.patch(f"/v1/messages/{mid}", user=actor, json={"text": "x"}),
+        "delete_other": lambda: api.delete(f"/v1/messages/{mid}", user=actor),
+    }
+    assert calls[action]().status_code == expected
+
+
+def test_seq_is_gap_free_under_concurrent_posts(api: Api, stack: Stack) -> None:
+    """8 threads x 15 posts on one conversation: seqs are exactly 1..120, no gap, no repeat."""
+    users = [uid() for _ in range(8)]
+    cid = api.conversation(users[0], *users[1:])
+    tokens = {u: api.token(u) for u in users}
+    errors: list[object] = []
+
+    def worker(user: str) -> None:
+        client = stack.app.test_client()
+        for i in range(15):
+            r = client.post(
+                f"/v1/conversations/{cid}/messages",
+                headers={"Authorization": f"Bearer {tokens[user]}"},
+                json={"text": f"{user} {i}", "client_msg_id": f"{user}-{i}"},
+            )
+            if r.status_code != 202:
+                errors.append(r.get_json())
+
+    threads = [threading.Thread(target=worker, args=(u,)) for u in users]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with stack.svc.Session() as s:
+        seqs = sorted(s.scalars(select(Message.seq).where(Message.conversation_id == cid)))
+        assert seqs == list(range(1, 121))
+        assert s.get(Conversation, cid).last_seq == 120

@@ -1,0 +1,56 @@
+"""The Flask application factory."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, Response, g, request
+
+from core.config import load_settings
+from core.logs import configure_logging
+from core.services import Services, build_services
+from domain import outbox
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Defaults, then the environment, then `test_config` (setting names of core/config.py)."""
+    settings = load_settings(test_config)
+    configure_logging()
+    app = Flask(__name__)
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        TESTING=settings.testing,
+        JSON_SORT_KEYS=False,
+    )
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    svc: Services = build_services(settings)
+    outbox.install(svc.Session)
+    app.extensions["parley"] = svc
+
+    from web import auth, conversations, errors, health, messages, openapi
+    from web.cli import register_cli
+
+    auth.init_app(app, settings)
+    errors.register(app)
+    for bp in (health.bp, openapi.bp, conversations.bp, messages.bp):
+        app.register_blueprint(bp)
+    register_cli(app)
+
+    @app.before_request
+    def _request_id() -> None:
+        rid = request.headers.get("X-Request-ID", "")
+        g.request_id = rid if 0 < len(rid) <= 64 else uuid.uuid4().hex
+
+    @app.after_request
+    def _headers(resp: Response) -> Response:
+        resp.headers["X-Request-ID"] = g.get("request_id", "")
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        resp.headers.setdefault("Cache-Control", "no-store")
+        return resp
+
+    return app

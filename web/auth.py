@@ -1,0 +1,163 @@
+"""Authentication: user JWTs (algorithm pinned by configuration) and host-platform API keys."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import jwt
+from flask import Flask, g, request
+
+from core.config import Settings
+from core.ids import utcnow
+from domain import apikeys
+from domain.errors import Unauthorized
+from domain.principals import Principal
+from domain.users import MAX_USER_ID, upsert_from_claims
+
+logger = logging.getLogger(__name__)
+
+
+class TokenCodec:
+    """Issues and verifies user tokens with exactly one accepted algorithm."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.leeway = settings.jwt_leeway_s
+        if settings.jwt_public_key:
+            self.algorithm = "RS256"
+            self.verify_key: Any = settings.jwt_public_key
+            self.sign_key: Any = None
+        else:
+            self.algorithm = "HS256"
+            self.verify_key = self.sign_key = _hs_secret(settings)
+
+    def decode(self, token: str) -> dict[str, Any]:
+        try:
+            claims = jwt.decode(
+                token,
+                self.verify_key,
+                algorithms=[self.algorithm],
+                leeway=self.leeway,
+                options={"require": ["sub", "exp"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthorized("the token has expired") from exc
+        except jwt.InvalidTokenError as exc:
+            raise Unauthorized(f"the token is not valid: {exc}") from exc
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not 0 < len(sub) <= MAX_USER_ID:
+            raise Unauthorized("the token's sub must be the platform's user id, a string")
+        roles = claims.get("roles", [])
+        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+            raise Unauthorized("the token's roles claim must be a list of strings")
+        return claims
+
+    def issue(self, user_id: str, *, ttl_s: int = 3600, **claims: Any) -> str:
+        if self.sign_key is None:
+            raise RuntimeError("RS256 is configured: tokens are issued by the platform, not here")
+        now = utcnow()
+        payload = {"sub": user_id, "iat": now, "exp": now + timedelta(seconds=ttl_s), **claims}
+        return jwt.encode(payload, self.sign_key, algorithm=self.algorithm)
+
+
+MIN_SECRET_BYTES = 32
+
+
+def _hs_secret(settings: Settings) -> str:
+    if settings.jwt_secret:
+        if len(settings.jwt_secret.encode()) < MIN_SECRET_BYTES:
+            raise RuntimeError(
+                f"PARLEY_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes (HS256 needs a key "
+                "as long as its hash); generate one with: python -c "
+                "'import secrets; print(secrets.token_urlsafe(48))'"
+            )
+        return settings.jwt_secret
+    if settings.env == "production":
+        raise RuntimeError(
+            "PARLEY_JWT_SECRET (or PARLEY_JWT_PUBLIC_KEY for RS256) must be set in production"
+        )
+    path = Path(settings.data_dir) / "keys" / "jwt-secret"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(48))
+        logger.warning("PARLEY_JWT_SECRET unset: generated a local secret in %s", path)
+    return path.read_text().strip()
+
+
+def _bearer() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def authenticate(token: str | None) -> Principal:
+    """Resolve a bearer token to a principal, or raise 401."""
+    from core.services import services
+
+    if token is None:
+        raise Unauthorized("send 'Authorization: Bearer <token>' (a user JWT or an API key)")
+    svc = services()
+    if apikeys.looks_like_key(token):
+        with svc.Session.begin() as s:
+            row = apikeys.verify(s, token)
+            if row is None:
+                raise Unauthorized("unknown or revoked API key")
+            if row.last_used_at is None or utcnow() - row.last_used_at > timedelta(minutes=5):
+                apikeys.touch(row)
+            return Principal(user_id=None, api_key_id=row.id)
+    claims = codec().decode(token)
+    principal = Principal(user_id=claims["sub"], roles=frozenset(claims.get("roles", [])))
+    _remember_user(claims)
+    return principal
+
+
+_seen_claims: dict[str, tuple[Any, ...]] = {}
+
+
+def _remember_user(claims: dict[str, Any]) -> None:
+    """Upsert the user only when this process has not seen these exact claims (saves a write)."""
+    from core.services import services
+
+    key = (claims.get("name"), claims.get("avatar"), tuple(claims.get("roles", [])))
+    if _seen_claims.get(claims["sub"]) == key:
+        return
+    with services().Session.begin() as s:
+        upsert_from_claims(
+            s,
+            claims["sub"],
+            claims.get("name"),
+            claims.get("avatar"),
+            list(claims.get("roles", [])),
+        )
+    if len(_seen_claims) > 50_000:
+        _seen_claims.clear()
+    _seen_claims[claims["sub"]] = key
+
+
+def codec() -> TokenCodec:
+    from flask import current_app
+
+    found: TokenCodec = current_app.extensions["parley_tokens"]
+    return found
+
+
+def current() -> Principal:
+    principal: Principal = g.principal
+    return principal
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    app.extensions["parley_tokens"] = TokenCodec(settings)
+
+
+def require_auth() -> None:
+    """before_request hook for API blueprints."""
+    g.principal = authenticate(_bearer())

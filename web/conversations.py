@@ -1,0 +1,179 @@
+"""Conversations: create / get-or-create, list, read, change, members, per-user settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint
+from sqlalchemy import select
+
+from core.services import services
+from domain import conversations as convs
+from domain.render import preview, render_conversation
+from models import Message
+from web.auth import current, require_auth
+from web.http import doc, json_body, query_args
+from web.schemas import (
+    ConversationCreateSchema,
+    ConversationListQuery,
+    ConversationPageSchema,
+    ConversationPatchSchema,
+    ConversationSchema,
+    MemberRoleSchema,
+    MembersAddSchema,
+    MySettingsSchema,
+    UnreadTotalsSchema,
+)
+
+bp = Blueprint("conversations", __name__, url_prefix="/v1")
+bp.before_request(require_auth)
+
+
+def _render_one(session: Any, conv: Any) -> dict[str, Any]:
+    who = current()
+    me = convs.membership(conv, who.user_id)
+    unread = convs.unread_counts(session, who.user_id, [conv.id]) if me else {}
+    last = session.get(Message, conv.last_message_id) if conv.last_message_id else None
+    return render_conversation(conv, me, unread.get(conv.id, 0), preview(services(), last))
+
+
+@bp.post("/conversations")
+@doc(
+    "Create a conversation, or get the existing one",
+    body=ConversationCreateSchema,
+    responses={201: ConversationSchema, 200: ConversationSchema},
+    tag="conversations",
+)
+def create_conversation() -> tuple[dict[str, Any], int]:
+    """Create a conversation; a direct pair or a context with the same members returns 200."""
+    body = json_body(ConversationCreateSchema())
+    svc = services()
+    with svc.Session.begin() as s:
+        conv, created = convs.create(svc, s, current(), body)
+        return _render_one(s, conv), 201 if created else 200
+
+
+@bp.get("/conversations")
+@doc(
+    "List my conversations, newest activity first",
+    query=ConversationListQuery,
+    responses={200: ConversationPageSchema},
+    tag="conversations",
+)
+def list_conversations() -> dict[str, Any]:
+    """List conversations with unread counts and a last-message preview."""
+    q = query_args(ConversationListQuery())
+    svc = services()
+    with svc.Session() as s:
+        rows, mine, unread, next_cursor = convs.list_for(
+            s,
+            current(),
+            status=q.get("status"),
+            context_type=q.get("context_type"),
+            context_id=q.get("context_id"),
+            archived=q.get("archived"),
+            unread_only=q["unread_only"],
+            cursor=q.get("cursor"),
+            limit=q["limit"],
+        )
+        last_ids = [c.last_message_id for c in rows if c.last_message_id]
+        lasts = {m.id: m for m in s.scalars(select(Message).where(Message.id.in_(last_ids)))}
+        items = [
+            render_conversation(
+                c,
+                mine.get(c.id),
+                unread.get(c.id, 0),
+                preview(svc, lasts.get(c.last_message_id or "")),
+            )
+            for c in rows
+        ]
+    return {"items": items, "next_cursor": next_cursor}
+
+
+@bp.get("/conversations/<cid>")
+@doc("Get a conversation", responses={200: ConversationSchema}, tag="conversations")
+def get_conversation(cid: str) -> dict[str, Any]:
+    """Get one conversation the caller takes part in."""
+    with services().Session() as s:
+        conv, _ = convs.readable(s, current(), cid)
+        return _render_one(s, conv)
+
+
+@bp.patch("/conversations/<cid>")
+@doc(
+    "Change subject, status or metadata",
+    body=ConversationPatchSchema,
+    responses={200: ConversationSchema},
+    tag="conversations",
+)
+def patch_conversation(cid: str) -> dict[str, Any]:
+    """Change a conversation (owners, admins, or an API key)."""
+    body = json_body(ConversationPatchSchema())
+    with services().Session.begin() as s:
+        conv = convs.update(s, current(), cid, body)
+        return _render_one(s, conv)
+
+
+@bp.post("/conversations/<cid>/members")
+@doc("Add members", body=MembersAddSchema, responses={200: ConversationSchema}, tag="conversations")
+def add_members(cid: str) -> dict[str, Any]:
+    """Add members to a group or support conversation."""
+    body = json_body(MembersAddSchema())
+    svc = services()
+    with svc.Session.begin() as s:
+        conv = convs.add_members(
+            s, current(), cid, body["user_ids"], body["role"], svc.settings.max_members
+        )
+        return _render_one(s, conv)
+
+
+@bp.delete("/conversations/<cid>/members/<uid>")
+@doc("Remove a member, or leave", responses={200: ConversationSchema}, tag="conversations")
+def remove_member(cid: str, uid: str) -> dict[str, Any]:
+    """Remove a member (owners/admins), or leave (anyone, for themselves)."""
+    with services().Session.begin() as s:
+        conv = convs.remove_member(s, current(), cid, uid)
+        return render_conversation(conv)
+
+
+@bp.patch("/conversations/<cid>/members/<uid>")
+@doc(
+    "Change a member's role",
+    body=MemberRoleSchema,
+    responses={200: ConversationSchema},
+    tag="conversations",
+)
+def set_member_role(cid: str, uid: str) -> dict[str, Any]:
+    """Change a member's role (owners/admins, or an API key)."""
+    body = json_body(MemberRoleSchema())
+    with services().Session.begin() as s:
+        conv = convs.set_role(s, current(), cid, uid, body["role"])
+        return _render_one(s, conv)
+
+
+@bp.patch("/conversations/<cid>/me")
+@doc(
+    "Change my settings for a conversation (archive, mute, notification level)",
+    body=MySettingsSchema,
+    responses={200: ConversationSchema},
+    tag="conversations",
+)
+def my_settings(cid: str) -> dict[str, Any]:
+    """Archive, mute or set the notification level for the caller only."""
+    body = json_body(MySettingsSchema())
+    with services().Session.begin() as s:
+        part = convs.update_my_settings(s, current(), cid, body)
+        return _render_one(s, part.conversation)
+
+
+@bp.get("/unread")
+@doc(
+    "Unread totals across my conversations",
+    responses={200: UnreadTotalsSchema},
+    tag="conversations",
+)
+def unread_totals() -> dict[str, int]:
+    """Unread messages in total and the number of conversations that have any."""
+    who = current()
+    with services().Session() as s:
+        return convs.unread_totals(s, who.require_user())

@@ -1,0 +1,264 @@
+"""marshmallow schemas: request validation (unknown fields rejected) and the OpenAPI shapes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+from models import (
+    CONVERSATION_STATUSES,
+    CONVERSATION_TYPES,
+    MESSAGE_STATES,
+    MESSAGE_TYPES,
+    NOTIFICATION_LEVELS,
+    PARTICIPANT_ROLES,
+)
+
+MAX_METADATA_BYTES = 8 * 1024
+UserId = fields.String(validate=validate.Length(1, 128))
+
+
+def _small_json(value: dict[str, Any]) -> None:
+    if len(json.dumps(value)) > MAX_METADATA_BYTES:
+        raise ValidationError(f"metadata must be at most {MAX_METADATA_BYTES} bytes of JSON")
+
+
+class StrictSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+
+class ContextSchema(StrictSchema):
+    type = fields.String(required=True, validate=validate.Length(1, 64))
+    id = fields.String(required=True, validate=validate.Length(1, 128))
+
+
+class ConversationCreateSchema(StrictSchema):
+    type = fields.String(required=True, validate=validate.OneOf(CONVERSATION_TYPES))
+    members = fields.List(
+        fields.String(validate=validate.Length(1, 128)),
+        required=True,
+        validate=validate.Length(min=1),
+    )
+    subject = fields.String(allow_none=True, validate=validate.Length(max=200))
+    context = fields.Nested(ContextSchema, allow_none=True)
+    metadata = fields.Dict(keys=fields.String(), validate=_small_json)
+
+
+class ConversationPatchSchema(StrictSchema):
+    subject = fields.String(allow_none=True, validate=validate.Length(max=200))
+    status = fields.String(validate=validate.OneOf(CONVERSATION_STATUSES))
+    metadata = fields.Dict(keys=fields.String(), validate=_small_json)
+
+    @validates_schema
+    def _not_empty(self, data: dict[str, Any], **_: Any) -> None:
+        if not data:
+            raise ValidationError("give at least one of subject, status, metadata")
+
+
+class ConversationListQuery(StrictSchema):
+    status = fields.String(validate=validate.OneOf(CONVERSATION_STATUSES))
+    context_type = fields.String(validate=validate.Length(1, 64))
+    context_id = fields.String(validate=validate.Length(1, 128))
+    archived = fields.Boolean()
+    unread_only = fields.Boolean(load_default=False)
+    cursor = fields.String(validate=validate.Length(max=500))
+    limit = fields.Integer(validate=validate.Range(1, 200), load_default=50)
+
+
+class MembersAddSchema(StrictSchema):
+    user_ids = fields.List(
+        fields.String(validate=validate.Length(1, 128)),
+        required=True,
+        validate=validate.Length(1, 100),
+    )
+    role = fields.String(load_default="member", validate=validate.OneOf(PARTICIPANT_ROLES))
+
+
+class MemberRoleSchema(StrictSchema):
+    role = fields.String(required=True, validate=validate.OneOf(PARTICIPANT_ROLES))
+
+
+class MySettingsSchema(StrictSchema):
+    archived = fields.Boolean()
+    muted_until = fields.AwareDateTime(allow_none=True)
+    notification_level = fields.String(validate=validate.OneOf(NOTIFICATION_LEVELS))
+
+    @validates_schema
+    def _not_empty(self, data: dict[str, Any], **_: Any) -> None:
+        if not data:
+            raise ValidationError("give at least one of archived, muted_until, notification_level")
+
+
+class MessageCreateSchema(StrictSchema):
+    text = fields.String(allow_none=True)
+    client_msg_id = fields.String(validate=validate.Length(1, 128))
+    type = fields.String(load_default="text", validate=validate.OneOf(MESSAGE_TYPES))
+    reply_to = fields.String(allow_none=True, validate=validate.Length(1, 26))
+    attachments = fields.List(
+        fields.String(validate=validate.Length(1, 40)), validate=validate.Length(max=10)
+    )
+    metadata = fields.Dict(keys=fields.String(), validate=_small_json)
+
+
+class MessageListQuery(StrictSchema):
+    after_seq = fields.Integer(validate=validate.Range(min=0))
+    before_seq = fields.Integer(validate=validate.Range(min=1))
+    cursor = fields.String(validate=validate.Length(max=500))
+    limit = fields.Integer(validate=validate.Range(1, 200), load_default=50)
+    sender_id = fields.String(validate=validate.Length(1, 128))
+    since = fields.AwareDateTime()
+    until = fields.AwareDateTime()
+    pinned = fields.Boolean()
+
+    @validates_schema
+    def _one_direction(self, data: dict[str, Any], **_: Any) -> None:
+        if "cursor" in data and ("after_seq" in data or "before_seq" in data):
+            raise ValidationError("use either cursor or after_seq/before_seq", "cursor")
+
+
+class MessagePatchSchema(StrictSchema):
+    text = fields.String(required=True)
+
+
+class ReportCreateSchema(StrictSchema):
+    reason = fields.String(
+        required=True,
+        validate=validate.OneOf(
+            ("spam", "abuse", "harassment", "contact_details", "fraud", "other")
+        ),
+    )
+    note = fields.String(allow_none=True, validate=validate.Length(max=1000))
+
+
+class ReadSchema(StrictSchema):
+    seq = fields.Integer(required=True, validate=validate.Range(min=0))
+
+
+# --- responses (documentation of the shapes domain/render.py produces) -------------------------
+
+
+class ProblemSchema(Schema):
+    type = fields.String()
+    title = fields.String()
+    status = fields.Integer()
+    detail = fields.String()
+    errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
+    request_id = fields.String()
+
+
+class ModerationSchema(Schema):
+    action = fields.String(validate=validate.OneOf(("allow", "mask", "hold", "reject")))
+    labels = fields.List(fields.String())
+    reason = fields.String()
+
+
+class ReactionSummarySchema(Schema):
+    emoji = fields.String()
+    count = fields.Integer()
+    me = fields.Boolean()
+
+
+class MessageSchema(Schema):
+    id = fields.String()
+    conversation_id = fields.String()
+    seq = fields.Integer()
+    sender_id = fields.String(allow_none=True)
+    type = fields.String(validate=validate.OneOf(MESSAGE_TYPES))
+    text = fields.String(allow_none=True)
+    state = fields.String(validate=validate.OneOf(MESSAGE_STATES))
+    created_at = fields.DateTime()
+    edited_at = fields.DateTime(allow_none=True)
+    deleted = fields.Boolean()
+    reply_to = fields.String(allow_none=True)
+    attachments = fields.List(fields.Dict())
+    reactions = fields.List(fields.Nested(ReactionSummarySchema))
+    pinned = fields.Boolean()
+    metadata = fields.Dict()
+    client_msg_id = fields.String(metadata={"description": "sender only"})
+    moderation = fields.Nested(
+        ModerationSchema, allow_none=True, metadata={"description": "sender and moderators only"}
+    )
+    status = fields.String(
+        validate=validate.OneOf(("sent", "delivered", "seen")),
+        metadata={"description": "sender only"},
+    )
+
+
+class MessagePageSchema(Schema):
+    items = fields.List(fields.Nested(MessageSchema))
+    next_cursor = fields.String(allow_none=True)
+
+
+class MemberSchema(Schema):
+    user_id = fields.String()
+    role = fields.String(validate=validate.OneOf(PARTICIPANT_ROLES))
+    joined_at = fields.DateTime()
+
+
+class MyMembershipSchema(Schema):
+    role = fields.String()
+    read_seq = fields.Integer()
+    delivered_seq = fields.Integer()
+    archived = fields.Boolean()
+    muted_until = fields.DateTime(allow_none=True)
+    notification_level = fields.String()
+
+
+class PreviewSchema(Schema):
+    id = fields.String()
+    seq = fields.Integer()
+    sender_id = fields.String(allow_none=True)
+    type = fields.String()
+    text = fields.String(allow_none=True)
+    deleted = fields.Boolean()
+    created_at = fields.DateTime()
+
+
+class ConversationSchema(Schema):
+    id = fields.String()
+    type = fields.String(validate=validate.OneOf(CONVERSATION_TYPES))
+    members = fields.List(fields.Nested(MemberSchema))
+    subject = fields.String(allow_none=True)
+    context = fields.Nested(ContextSchema, allow_none=True)
+    status = fields.String(validate=validate.OneOf(CONVERSATION_STATUSES))
+    metadata = fields.Dict()
+    created_at = fields.DateTime()
+    last_activity_at = fields.DateTime()
+    last_seq = fields.Integer()
+    unread_count = fields.Integer()
+    last_message = fields.Nested(PreviewSchema, allow_none=True)
+    me = fields.Nested(MyMembershipSchema)
+
+
+class ConversationPageSchema(Schema):
+    items = fields.List(fields.Nested(ConversationSchema))
+    next_cursor = fields.String(allow_none=True)
+
+
+class ReadStateSchema(Schema):
+    conversation_id = fields.String()
+    read_seq = fields.Integer()
+    unread_count = fields.Integer()
+
+
+class UnreadTotalsSchema(Schema):
+    total = fields.Integer()
+    conversations = fields.Integer()
+
+
+class ReportSchema(Schema):
+    id = fields.String()
+    message_id = fields.String()
+    reason = fields.String()
+    created_at = fields.DateTime()
+
+
+class HealthSchema(Schema):
+    status = fields.String()
+    checks = fields.Dict(keys=fields.String(), values=fields.String())
