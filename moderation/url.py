@@ -1,0 +1,110 @@
+"""Link spans: with a scheme, www., bare domains, messenger/payment short links, spelled dots.
+
+A bare "name.tld" only counts when the TLD is in a curated set (see `domains`), so file names
+("report.pdf"), abbreviations ("e.g.", "Mr.Smith"), versions ("v2.10.3"), decimals and a missing
+space after a full stop ("late.Next") stay clean.
+"""
+
+from __future__ import annotations
+
+import re
+
+from moderation.domains import (
+    AMBIGUOUS_TLDS,
+    KNOWN_LINK_DOMAINS,
+    SECOND_LEVEL,
+    SPOKEN_TLDS,
+    URL_TLDS,
+)
+from moderation.verdict import Span
+from moderation.wordsets import words_of
+
+_URL_CHARS = r"[^\s<>\"'`]"
+_SCHEME_RE = re.compile(rf"\b(?:https?|ftp)://{_URL_CHARS}+", re.IGNORECASE)
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_BARE_RE = re.compile(
+    rf"(?<![\w@.\-/])(?P<domain>(?:{_LABEL}\.)+(?P<tld>[a-z]{{2,24}}))(?![\w-])"
+    rf"(?P<path>[/?#]{_URL_CHARS}*)?",
+    re.IGNORECASE,
+)
+_SPOKEN_DOT = r"(?:\s+dot\s+|\s?[\[\(\{<]\s?dot\s?[\]\)\}>]\s?|\s+\.\s+)"
+_SPOKEN_RE = re.compile(rf"(?<![\w.@-]){_LABEL}(?:{_SPOKEN_DOT}{_LABEL})+", re.IGNORECASE)
+_SPOKEN_SPLIT_RE = re.compile(_SPOKEN_DOT, re.IGNORECASE)
+_BARE_HINT_RE = re.compile(r"[a-z0-9]\.[a-z]", re.IGNORECASE)
+_SPOKEN_HINT_RE = re.compile(r"\bdot\b|\s\.\s", re.IGNORECASE)
+_TRAILING_PUNCTUATION = ".,;:!?'\")]}"
+# Words that start sentences, not domains: "the dot com bubble", "connect the dots".
+_NOT_A_SITE = words_of("the a an this that my your our his her their polka")
+
+
+def find_urls(text: str) -> list[Span]:
+    """Spans of links in `text`."""
+    spans: list[Span] = []
+    if "://" in text:
+        for m in _SCHEME_RE.finditer(text):
+            spans.append((m.start(), _trim(text, m.start(), m.end()), "url"))
+    if _BARE_HINT_RE.search(text):
+        for m in _BARE_RE.finditer(text):
+            if _accept_bare(m):
+                end = _trim(text, m.start(), m.end()) if m.group("path") else m.end()
+                spans.append((m.start(), end, "url"))
+    if _SPOKEN_HINT_RE.search(text):
+        spans.extend(_spoken(text))
+    return spans
+
+
+def _accept_bare(m: re.Match[str]) -> bool:
+    domain = m.group("domain").lower()
+    tld_text = m.group("tld")
+    tld = tld_text.lower()
+    labels = domain.split(".")
+    if labels[0] == "www" or domain in KNOWN_LINK_DOMAINS:
+        return tld.isalpha()
+    if any(domain.endswith("." + known) for known in KNOWN_LINK_DOMAINS):
+        return True
+    if tld in AMBIGUOUS_TLDS:
+        return bool(m.group("path")) or labels[-2] in SECOND_LEVEL
+    if tld not in URL_TLDS:
+        return False
+    # "late.Next" / "arrived.It": a capitalised word after a full stop is a new sentence.
+    return not (tld_text[0].isupper() and not tld_text.isupper())
+
+
+def _spoken(text: str) -> list[Span]:
+    spans: list[Span] = []
+    pos = 0
+    while (m := _SPOKEN_RE.search(text, pos)) is not None:
+        labels = _SPOKEN_SPLIT_RE.split(m.group())
+        ends = _label_ends(m)
+        for n in range(len(labels), 1, -1):
+            if _believable_spoken(labels[:n]):
+                spans.append((m.start(), ends[n - 1], "url"))
+                pos = ends[n - 1]
+                break
+        else:
+            pos = m.start() + 1
+    return spans
+
+
+def _label_ends(m: re.Match[str]) -> list[int]:
+    ends = [sep.start() + m.start() for sep in _SPOKEN_SPLIT_RE.finditer(m.group())]
+    ends.append(m.end())
+    return ends
+
+
+def _believable_spoken(labels: list[str]) -> bool:
+    first, tld = labels[0].lower(), labels[-1].lower()
+    if first in _NOT_A_SITE:
+        return False
+    if tld in AMBIGUOUS_TLDS:
+        return labels[-2].lower() in SECOND_LEVEL
+    return tld in SPOKEN_TLDS
+
+
+def _trim(text: str, start: int, end: int) -> int:
+    """Drop sentence punctuation after a link, keeping a ")" that closes one inside it."""
+    while end > start and text[end - 1] in _TRAILING_PUNCTUATION:
+        if text[end - 1] == ")" and text.count("(", start, end) >= text.count(")", start, end):
+            break
+        end -= 1
+    return end
