@@ -101,6 +101,10 @@ def build_env() -> dict[str, str]:
     # on PATH. sys.executable is deliberately not resolved: that would leave the venv.
     venv_bin = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([venv_bin, env.get("PATH", "")])
+    # Parley runs from its root, not as an installed package. `celery -A` puts the working
+    # directory on sys.path only while it imports the app, so a module first imported later
+    # in a pool process (`web` inside a task) is not found without this.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     # Children write to honcho's pipes; without this Python buffers their logs for minutes.
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env

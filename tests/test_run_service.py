@@ -24,6 +24,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 90
 STOP_TIMEOUT_S = 30
+TASK_SUCCEEDED = re.compile(r"Task [\w.]+\[[0-9a-f-]+\] succeeded")
 
 
 def _free_port() -> int:
@@ -137,6 +138,8 @@ def test_make_run_serves_readyz_then_sigterm_stops_every_process_with_exit_0(
         CELERY_BROKER_URL="",
         DATABASE_URL=f"sqlite:///{data_dir / 'parley.db'}",
         PYTHONUNBUFFERED="1",
+        # Beat's outbox sweep every second: soon a task goes beat → Redis → worker and back.
+        PARLEY_OUTBOX_SWEEP_S="1",
     )
     log_path = tmp_path / "run.log"
     seen: dict[int, str] = {}
@@ -174,6 +177,18 @@ def test_make_run_serves_readyz_then_sigterm_stops_every_process_with_exit_0(
             assert embedded.ping()
         finally:
             embedded.close()
+
+        # Ready is not enough: the worker must run what beat schedules (imports work in the
+        # pool processes, the app context builds), and nothing may crash on the way.
+        while (
+            time.monotonic() < deadline
+            and not TASK_SUCCEEDED.search(output)
+            and "Traceback" not in output
+        ):
+            time.sleep(0.5)
+            output = log_path.read_text(errors="replace")
+        assert TASK_SUCCEEDED.search(output), "no task succeeded\n" + output[-6000:]
+        assert "Traceback" not in output, output[-6000:]
 
         seen.update(_descendants(launcher.pid))
         assert len(seen) >= 5, f"expected launcher, redis, web, worker, beat; saw {seen}"
