@@ -92,6 +92,8 @@ class Lexicon:
     phrases: Mapping[str, tuple[tuple[tuple[str, ...], int], ...]]
     # words by length, newline-joined, for matching starred tokens with one regex search
     by_length: Mapping[int, str]
+    # STRONG_STEMS that this lexicon lists
+    stems: tuple[str, ...]
 
     @classmethod
     def build(cls, words: Iterable[str], allowed: Iterable[str] = ()) -> Lexicon:
@@ -135,6 +137,7 @@ class Lexicon:
                 {k: tuple(sorted(v, key=lambda p: -len(p[0]))) for k, v in phrases.items()}
             ),
             by_length=MappingProxyType({n: "\n".join(sorted(ws)) for n, ws in by_length.items()}),
+            stems=tuple(stem for stem in STRONG_STEMS if stem in singles),
         )
 
     def extended(self, extra_words: Iterable[str] = (), allowed: Iterable[str] = ()) -> Lexicon:
@@ -192,7 +195,18 @@ def _scan(text: str, lexicon: Lexicon) -> list[Span]:
             if phrase is not None:
                 spans.append((*phrase, "profanity"))
     spans.extend(_spaced_letters(text, matches, lowered, lexicon))
-    return spans
+    return _merge(spans)
+
+
+def _merge(spans: list[Span]) -> list[Span]:
+    """One span per stretch of profanity ("son of a bitch", not also "bitch")."""
+    merged: list[Span] = []
+    for start, end, label in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]), label)
+        else:
+            merged.append((start, end, label))
+    return merged
 
 
 def _token_hit(token: str, lexicon: Lexicon) -> tuple[int, int] | None:
@@ -222,7 +236,7 @@ def _is_profane_word(core: str, lexicon: Lexicon) -> bool:
             _RUN3_RE.sub(r"\1\1", core) in words or _RUN2_RE.sub(r"\1", core) in lexicon.squeezed
         ):
             return True
-        return core.startswith(STRONG_STEMS) or core.endswith(STRONG_STEMS)
+        return _has_stem(core, lexicon)
     letters = sum(c.isalpha() for c in core)
     has_digit = any(c.isdigit() for c in core)
     # "a55" or "A4" are model numbers, "$50" a price: leetspeak keeps most letters as letters.
@@ -233,11 +247,15 @@ def _is_profane_word(core: str, lexicon: Lexicon) -> bool:
         return True
     if _RUN3_RE.search(plain) and _RUN2_RE.sub(r"\1", plain) in lexicon.squeezed:
         return True
-    if plain.startswith(STRONG_STEMS) or plain.endswith(STRONG_STEMS):
+    if _has_stem(plain, lexicon):
         return True
     if "*" in core:
         return _starred(core, lexicon)
     return False
+
+
+def _has_stem(word: str, lexicon: Lexicon) -> bool:
+    return bool(lexicon.stems) and (word.startswith(lexicon.stems) or word.endswith(lexicon.stems))
 
 
 def _starred(core: str, lexicon: Lexicon) -> bool:
