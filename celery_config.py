@@ -8,6 +8,8 @@ with `celery -A celery_config beat` (see Procfile). Ops scale a stage by startin
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, Task, signals
@@ -15,6 +17,12 @@ from kombu import Queue
 
 if TYPE_CHECKING:
     from flask import Flask
+
+# The app runs from its root: make `web`, `tasks`... importable wherever the worker is started
+# from (Celery puts the working directory on sys.path only while it loads this module).
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 QUEUES = ("pipeline", "media", "push", "maintenance")
 INCLUDE = ["tasks.moderate", "tasks.fanout", "tasks.push", "tasks.outbox", "tasks.rotation"]

@@ -83,7 +83,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
     env = os.environ
     overrides = dict(overrides or {})
     data_dir = Path(overrides.pop("data_dir", None) or _data_dir(env)).resolve()
-    redis_url = overrides.get("redis_url") or env.get("REDIS_URL") or ""
+    redis_url = overrides.get("redis_url") or env.get("REDIS_URL") or _announced_redis(data_dir)
     values: dict[str, Any] = {
         "data_dir": data_dir,
         "database_url": f"sqlite:///{data_dir / 'parley.db'}",
@@ -100,10 +100,17 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
         values["broker_url"] = values["redis_url"]
     if not values["redis_url"]:
         raise RuntimeError(
-            "REDIS_URL is not set. `make run` starts an embedded Redis for you; when running a "
-            "process by hand, export REDIS_URL (e.g. redis://127.0.0.1:6379/0)."
+            "REDIS_URL is not set and no embedded Redis is running. Start the service with "
+            "`make run` (it starts one), or export REDIS_URL (e.g. redis://127.0.0.1:6379/0)."
         )
     return Settings(**values)
+
+
+def _announced_redis(data_dir: Path) -> str:
+    """The embedded Redis `make run` started announces its URL here, for CLI commands run
+    from another terminal while the service is up."""
+    path = data_dir / "redis.url"
+    return path.read_text().strip() if path.exists() else ""
 
 
 def _coerce(raw: str, annotation: object) -> Any:

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.config import Settings
 from core.crypto import Keyring, MasterKeys
 from models import DataKey
-from models.db import make_engine, make_sessionmaker
+from models.db import make_engine, make_sessionmaker, read_only
 
 
 @dataclass
@@ -25,6 +25,7 @@ class Services:
     settings: Settings
     engine: Engine
     Session: sessionmaker[Session]
+    ReadSession: sessionmaker[Session]  # for work that never writes (no SQLite write lock)
     redis: redis.Redis
     keyring: Keyring
     tasks: Celery  # producer bound to this process's broker
@@ -43,9 +44,10 @@ def build_services(settings: Settings) -> Services:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.database_url)
     session_factory = make_sessionmaker(engine)
+    read_factory = make_sessionmaker(read_only(engine))
 
     def load_wrapped(dk_id: str) -> tuple[str, bytes] | None:
-        with session_factory() as s:
+        with read_factory() as s:
             row = s.execute(
                 select(DataKey.master_kid, DataKey.wrapped).where(DataKey.id == dk_id)
             ).first()
@@ -57,7 +59,13 @@ def build_services(settings: Settings) -> Services:
 
     producer = make_celery(settings.broker_url)
     return Services(
-        settings, engine, session_factory, client, Keyring(master, load_wrapped), producer
+        settings,
+        engine,
+        session_factory,
+        read_factory,
+        client,
+        Keyring(master, load_wrapped),
+        producer,
     )
 
 

@@ -103,14 +103,26 @@ class Notification(Base):
     """An in-app notification for a user (offline recipients of a message, mentions...)."""
 
     __tablename__ = "notifications"
-    __table_args__ = (Index("ix_notifications_user", "user_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_notifications_user", "user_id", "created_at"),
+        # At most one unread notification per user, conversation and kind: repeats collapse.
+        Index(
+            "uq_notifications_unread",
+            "user_id",
+            "conversation_id",
+            "kind",
+            unique=True,
+            sqlite_where=text("read_at IS NULL"),
+            postgresql_where=text("read_at IS NULL"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(26), primary_key=True, default=new_id)
     user_id: Mapped[str] = mapped_column(String(128))
     kind: Mapped[str] = mapped_column(String(32))
     conversation_id: Mapped[str | None] = mapped_column(String(26))
     message_id: Mapped[str | None] = mapped_column(String(26))
-    # Collapses repeats: one unread notification per (user, conversation) counts messages.
+    # Unread messages in the conversation when last updated ("3 new messages").
     count: Mapped[int] = mapped_column(default=1)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     read_at: Mapped[datetime | None]

@@ -39,9 +39,15 @@ def _event_log() -> EventLog:
 
 @celery_app.task(name=FANOUT_TASK, **PIPELINE)
 def fanout_conversation(conversation_id: str) -> None:
+    drain(conversation_id)
+
+
+def drain(conversation_id: str) -> None:
+    """Fan out every message that is ready, in seq order (called by the task and, inline, by
+    the moderate stage so a message needs one task hop, not two)."""
     svc = services()
     log = _event_log()
-    pushes: list[tuple[str, list[str]]] = []
+    pushes: list[tuple[str, list[str]]] = []  # (message id, users to consider for a push)
     with svc.Session.begin() as s:
         stmt = select(DeliveryCursor).where(DeliveryCursor.conversation_id == conversation_id)
         if svc.dialect != "sqlite":  # SQLite's BEGIN IMMEDIATE already serializes writers
@@ -88,9 +94,9 @@ def fanout_conversation(conversation_id: str) -> None:
             len(member_ids),
             extra={"conversation_id": conversation_id, "seq": cursor.fanout_seq},
         )
-    for message_id, users in pushes:
-        if users:
-            outbox.send(PUSH_TASK, [message_id, users])
+    pushes = [(mid, users) for mid, users in pushes if users]
+    if pushes:
+        outbox.send(PUSH_TASK, [pushes])  # one push-intent task per batch
     if more:
         outbox.send(FANOUT_TASK, [conversation_id])
 

@@ -43,7 +43,7 @@ def follow(job_id: str, poll_s: float = 0.5, timeout_s: float = 3600) -> Iterato
     deadline = time.monotonic() + timeout_s
     last = None
     while time.monotonic() < deadline:
-        with svc.Session() as s:
+        with svc.ReadSession() as s:
             job = s.get(Job, job_id)
             assert job is not None
             line = f"{job.state}: {job.done}/{job.total}"
@@ -67,7 +67,7 @@ def _progress(job_id: str, **values: object) -> None:
 def rotate_keys(job_id: str) -> None:
     svc = services()
     batch = svc.settings.rotation_batch
-    with svc.Session() as s:
+    with svc.ReadSession() as s:
         job = s.get(Job, job_id)
         if job is None or job.state == "done":
             return
@@ -90,7 +90,7 @@ def rotate_keys(job_id: str) -> None:
         if n < batch:
             break
     if reencrypt:
-        with svc.Session() as s:
+        with svc.ReadSession() as s:
             conv_ids = list(s.scalars(select(Conversation.id).order_by(Conversation.id)))
         for cid in conv_ids:
             done = _reencrypt_conversation(cid, job_id, done, batch)

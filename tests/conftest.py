@@ -29,6 +29,8 @@ PG_HOST, PG_PORT = "127.0.0.1", 5432
 PG_ADMIN_URL = f"postgresql+psycopg://postgres@{PG_HOST}:{PG_PORT}/postgres"
 SERVICES: dict[str, str] = {}
 JWT_SECRET = "test-secret-0123456789abcdef-0123456789"
+# The suite's moderation policy: defaults, plus hold/reject outcomes to test them end to end.
+POLICIES = '{"support": {"email": "hold", "url": "reject"}}'
 
 sys.path.insert(0, str(ROOT))
 
@@ -180,8 +182,10 @@ class Worker:
     logfile: Path
     proc: subprocess.Popen[bytes] | None = None
     extra_args: list[str] = field(default_factory=list)
+    _out: Any = None
 
     def start(self, app: Flask, concurrency: int = 2) -> None:
+        self._out = self.logfile.open("ab")
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -203,7 +207,7 @@ class Worker:
             ],
             cwd=ROOT,
             env=self.env,
-            stdout=self.logfile.open("ab"),
+            stdout=self._out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -220,6 +224,7 @@ class Worker:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
         self.proc = None
+        self._out.close()
 
     def children(self) -> list[int]:
         assert self.proc is not None
@@ -245,7 +250,12 @@ class Stack:
 
 
 def _make_stack(
-    name: str, database_url: str, redis_db: int, redis_server: RedisServer, data_dir: Path
+    name: str,
+    database_url: str,
+    redis_db: int,
+    redis_server: RedisServer,
+    data_dir: Path,
+    broker_url: str | None = None,
 ) -> Stack:
     from models.migrate import upgrade
     from web import create_app
@@ -256,10 +266,11 @@ def _make_stack(
         **{k: v for k, v in os.environ.items() if not k.startswith(("PARLEY_", "CELERY_"))},
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
-        "CELERY_BROKER_URL": redis_url,
+        "CELERY_BROKER_URL": broker_url or redis_url,
         "PARLEY_DATA_DIR": str(data_dir),
         "PARLEY_JWT_SECRET": JWT_SECRET,
         "PARLEY_OUTBOX_STALE_S": "2",
+        "PARLEY_MODERATION_POLICIES": POLICIES,
         "PARLEY_OUTBOX_SWEEP_S": "1",
         "PYTHONPATH": str(ROOT),
     }
@@ -267,11 +278,12 @@ def _make_stack(
         {
             "database_url": database_url,
             "redis_url": redis_url,
-            "broker_url": redis_url,
+            "broker_url": broker_url or redis_url,
             "data_dir": data_dir,
             "jwt_secret": JWT_SECRET,
             "testing": True,
             "outbox_stale_s": 2.0,
+            "moderation_policies": POLICIES,
         }
     )
     worker = Worker(env, data_dir / "worker.log")

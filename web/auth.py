@@ -119,13 +119,15 @@ def authenticate(token: str | None) -> Principal:
     return principal
 
 
-_seen_claims: dict[str, tuple[Any, ...]] = {}
-
-
 def _remember_user(claims: dict[str, Any]) -> None:
     """Upsert the user only when this process has not seen these exact claims (saves a write)."""
+    from flask import current_app
+
     from core.services import services
 
+    _seen_claims: dict[str, tuple[Any, ...]] = current_app.extensions.setdefault(
+        "parley_seen_users", {}
+    )
     key = (claims.get("name"), claims.get("avatar"), tuple(claims.get("roles", [])))
     if _seen_claims.get(claims["sub"]) == key:
         return

@@ -64,7 +64,7 @@ def list_conversations() -> dict[str, Any]:
     """List conversations with unread counts and a last-message preview."""
     q = query_args(ConversationListQuery())
     svc = services()
-    with svc.Session() as s:
+    with svc.ReadSession() as s:
         rows, mine, unread, next_cursor = convs.list_for(
             s,
             current(),
@@ -94,7 +94,7 @@ def list_conversations() -> dict[str, Any]:
 @doc("Get a conversation", responses={200: ConversationSchema}, tag="conversations")
 def get_conversation(cid: str) -> dict[str, Any]:
     """Get one conversation the caller takes part in."""
-    with services().Session() as s:
+    with services().ReadSession() as s:
         conv, _ = convs.readable(s, current(), cid)
         return _render_one(s, conv)
 
@@ -175,5 +175,5 @@ def my_settings(cid: str) -> dict[str, Any]:
 def unread_totals() -> dict[str, int]:
     """Unread messages in total and the number of conversations that have any."""
     who = current()
-    with services().Session() as s:
+    with services().ReadSession() as s:
         return convs.unread_totals(s, who.require_user())

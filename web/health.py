@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from flask import Blueprint
+from flask import Blueprint, current_app
 from sqlalchemy import text
 
 from core.services import services
@@ -14,8 +14,7 @@ from web.schemas import HealthSchema
 
 bp = Blueprint("health", __name__)
 
-_WORKER_CACHE_S = 2.0
-_worker_seen: dict[str, float] = {"at": 0.0, "ok": 0.0}
+WORKER_CACHE_S = 2.0  # a ping costs up to 1 s; probes every second must not pile up
 
 
 @bp.get("/healthz")
@@ -26,12 +25,15 @@ def healthz() -> dict[str, Any]:
 
 
 def _worker_alive() -> bool:
+    """A positive answer is cached briefly per process; a negative one is re-checked."""
+    seen: dict[str, float] = current_app.extensions.setdefault("parley_worker_seen", {"at": 0.0})
     now = time.monotonic()
-    if now - _worker_seen["at"] < _WORKER_CACHE_S:
-        return bool(_worker_seen["ok"])
-    replies = services().tasks.control.ping(timeout=1.0)
-    _worker_seen.update(at=now, ok=1.0 if replies else 0.0)
-    return bool(replies)
+    if now - seen["at"] < WORKER_CACHE_S:
+        return True
+    if services().tasks.control.ping(timeout=1.0):
+        seen["at"] = now
+        return True
+    return False
 
 
 @bp.get("/readyz")

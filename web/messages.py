@@ -89,7 +89,7 @@ def list_messages(cid: str) -> dict[str, Any]:
 @doc("Get a message", responses={200: MessageSchema}, tag="messages")
 def get_message(mid: str) -> dict[str, Any]:
     """Get one message the caller may see."""
-    with services().Session() as s:
+    with services().ReadSession() as s:
         msg, _, _ = msgs.get_visible(s, current(), mid)
         return _render(s, msg)
 

@@ -1,0 +1,102 @@
+"""Encryption at rest: envelope keys, master-key rotation with re-encryption, via a real worker."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from core.crypto import MasterKeys, MissingKeyError, open_sealed, seal
+from models import DataKey, Job, Message
+from tests.conftest import RedisServer, Stack, _make_stack, wait_for
+from tests.factories import Api, uid, wait_delivered
+
+
+def test_sealed_text_is_bound_to_its_row_and_key() -> None:
+    key = bytes(range(32))
+    blob = seal(key, b"hello", b"msg:1")
+    assert open_sealed(key, blob, b"msg:1") == b"hello"
+    with pytest.raises(Exception):  # noqa: B017 - cryptography raises InvalidTag
+        open_sealed(key, blob, b"msg:2")  # copied to another row: does not open
+    assert blob.count(b"hello") == 0
+
+
+def test_master_keys_parse_and_reject_bad_material(tmp_path: Path) -> None:
+    entry = MasterKeys.generate_entry("k2")
+    keys = MasterKeys.parse(f"{entry},{MasterKeys.generate_entry('k1')}")
+    assert keys.current_kid == "k2" and len(keys.keys) == 2
+    with pytest.raises(ValueError, match="32 bytes"):
+        MasterKeys.parse("k1:c2hvcnQ")
+    with pytest.raises(MissingKeyError):
+        keys.get("k9")
+    generated = MasterKeys.load("", tmp_path)
+    assert MasterKeys.load("", tmp_path) == generated  # generated once, then reused
+    assert (tmp_path / "keys" / "master-keys.json").stat().st_mode & 0o077 == 0
+
+
+@pytest.fixture
+def rotation_stack(redis_server: RedisServer, tmp_path: Path) -> Iterator[Stack]:
+    """A stack of its own (SQLite, Redis db 5): rotation changes keys the others rely on."""
+    st = _make_stack("rotation", f"sqlite:///{tmp_path / 'parley.db'}", 5, redis_server, tmp_path)
+    yield st
+    st.worker.stop()
+    st.svc.engine.dispose()
+
+
+def test_rotation_rewraps_and_reencrypts_while_reads_and_writes_continue(
+    rotation_stack: Stack,
+) -> None:
+    st = rotation_stack
+    api = Api(st)
+    st.worker.start(st.app)
+    a, b = uid(), uid()
+    cid = api.conversation(a, b)
+    ids = [api.send(a, cid, f"before rotation {i}")["id"] for i in range(30)]
+    wait_delivered(st, b, ids)
+    api.patch(f"/v1/messages/{ids[0]}", user=a, json={"text": "edited before rotation"})
+    old = json.loads((st.data_dir / "keys" / "master-keys.json").read_text())
+    new_entry = MasterKeys.generate_entry("k-new")
+    spec = ",".join([new_entry] + [f"{e['kid']}:{e['key']}" for e in old])
+    # every node gets the new key list, newest first: the worker restarts with it, and so does
+    # this process's keyring
+    st.worker.stop()
+    st.worker.env["PARLEY_MASTER_KEYS"] = spec
+    st.svc.keyring.master = MasterKeys.parse(spec)
+    st.worker.start(st.app)
+    with st.svc.Session() as s:
+        old_keys = set(s.scalars(select(Message.key_id).where(Message.conversation_id == cid)))
+    with st.app.app_context():
+        from tasks.rotation import start_rotation
+
+        job_id = start_rotation(reencrypt=True, actor="test")
+    during = [api.send(b, cid, f"during rotation {i}")["id"] for i in range(10)]
+
+    def finished() -> Job | None:
+        with st.svc.Session() as s:
+            job = s.get(Job, job_id)
+            return job if job is not None and job.state == "done" else None
+
+    job = wait_for(finished, 60, 0.2, "the rotation job")
+    assert job.total >= 30 and job.done >= 30
+    wait_delivered(st, a, during)
+    with st.svc.Session() as s:
+        kids = set(s.scalars(select(DataKey.master_kid)))
+        assert kids == {"k-new"}
+        new_keys = set(s.scalars(select(Message.key_id).where(Message.conversation_id == cid)))
+        assert new_keys.isdisjoint(old_keys)
+    texts = [
+        m["text"]
+        for m in api.get(f"/v1/conversations/{cid}/messages?limit=200", user=b).get_json()["items"]
+    ]
+    assert texts[0] == "edited before rotation"
+    assert texts[1:30] == [f"before rotation {i}" for i in range(1, 30)]
+    assert texts[30:] == [f"during rotation {i}" for i in range(10)]
+    # the old master key alone can no longer open any data key
+    st.svc.keyring.master = MasterKeys.parse(",".join(f"{e['kid']}:{e['key']}" for e in old))
+    for dk in list(new_keys)[:1]:
+        st.svc.keyring.forget(dk)
+        with pytest.raises(MissingKeyError):
+            st.svc.keyring.data_key(dk)
