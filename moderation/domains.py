@@ -7,7 +7,7 @@ or a missing space than a link.
 
 from __future__ import annotations
 
-from moderation.wordsets import words_of
+from moderation.text import words_of
 
 # Top-level domains we accept after a bare "name.tld" (no scheme, no www).
 URL_TLDS: frozenset[str] = words_of(

@@ -17,8 +17,8 @@ from moderation.domains import (
     SPOKEN_TLDS,
     URL_TLDS,
 )
+from moderation.text import lower_keeping_offsets, words_of
 from moderation.verdict import Span
-from moderation.wordsets import words_of
 
 _W = r"[a-z0-9](?:[a-z0-9_+-]*[a-z0-9])?"
 _OPEN, _CLOSE = r"[\[\(\{<]", r"[\]\)\}>]"
@@ -32,27 +32,26 @@ _DOT = rf"(?:{_BRACKET_DOT}|{_SPOKEN_DOT}|{_PLAIN_DOT})"
 _LOCAL_SEP = rf"(?:\.|{_BRACKET_DOT}|{_SPOKEN_DOT}|\s+underscore\s+)"
 
 _ADDRESS_RE = re.compile(
-    rf"(?<![\w.+@-])(?P<local>{_W}(?:{_LOCAL_SEP}{_W})*)"
+    rf"(?<![\w.+@-])(?P<local>{_W}(?:{_LOCAL_SEP}{_W}){{0,8}})"
     rf"(?P<at>{_BRACKET_AT}|{_SYMBOL_AT}|{_SPOKEN_AT})"
-    rf"(?P<domain>{_W}(?:{_DOT}{_W})*)",
-    re.IGNORECASE,
+    rf"(?P<domain>{_W}(?:{_DOT}{_W}){{0,6}})",
 )
-_DOMAIN_PART_RE = re.compile(rf"(?P<sep>{_DOT})?(?P<label>{_W})", re.IGNORECASE)
-# Only worth running the address pattern when both halves of an address could be present.
-_AT_HINT_RE = re.compile(r"@|\bat\b", re.IGNORECASE)
-_DOMAIN_HINT_RE = re.compile(
-    r"\w\s{0,2}\.\s{0,2}[a-z]|\bdot\b|" + _OPEN + r"\s?\.|" + "|".join(sorted(MAIL_PROVIDERS)),
-    re.IGNORECASE,
+_DOMAIN_PART_RE = re.compile(rf"(?P<sep>{_DOT})?(?P<label>{_W})")
+# A spelled " at " is only worth the full address pattern when a word and a dot (or a mail
+# provider) follow it: "meet at the cafe" stops here, "john at gmail dot com" does not.
+_SPELLED_AT_HINT_RE = re.compile(
+    rf"\bat\b{_CLOSE}?\s*(?:{_W}{_DOT}{_W}|(?:{'|'.join(sorted(MAIL_PROVIDERS))})\b)"
 )
 # "my gmail is priyas1990": a provider named next to a handle that is not an ordinary word.
+_HANDLE_PROVIDERS = "gmail|yahoo|hotmail|outlook|icloud"
+_HANDLE_HINT_RE = re.compile(_HANDLE_PROVIDERS)
 _HANDLE_RE = re.compile(
-    r"\b(?:gmail|yahoo|hotmail|outlook|icloud)(?:\s+(?:id|address|account))?\s{0,2}"
+    rf"\b(?:{_HANDLE_PROVIDERS})(?:\s+(?:id|address|account))?\s{{0,2}}"
     r"(?:is|:|-|=)?\s{0,2}(?P<handle>[a-z0-9][a-z0-9._]{2,}[a-z0-9])\b",
-    re.IGNORECASE,
 )
 # Letters typed one at a time: "j o h n @ g m a i l . c o m".
-_SPACED_RE = re.compile(r"(?<!\S)\S(?: \S){5,}(?!\S)")
-_PLAIN_ADDRESS_RE = re.compile(r"[\w.+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,24}", re.IGNORECASE)
+_SPACED_RE = re.compile(r"(?<!\S)\S(?: \S){5,80}(?!\S)")
+_PLAIN_ADDRESS_RE = re.compile(r"[\w.+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,24}")
 _PLAIN_WORD_RE = re.compile(r"[a-z]+")
 # File-like endings that follow an "@" in names such as "icon@2x.png".
 _FILE_EXTENSIONS = words_of("png jpg jpeg gif svg webp pdf txt doc docx csv zip")
@@ -60,21 +59,22 @@ _FILE_EXTENSIONS = words_of("png jpg jpeg gif svg webp pdf txt doc docx csv zip"
 
 def find_emails(text: str) -> list[Span]:
     """Spans of e-mail addresses in `text`."""
-    if _AT_HINT_RE.search(text) is None:
-        return _handles(text) if "mail" in text.lower() else []
     spans: list[Span] = []
-    if _DOMAIN_HINT_RE.search(text):
-        spans.extend(_addresses(text))
-    spans.extend(_handles(text))
-    if "@" in text:
-        spans.extend(_spaced(text))
+    low = lower_keeping_offsets(text)
+    symbol = "@" in low
+    if symbol or _SPELLED_AT_HINT_RE.search(low):
+        spans.extend(_addresses(low))
+    if symbol:
+        spans.extend(_spaced(low))
+    if _HANDLE_HINT_RE.search(low):
+        spans.extend(_handles(low))
     return spans
 
 
-def _addresses(text: str) -> list[Span]:
+def _addresses(low: str) -> list[Span]:
     spans: list[Span] = []
     pos = 0
-    while (m := _ADDRESS_RE.search(text, pos)) is not None:
+    while (m := _ADDRESS_RE.search(low, pos)) is not None:
         end = _accept(m)
         if end is None:
             pos = m.start() + 1  # a later, shorter candidate may start inside this one
@@ -91,12 +91,12 @@ def _accept(m: re.Match[str]) -> int | None:
     prefix of its labels that forms a believable domain is taken.
     """
     at = m.group("at")
-    spoken_at = at.strip().lower() == "at"
+    spoken_at = at.strip() == "at"
     spaced_at = at != at.strip()
-    local = m.group("local").lower()
+    local = m.group("local")
     parts = list(_DOMAIN_PART_RE.finditer(m.group("domain")))
-    labels = [p.group("label").lower() for p in parts]
-    seps = [(p.group("sep") or "").strip().lower() for p in parts]
+    labels = [p.group("label") for p in parts]
+    seps = [(p.group("sep") or "").strip() for p in parts]
     provider = labels[0]
     if spoken_at and not _looks_like_address(local, provider, seps):
         return None
@@ -146,18 +146,18 @@ def _believable_domain(
     return tld in (SPOKEN_TLDS if spelled else URL_TLDS) or labels[0] in MAIL_PROVIDERS
 
 
-def _handles(text: str) -> list[Span]:
+def _handles(low: str) -> list[Span]:
     spans: list[Span] = []
-    for m in _HANDLE_RE.finditer(text):
+    for m in _HANDLE_RE.finditer(low):
         handle = m.group("handle")
         if any(c in handle for c in "._0123456789"):
             spans.append((m.start("handle"), m.end("handle"), "email"))
     return spans
 
 
-def _spaced(text: str) -> list[Span]:
+def _spaced(low: str) -> list[Span]:
     spans: list[Span] = []
-    for m in _SPACED_RE.finditer(text):
+    for m in _SPACED_RE.finditer(low):
         if "@" in m.group() and _PLAIN_ADDRESS_RE.fullmatch(m.group().replace(" ", "")):
             spans.append((m.start(), m.end(), "email"))
     return spans

@@ -18,6 +18,7 @@ from functools import lru_cache
 import phonenumbers
 from phonenumbers import Leniency, NumberParseException, PhoneMetadata, PhoneNumberMatcher
 
+from moderation.text import lower_keeping_offsets
 from moderation.verdict import Span
 
 logger = logging.getLogger(__name__)
@@ -28,8 +29,7 @@ DEFAULT_PHONE_REGIONS: tuple[str, ...] = ("US", "GB", "IN", "NP", "DE")
 MIN_DIGITS = 7
 MAX_DIGITS = 15  # E.164
 
-_ASCII_DIGITS = "0123456789"
-_ANY_DIGIT_RE = re.compile(r"\d")
+_DIGIT_RE = re.compile(r"\d")
 _BLANK = "_"
 
 # Things that start with a digit and carry digits but are not phone numbers; blanked as a whole.
@@ -46,10 +46,10 @@ _DIGIT_LED_NOISE = [
     # year ranges: 2019-2023
     r"(?:19|20)\d{2}\s?[-\u2013/]\s?(?:19|20)\d{2}(?!\d)",
     # amounts with the currency after, or "/-" as written in South Asia: 15000/-, 2500000 rupees
-    r"\d[\d,.]*\s?(?:/-|(?:usd|eur|gbp|inr|npr|rs|rupees?|dollars?|euros?|pounds?|lakhs?"
+    r"\d[\d,.]{0,24}\s?(?:/-|(?:usd|eur|gbp|inr|npr|rs|rupees?|dollars?|euros?|pounds?|lakhs?"
     r"|crores?|k)\b)",
     # round ranges: 1000-2000, 1500 to 2500
-    r"\d+00\s?(?:[-\u2013]|to)\s?\d+00\b",
+    r"\d{1,6}00\s?(?:[-\u2013]|to)\s?\d{1,6}00\b",
     # payment card numbers: 4111 1111 1111 1111
     r"\d{4}(?P<card_sep>[ -]?)\d{4}(?P=card_sep)\d{4}(?P=card_sep)\d{4}\b",
     # ZIP+4
@@ -58,8 +58,7 @@ _DIGIT_LED_NOISE = [
 _NOISE_RE = re.compile(
     r"(?=\d)(?<!\w)(?:" + "|".join(_DIGIT_LED_NOISE) + ")"
     # amounts with the currency first: $1,250.00, Rs. 15000, NPR 2,50,000
-    r"|(?:[$€£₹¥]|\b(?:rs|inr|npr|nrs|usd|us\$|eur|gbp|aud|cad)\b\.?)\s?\d[\d,.]*",
-    re.IGNORECASE,
+    r"|(?:[$€£₹¥]|\b(?:rs|inr|npr|nrs|usd|us\$|eur|gbp|aud|cad)\b\.?)\s?\d[\d,.]{0,24}"
 )
 # What may precede a digit run that makes it an id rather than a number: a word that names an
 # id ("order number 40239981", "awb 7784 5521 0093"), or letters glued on ("BK-2024-00917",
@@ -69,10 +68,10 @@ _ID_BEFORE_RE = re.compile(
     r"|receipt|transaction|txn|utr|account|acct|a/c|iban|policy|sku|item|listing|case|claim"
     r"|isbn|serial|model|pin|otp|code|voucher|coupon|member|membership|customer|reservation"
     r"|parcel|shipment|consignment)(?:\s?(?:no\.?|number|num|id|#|:|-|is))*\s?"
-    r"|(?<![a-z])(?!(?:tel|ph|mob|no|wa)[-_/#]$)[a-z]+[-_/#]|#\s?)$",
-    re.IGNORECASE,
+    r"|(?<![a-z])(?!(?:tel|ph|mob|no|wa)[-_/#]$)[a-z]+[-_/#]|#\s?)$"
 )
 _ID_CONTEXT = 40  # characters before a run searched for an id keyword
+_LONGEST_RUN = 64  # characters; longer runs are split by PhoneNumberMatcher only up to this
 
 # A run of digit groups joined by what people put inside phone numbers.
 _GROUP = r"(?:\(\s?\d+\s?\)|\d)"
@@ -84,45 +83,34 @@ _NUMBER_WORDS: dict[str, int] = {
 }  # fmt: skip
 _REPEATS = {"double": 2, "triple": 3}
 _WORD = r"(?:zero|oh|one|two|three|four|five|six|seven|eight|nine|double|triple|\d)"
-_SPELLED_RUN_RE = re.compile(
-    rf"(?<![a-z]){_WORD}(?:[\s,.\-/]{{0,3}}{_WORD})*(?![a-z])", re.IGNORECASE
-)
-_SPELLED_TOKEN_RE = re.compile(_WORD, re.IGNORECASE)
-_NUMBER_WORD_HINTS = (*_NUMBER_WORDS, *_REPEATS)
+_SPELLED_RUN_RE = re.compile(rf"(?<![a-z]){_WORD}(?:[\s,.\-/]{{0,3}}{_WORD})*(?![a-z])")
+_SPELLED_TOKEN_RE = re.compile(_WORD)
+# Counts number words also inside others ("one" in "phone"): an upper bound, to decide whether
+# to look closer.
+_NUMBER_WORD_RE = re.compile("|".join([*_NUMBER_WORDS, *_REPEATS]))
 
 
 def find_phones(text: str, regions: Sequence[str] = DEFAULT_PHONE_REGIONS) -> list[Span]:
     """Spans of phone numbers in `text`."""
-    digits = _count_digits(text)
+    digits = len(_DIGIT_RE.findall(text))
     numeric = digits >= MIN_DIGITS and any(
-        _count_digits(m.group()) >= MIN_DIGITS for m in _RUN_RE.finditer(text)
+        len(_DIGIT_RE.findall(m.group())) >= MIN_DIGITS for m in _RUN_RE.finditer(text)
     )
-    words = _count_number_words(text)
+    low = lower_keeping_offsets(text)
+    words = len(_NUMBER_WORD_RE.findall(low))
     spelled = words > 0 and words + digits >= MIN_DIGITS
     if not numeric and not spelled:
         return []
     # Only now is the blanking worth it: most texts never get here.
-    work = _NOISE_RE.sub(_blank, text)
+    work = _NOISE_RE.sub(_blank, low)
     spans: list[Span] = []
     if numeric:
         for m in _RUN_RE.finditer(work):
-            if _ID_BEFORE_RE.search(text, max(0, m.start() - _ID_CONTEXT), m.start()) is None:
+            if _ID_BEFORE_RE.search(low, max(0, m.start() - _ID_CONTEXT), m.start()) is None:
                 spans.extend(_numeric_run(text, m.start(), m.end(), regions))
     if spelled:
         spans.extend(_spelled_runs(work))
     return spans
-
-
-def _count_number_words(text: str) -> int:
-    """Upper bound of spelled digits ("one" also counts inside "phone"); str.count is cheap."""
-    low = text.lower()
-    return sum(map(low.count, _NUMBER_WORD_HINTS))
-
-
-def _count_digits(text: str) -> int:
-    if text.isascii():
-        return sum(map(text.count, _ASCII_DIGITS))
-    return len(_ANY_DIGIT_RE.findall(text))
 
 
 def _blank(m: re.Match[str]) -> str:
@@ -196,6 +184,8 @@ def _split_long_run(text: str, start: int, end: int, regions: Sequence[str]) -> 
     """Several numbers in one run ("9841234567/9851234567"): split on "/" first, then ask
     PhoneNumberMatcher, which knows national groupings."""
     run = text[start:end]
+    if len(run) > _LONGEST_RUN:
+        return []  # a wall of digits (a table, a serial dump) is not someone sharing a number
     if "/" in run:
         spans: list[Span] = []
         offset = start
@@ -221,7 +211,7 @@ def _spelled_runs(work: str) -> list[Span]:
         count = 0
         words = 0
         repeat = 1
-        for token in _SPELLED_TOKEN_RE.findall(m.group().lower()):
+        for token in _SPELLED_TOKEN_RE.findall(m.group()):
             if token in _REPEATS:
                 repeat = _REPEATS[token]
                 continue

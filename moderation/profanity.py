@@ -17,8 +17,8 @@ from types import MappingProxyType
 
 from better_profanity.utils import get_complete_path_of_file, read_wordlist
 
+from moderation.text import lower_keeping_offsets, words_of
 from moderation.verdict import Span
-from moderation.wordsets import words_of
 
 # Words of better-profanity's list that are ordinary vocabulary in marketplace and booking chat
 # (furniture, food, travel, health, identity). Flagging them masks honest messages ("the door
@@ -51,23 +51,21 @@ _LEET = str.maketrans("013457@$!|+8", "oieastasiitb")
 _LEET_L = str.maketrans("1", "l")
 
 # A token: letters/digits, symbols allowed inside (sh!t, f*ck, a$$), a leading @ or $ (@ss, $hit)
-# and trailing $ * + (a$$, f**). Trailing "!" and "." stay out so "shit!!!" is the token "shit".
-_TOKEN_RE = re.compile(r"[@$]*[^\W_]+(?:[@$*!+|'\u2019]+[^\W_]+)*[$*+]*")
-# Cheap evidence that the slow path could find something the plain set lookup cannot.
-_SLOW_HINT_RE = re.compile(
-    r"[a-z][@$*!+|0-9]+[a-z]"  # sh1t, f*ck, sh!t
-    r"|[@$][a-z]|[a-z][$*]"  # @ss, $hit, a$$, fu**
-    r"|\b[0134578@$]+[a-z]"  # 4ss, 5h1t
-    r"|([a-z])\1\1"  # fuuuck
-    r"|(?<![a-z])[a-z][ ._-][a-z][ ._-][a-z](?![a-z])"  # f u c k, s.h.i.t
-    r"|fuck|shit|cunt|bitch"  # compounds: shitshow, clusterfuck
-)
+# and trailing $ * + (a$$, f**). Trailing "!" and "." stay out ("shit!!!" is the token "shit"),
+# and apostrophes split ("bitch's" is "bitch" + "s"). Symbol runs are bounded so "@@@@..."
+# cannot make the pattern backtrack quadratically.
+_TOKEN_RE = re.compile(r"[@$]{0,3}[^\W_]+(?:[@$*!+|]{1,3}[^\W_]+)*[$*+]{0,3}")
+# Shapes only the slow path recognises, not a plain token lookup: stretched letters ("fuuuck")
+# and words spelled letter by letter ("f u c k", "s.h.i.t"; searched in " " + text + " ").
+# Two small patterns are faster than one alternation of both.
+_STRETCHED_RE = re.compile(r"([a-z])\1\1")
+_SPACED_OUT_RE = re.compile(r"[^a-z][a-z][ ._-][a-z][ ._-][a-z][^a-z]")
 _RUN3_RE = re.compile(r"(.)\1\1+")
 _RUN2_RE = re.compile(r"(.)\1+")
 _SPLIT_ENTRY_RE = re.compile(r"[\s._-]+")
 _PHRASE_GAP_RE = re.compile(r"[\s_-]{1,3}")
-_STRIP_LEAD = "'\u2019*!+|"
-_STRIP_TRAIL = "'\u2019*!|"
+_STRIP_LEAD = "*!+|"
+_STRIP_TRAIL = "*!|"
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,8 +90,11 @@ class Lexicon:
     phrases: Mapping[str, tuple[tuple[tuple[str, ...], int], ...]]
     # words by length, newline-joined, for matching starred tokens with one regex search
     by_length: Mapping[int, str]
-    # STRONG_STEMS that this lexicon lists
+    # length of the longest word, which bounds the letter-by-letter search
+    longest: int
+    # STRONG_STEMS that this lexicon lists, and one pattern finding any of them
     stems: tuple[str, ...]
+    stems_re: re.Pattern[str] | None
 
     @classmethod
     def build(cls, words: Iterable[str], allowed: Iterable[str] = ()) -> Lexicon:
@@ -118,15 +119,14 @@ class Lexicon:
         singles -= allow
         spelled -= allow
         surface = set(singles)
-        for w in singles:
-            surface.update((w + "'s", w + "\u2019s"))
-            if not w.endswith("s"):  # "asses" + "s" would be "assess"
-                surface.add(w + "s")
+        # plurals, and possessives, which tokenise as "bitch" + "s"
+        surface.update(w + "s" for w in singles if not w.endswith("s"))  # not "asses" + "s"
         squeezed = {_RUN2_RE.sub(r"\1", w) for w in singles if w.isalpha()}
         by_length: dict[int, list[str]] = {}
         for w in singles:
             if w.isalpha():
                 by_length.setdefault(len(w), []).append(w)
+        stems = tuple(stem for stem in STRONG_STEMS if stem in singles)
         return cls(
             words=frozenset(singles),
             allowed=frozenset(allow),
@@ -137,7 +137,9 @@ class Lexicon:
                 {k: tuple(sorted(v, key=lambda p: -len(p[0]))) for k, v in phrases.items()}
             ),
             by_length=MappingProxyType({n: "\n".join(sorted(ws)) for n, ws in by_length.items()}),
-            stems=tuple(stem for stem in STRONG_STEMS if stem in singles),
+            longest=max(map(len, singles | spelled), default=0),
+            stems=stems,
+            stems_re=re.compile("|".join(stems)) if stems else None,
         )
 
     def extended(self, extra_words: Iterable[str] = (), allowed: Iterable[str] = ()) -> Lexicon:
@@ -168,33 +170,48 @@ def default_lexicon() -> Lexicon:
 
 
 def find_profanity(text: str, lexicon: Lexicon) -> list[Span]:
-    """Spans of profane tokens and phrases in `text`."""
-    low = text.lower()
+    """Spans of profane tokens and phrases in `text`.
+
+    Most messages are clean, so the common path is one regex pass for tokens and a few C-level
+    set and substring checks; only a text with some evidence gets the per-token scan.
+    """
+    low = lower_keeping_offsets(text)
     tokens = _TOKEN_RE.findall(low)
     if not tokens:
         return []
-    if (
-        lexicon.surface.isdisjoint(tokens)
-        and lexicon.phrases.keys().isdisjoint(tokens)
-        and _SLOW_HINT_RE.search(low) is None
-    ):
-        return []
-    return _scan(text, lexicon)
+    if _worth_scanning(low, tokens, lexicon):
+        return _scan(low, lexicon)
+    return []
 
 
-def _scan(text: str, lexicon: Lexicon) -> list[Span]:
+def _worth_scanning(low: str, tokens: list[str], lexicon: Lexicon) -> bool:
+    if not lexicon.surface.isdisjoint(tokens) or not lexicon.phrases.keys().isdisjoint(tokens):
+        return True
+    if lexicon.stems_re is not None and lexicon.stems_re.search(low):
+        return True
+    if _STRETCHED_RE.search(low) or _SPACED_OUT_RE.search(f" {low} "):
+        return True
+    if "".join(tokens).isalpha():
+        return False
+    # Some token mixes letters with digits or symbols: is one of them leetspeak?
+    return any(
+        _token_hit(t, lexicon) is not None for t in tokens if not (t.isalpha() or t.isdigit())
+    )
+
+
+def _scan(low: str, lexicon: Lexicon) -> list[Span]:
     spans: list[Span] = []
-    matches = list(_TOKEN_RE.finditer(text))
-    lowered = [m.group().lower() for m in matches]
+    matches = list(_TOKEN_RE.finditer(low))
+    lowered = [m.group() for m in matches]
     for i, m in enumerate(matches):
         hit = _token_hit(lowered[i], lexicon)
         if hit is not None:
             spans.append((m.start() + hit[0], m.end() - hit[1], "profanity"))
         if lowered[i] in lexicon.phrases:
-            phrase = _phrase_end(text, matches, lowered, i, lexicon)
+            phrase = _phrase_end(low, matches, lowered, i, lexicon)
             if phrase is not None:
                 spans.append((*phrase, "profanity"))
-    spans.extend(_spaced_letters(text, matches, lowered, lexicon))
+    spans.extend(_spaced_letters(low, matches, lowered, lexicon))
     return _merge(spans)
 
 
@@ -218,8 +235,6 @@ def _token_hit(token: str, lexicon: Lexicon) -> tuple[int, int] | None:
     stripped = core.rstrip(_STRIP_TRAIL)
     trail = len(core) - len(stripped)
     core = stripped
-    if core.endswith(("'s", "\u2019s")):
-        core, trail = core[:-2], trail + 2
     if len(core) < 2:
         return None
     if core in lexicon.allowed:
@@ -330,7 +345,7 @@ def _spaced_run(
     if len(run) < 3:
         return []
     letters = "".join(lowered[i] for i in run)
-    for size in range(len(letters), 2, -1):
+    for size in range(min(len(letters), lexicon.longest), 2, -1):
         for start in range(len(letters) - size + 1):
             word = letters[start : start + size]
             if word in lexicon.spelled or word.translate(_LEET) in lexicon.spelled:

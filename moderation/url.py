@@ -16,22 +16,21 @@ from moderation.domains import (
     SPOKEN_TLDS,
     URL_TLDS,
 )
+from moderation.text import lower_keeping_offsets, words_of
 from moderation.verdict import Span
-from moderation.wordsets import words_of
 
 _URL_CHARS = r"[^\s<>\"'`]"
-_SCHEME_RE = re.compile(rf"\b(?:https?|ftp)://{_URL_CHARS}+", re.IGNORECASE)
+_SCHEME_RE = re.compile(rf"\b(?:https?|ftp)://{_URL_CHARS}+")
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _BARE_RE = re.compile(
     rf"(?<![\w@.\-/])(?P<domain>(?:{_LABEL}\.)+(?P<tld>[a-z]{{2,24}}))(?![\w-])"
     rf"(?P<path>[/?#]{_URL_CHARS}*)?",
-    re.IGNORECASE,
 )
 _SPOKEN_DOT = r"(?:\s+dot\s+|\s?[\[\(\{<]\s?dot\s?[\]\)\}>]\s?|\s+\.\s+)"
-_SPOKEN_RE = re.compile(rf"(?<![\w.@-]){_LABEL}(?:{_SPOKEN_DOT}{_LABEL})+", re.IGNORECASE)
-_SPOKEN_SPLIT_RE = re.compile(_SPOKEN_DOT, re.IGNORECASE)
-_BARE_HINT_RE = re.compile(r"[a-z0-9]\.[a-z]", re.IGNORECASE)
-_SPOKEN_HINT_RE = re.compile(r"\bdot\b|\s\.\s", re.IGNORECASE)
+# At most six labels: real domains are shorter, and the bound keeps "dot dot dot ..." linear.
+_SPOKEN_RE = re.compile(rf"(?<![\w.@-]){_LABEL}(?:{_SPOKEN_DOT}{_LABEL}){{1,6}}")
+_SPOKEN_SPLIT_RE = re.compile(_SPOKEN_DOT)
+_BARE_HINT_RE = re.compile(r"[a-z0-9]\.[a-z]")
 _TRAILING_PUNCTUATION = ".,;:!?'\")]}"
 # Words that start sentences, not domains: "the dot com bubble", "connect the dots".
 _NOT_A_SITE = words_of("the a an this that my your our his her their polka")
@@ -40,27 +39,26 @@ _NOT_A_SITE = words_of("the a an this that my your our his her their polka")
 def find_urls(text: str) -> list[Span]:
     """Spans of links in `text`."""
     spans: list[Span] = []
-    if "://" in text:
-        for m in _SCHEME_RE.finditer(text):
+    low = lower_keeping_offsets(text)
+    if "://" in low:
+        for m in _SCHEME_RE.finditer(low):
             spans.append((m.start(), _trim(text, m.start(), m.end()), "url"))
-    if _BARE_HINT_RE.search(text):
-        for m in _BARE_RE.finditer(text):
-            if _accept_bare(m):
+    if _BARE_HINT_RE.search(low):
+        for m in _BARE_RE.finditer(low):
+            if _accept_bare(m, text):
                 end = _trim(text, m.start(), m.end()) if m.group("path") else m.end()
                 spans.append((m.start(), end, "url"))
-    if _SPOKEN_HINT_RE.search(text):
-        spans.extend(_spoken(text))
+    if "dot" in low or " . " in low:
+        spans.extend(_spoken(low))
     return spans
 
 
-def _accept_bare(m: re.Match[str]) -> bool:
-    domain = m.group("domain").lower()
-    tld_text = m.group("tld")
-    tld = tld_text.lower()
+def _accept_bare(m: re.Match[str], text: str) -> bool:
+    domain = m.group("domain")
+    tld = m.group("tld")
+    tld_text = text[m.start("tld") : m.end("tld")]
     labels = domain.split(".")
-    if labels[0] == "www" or domain in KNOWN_LINK_DOMAINS:
-        return tld.isalpha()
-    if any(domain.endswith("." + known) for known in KNOWN_LINK_DOMAINS):
+    if labels[0] == "www" or _known_link(labels):
         return True
     if tld in AMBIGUOUS_TLDS:
         return bool(m.group("path")) or labels[-2] in SECOND_LEVEL
@@ -70,10 +68,15 @@ def _accept_bare(m: re.Match[str]) -> bool:
     return not (tld_text[0].isupper() and not tld_text.isupper())
 
 
-def _spoken(text: str) -> list[Span]:
+def _known_link(labels: list[str]) -> bool:
+    """Is the domain, or a parent of it, a known short / messenger / payment link host?"""
+    return any(".".join(labels[i:]) in KNOWN_LINK_DOMAINS for i in range(len(labels) - 1))
+
+
+def _spoken(low: str) -> list[Span]:
     spans: list[Span] = []
     pos = 0
-    while (m := _SPOKEN_RE.search(text, pos)) is not None:
+    while (m := _SPOKEN_RE.search(low, pos)) is not None:
         labels = _SPOKEN_SPLIT_RE.split(m.group())
         ends = _label_ends(m)
         for n in range(len(labels), 1, -1):
@@ -93,11 +96,11 @@ def _label_ends(m: re.Match[str]) -> list[int]:
 
 
 def _believable_spoken(labels: list[str]) -> bool:
-    first, tld = labels[0].lower(), labels[-1].lower()
+    first, tld = labels[0], labels[-1]
     if first in _NOT_A_SITE:
         return False
     if tld in AMBIGUOUS_TLDS:
-        return labels[-2].lower() in SECOND_LEVEL
+        return labels[-2] in SECOND_LEVEL
     return tld in SPOKEN_TLDS
 
 

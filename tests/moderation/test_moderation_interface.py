@@ -172,3 +172,22 @@ def _check_invariants(text: str, verdict: Verdict) -> None:
         previous_end = end
     if verdict.action == "allow":
         assert verdict.masked == text
+
+
+def test_long_repetitive_inputs_are_handled_like_any_other_text() -> None:
+    """Walls of one pattern ("a.a.a.", "1 1 1", "dot dot") once made some regexes backtrack
+    quadratically; they must come back with a normal verdict."""
+    walls = [
+        "a." * 2000,
+        "a " * 2000,
+        "f u c k " * 500,
+        "1 " * 2000,
+        "1." * 2000,
+        "@" * 4000,
+        "dot " * 1000,
+        "x at y dot " * 400,
+        "a." * 2000 + "@",
+        "9 nine " * 600,
+    ]
+    for text in walls:
+        _check_invariants(text, moderate(text, DIRECT))
