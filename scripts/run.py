@@ -143,6 +143,7 @@ class EmbeddedRedis:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.logfile = self.dir / "redis.log"
+        self.announcement = data_dir / "redis.url"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -172,6 +173,9 @@ class EmbeddedRedis:
             cmd, cwd=self.dir, stdin=subprocess.DEVNULL, start_new_session=True
         )
         self._wait_for_ping()
+        # Announce it: `flask --app web ...` run from another terminal finds it here
+        # (core/config.py reads this file when REDIS_URL is unset).
+        self.announcement.write_text(self.url + "\n")
 
     def _wait_for_ping(self) -> None:
         import redis
@@ -199,6 +203,7 @@ class EmbeddedRedis:
 
     def stop(self) -> None:
         """SIGTERM makes Redis fsync its AOF and exit; SIGKILL only if it hangs."""
+        self.announcement.unlink(missing_ok=True)
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.terminate()

@@ -7,6 +7,7 @@ the Procfile, and must answer /readyz; then SIGTERM must stop everything with ex
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -131,8 +132,8 @@ def test_make_run_serves_readyz_then_sigterm_stops_every_process_with_exit_0(
         PORT=str(port),
         HOST="127.0.0.1",
         PARLEY_DATA_DIR=str(data_dir),
-        # The app rejects HS256 secrets shorter than 32 bytes.
-        PARLEY_JWT_SECRET="test-" + "s" * 40,
+        # Unset, as for a newcomer: the service generates a local secret in the data dir.
+        PARLEY_JWT_SECRET="",
         # Empty, not absent: a developer's .env must not point this run at their own Redis/DB.
         REDIS_URL="",
         CELERY_BROKER_URL="",
@@ -192,6 +193,7 @@ def test_make_run_serves_readyz_then_sigterm_stops_every_process_with_exit_0(
 
         seen.update(_descendants(launcher.pid))
         assert len(seen) >= 5, f"expected launcher, redis, web, worker, beat; saw {seen}"
+        _newcomer_walkthrough(env, port, data_dir)
 
         launcher.send_signal(signal.SIGTERM)
         returncode = launcher.wait(STOP_TIMEOUT_S)
@@ -204,8 +206,58 @@ def test_make_run_serves_readyz_then_sigterm_stops_every_process_with_exit_0(
         assert _get_status(f"http://127.0.0.1:{port}/readyz") is None
         # Redis persisted its append-only file under the data dir before it stopped.
         assert (data_dir / "redis" / "appendonly.aof").exists()
+        assert not (data_dir / "redis.url").exists()
     finally:
         if launcher.poll() is None:
             launcher.kill()
             launcher.wait()
         _kill_leftovers(seen)
+
+
+def _newcomer_walkthrough(env: dict[str, str], port: int, data_dir: Path) -> None:
+    """The README's steps: tokens from the CLI in a second terminal (no REDIS_URL there: the
+    embedded Redis announced itself in the data dir), then conversation, message, read back."""
+    cli_env = {k: v for k, v in env.items() if k not in ("REDIS_URL", "CELERY_BROKER_URL")}
+    assert (data_dir / "redis.url").read_text().startswith("redis://127.0.0.1:")
+
+    def token(user: str) -> str:
+        out = subprocess.run(
+            [_venv_python(), "-m", "flask", "--app", "web", "token", "issue", user],
+            cwd=ROOT,
+            env=cli_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return out.stdout.strip().splitlines()[-1]
+
+    alice, bob = token("alice"), token("bob")
+    base = f"http://127.0.0.1:{port}"
+
+    def call(method: str, path: str, tok: str, body: dict | None = None) -> tuple[int, dict]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(  # noqa: S310 (loopback http only)
+            base + path,
+            data=data,
+            method=method,
+            headers={"Authorization": f"Bearer {tok}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 (loopback)
+            return resp.status, json.loads(resp.read())
+
+    status, conv = call("POST", "/v1/conversations", alice, {"type": "direct", "members": ["bob"]})
+    assert status == 201
+    status, msg = call(
+        "POST",
+        f"/v1/conversations/{conv['id']}/messages",
+        alice,
+        {"text": "Hi Bob, is Saturday fine?", "client_msg_id": "readme-1"},
+    )
+    assert status == 202 and msg["state"] == "pending"
+    deadline = time.monotonic() + 30
+    items: list[dict] = []
+    while time.monotonic() < deadline and not items:
+        items = call("GET", f"/v1/conversations/{conv['id']}/messages", bob)[1]["items"]
+        time.sleep(0.2)
+    assert [(m["text"], m["state"]) for m in items] == [("Hi Bob, is Saturday fine?", "delivered")]
