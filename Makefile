@@ -15,8 +15,11 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 run: $(VENV)/.installed-run
 	$(VENV_PY) scripts/run.py
 
-## test: install dev deps if needed and run the whole suite (PYTEST_ARGS="-k foo" to narrow)
+## test: install dev deps if needed, lint and type-check, then run the whole suite
+##       (PYTEST_ARGS="-k foo" to narrow the tests)
 test: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(VENV_PY) -m pytest $(PYTEST_ARGS)
 
 ## lint: ruff and mypy (configured in pyproject.toml)

@@ -43,7 +43,7 @@ def flask_app() -> Flask:
     return _flask_app
 
 
-class AppContextTask(Task):  # type: ignore[misc]
+class AppContextTask(Task):
     """Runs every task inside the Flask app context, so tasks reach the shared services."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

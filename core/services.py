@@ -12,7 +12,8 @@ import redis
 from celery import Celery
 from flask import current_app
 from sqlalchemy import Engine, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session as OrmSession
+from sqlalchemy.orm import sessionmaker
 
 from core.config import Settings
 from core.crypto import Keyring, MasterKeys
@@ -24,8 +25,8 @@ from models.db import make_engine, make_sessionmaker, read_only
 class Services:
     settings: Settings
     engine: Engine
-    Session: sessionmaker[Session]
-    ReadSession: sessionmaker[Session]  # for work that never writes (no SQLite write lock)
+    Session: sessionmaker[OrmSession]
+    ReadSession: sessionmaker[OrmSession]  # for work that never writes (no SQLite write lock)
     redis: redis.Redis
     keyring: Keyring
     tasks: Celery  # producer bound to this process's broker

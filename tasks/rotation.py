@@ -120,6 +120,7 @@ def _reencrypt_conversation(cid: str, job_id: str, done: int, batch: int) -> int
                 .limit(batch)
             ).all()
             for mid, old_key, blob in rows:
+                assert old_key is not None and blob is not None  # filtered by the query
                 text = svc.keyring.open_text(old_key, blob, message_aad(mid))
                 s.execute(
                     update(Message)
@@ -148,6 +149,7 @@ def _reencrypt_conversation(cid: str, job_id: str, done: int, batch: int) -> int
                 .limit(batch)
             ).all()
             for eid, mid, old_key, blob in edits:
+                assert old_key is not None and blob is not None  # filtered by the query
                 text = svc.keyring.open_text(old_key, blob, edit_aad(mid))
                 s.execute(
                     update(MessageEdit)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, Response, g, json
@@ -34,7 +35,7 @@ def problem(
     }
     if errors:
         body["errors"] = errors
-    body.update(extra)
+    body.update(extra or {})
     rid = getattr(g, "request_id", None)
     if rid:
         body["request_id"] = rid
@@ -66,7 +67,7 @@ def _flatten(messages: Any, prefix: str = "") -> dict[str, list[str]]:
 def register(app: Flask) -> None:
     @app.errorhandler(DomainError)
     def _domain(exc: DomainError) -> Response:
-        return problem(exc.status, exc.title, exc.detail, errors=exc.errors, **exc.extra)
+        return problem(exc.status, exc.title, exc.detail, errors=exc.errors, extra=exc.extra)
 
     @app.errorhandler(ValidationError)
     def _validation(exc: ValidationError) -> Response:
