@@ -13,10 +13,19 @@ from moderation.text import words_of
 URL_TLDS: frozenset[str] = words_of(
     """
     com net org info biz edu gov mil int io co uk de np ca au nz fr es nl ru cn jp br ch se dk
-    pl ae sg pk bd lk ly gg app dev shop store online site website xyz tech live link club top
-    cc tv fm gl ee gle eu ie za ke ng gh mx ar cl cz vn th kr hk tw tr gr pt ro hu fi ua qa sa
-    travel tours holiday rentals homes house page blog news media agency studio design art
-    email cloud host space world today life photos photography pics gallery asia pro name mobi
+    pl ae sg pk bd lk ly gg xyz cc tv fm gl ee gle eu ie za ke ng gh mx ar cl cz vn th kr hk tw
+    tr gr pt ro hu fi ua qa sa asia mobi
+    """
+)
+
+# Newer generic TLDs that are English words: "house.today" or "ok.thanks" typed without a space
+# is more common in chat than a bare "cafe.shop". Accepted with a path, www, a second level, or a
+# label no sentence has ("handicrafts-nepal.store", "cafe24.shop").
+WORD_TLDS: frozenset[str] = words_of(
+    """
+    app dev shop store online site website tech live link club top travel tours holiday rentals
+    homes house page blog news media agency studio design art email cloud host space world
+    today life photos photography pics gallery pro name
     """
 )
 

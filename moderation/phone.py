@@ -40,9 +40,10 @@ _DIGIT_LED_NOISE = [
     r"\d{1,2}:\d{2}(?::\d{2})?(?:\s?[ap]\.?m\b\.?)?",
     r"\d{1,2}[.]\d{2}\s?[ap]\.?m\b\.?",
     # dates: 2025-10-06, 06/10/2025, 12.11.2025, 10/6/25 (day and month range-checked)
-    r"(?:19|20)\d{2}[-/.](?:0?[1-9]|1[0-2])[-/.](?:0?[1-9]|[12]\d|3[01])(?!\d)",
-    r"(?:0?[1-9]|[12]\d|3[01])[-/.](?:0?[1-9]|1[0-2])[-/.](?:19|20)?\d{2}(?!\d)",
-    r"(?:0?[1-9]|1[0-2])[-/.](?:0?[1-9]|[12]\d|3[01])[-/.](?:19|20)?\d{2}(?!\d)",
+    # ... but not the start of a longer dotted or dashed run: 9.8.41.2.3.4.5 is a number
+    r"(?:19|20)\d{2}[-/.](?:0?[1-9]|1[0-2])[-/.](?:0?[1-9]|[12]\d|3[01])(?![-/.]?\d)",
+    r"(?:0?[1-9]|[12]\d|3[01])[-/.](?:0?[1-9]|1[0-2])[-/.](?:19|20)?\d{2}(?![-/.]?\d)",
+    r"(?:0?[1-9]|1[0-2])[-/.](?:0?[1-9]|[12]\d|3[01])[-/.](?:19|20)?\d{2}(?![-/.]?\d)",
     # year ranges: 2019-2023
     r"(?:19|20)\d{2}\s?[-\u2013/]\s?(?:19|20)\d{2}(?!\d)",
     # amounts with the currency after, or "/-" as written in South Asia: 15000/-, 2500000 rupees
@@ -60,6 +61,8 @@ _NOISE_RE = re.compile(
     # amounts with the currency first: $1,250.00, Rs. 15000, NPR 2,50,000
     r"|(?:[$€£₹¥]|\b(?:rs|inr|npr|nrs|usd|us\$|eur|gbp|aud|cad)\b\.?)\s?\d[\d,.]{0,24}"
 )
+# Words that label a phone number when glued to it: "tel-9841234567", "cell#9841234567".
+_PHONE_LABELS = "tel|ph|phone|mob|mobile|cell|call|no|num|wa|whatsapp|viber|contact"
 # What may precede a digit run that makes it an id rather than a number: a word that names an
 # id ("order number 40239981", "awb 7784 5521 0093"), or letters glued on ("BK-2024-00917",
 # "INV-778812", "#4412"). Runs cannot start right after a letter at all ("A12345", "TXN88321").
@@ -68,26 +71,34 @@ _ID_BEFORE_RE = re.compile(
     r"|receipt|transaction|txn|utr|account|acct|a/c|iban|policy|sku|item|listing|case|claim"
     r"|isbn|serial|model|pin|otp|code|voucher|coupon|member|membership|customer|reservation"
     r"|parcel|shipment|consignment)(?:\s?(?:no\.?|number|num|id|#|:|-|is))*\s?"
-    r"|(?<![a-z])(?!(?:tel|ph|mob|no|wa)[-_/#]$)[a-z]+[-_/#]|#\s?)$"
+    rf"|(?<![a-z])(?!(?:{_PHONE_LABELS})[-_/#]$)[a-z]+[-_/#]"
+    r"|(?<![a-z])#\s?)$"
 )
 _ID_CONTEXT = 40  # characters before a run searched for an id keyword
 _LONGEST_RUN = 64  # characters; longer runs are split by PhoneNumberMatcher only up to this
 
-# A run of digit groups joined by what people put inside phone numbers.
+# A run of digit groups joined by what people put inside phone numbers, including the two
+# invisible characters that turn a digit into a keycap emoji ("9\ufe0f\u20e3").
 _GROUP = r"(?:\(\s?\d+\s?\)|\d)"
-_RUN_RE = re.compile(rf"(?<![\w+])(?:\+\s?)?{_GROUP}(?:[ .\-/]{{1,3}}{_GROUP}|{_GROUP})*")
+_RUN_RE = re.compile(
+    rf"(?<![\w+])(?:\+\s?)?{_GROUP}(?:[ .\-/\ufe0f\u20e3]{{1,3}}{_GROUP}|{_GROUP})*"
+)
 
-_NUMBER_WORDS: dict[str, int] = {
-    "zero": 0, "oh": 0, "one": 1, "two": 2, "three": 3, "four": 4,
-    "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
-}  # fmt: skip
+# Spoken digits. A tens word stands for two digits and absorbs a unit after it ("twenty three"
+# is 23); teens are two digits; "double"/"triple" repeat the next digit.
+_UNITS = ("zero", "oh", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+_TEENS = ("ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
+          "eighteen", "nineteen")  # fmt: skip
+_TENS = ("twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
 _REPEATS = {"double": 2, "triple": 3}
-_WORD = r"(?:zero|oh|one|two|three|four|five|six|seven|eight|nine|double|triple|\d)"
+_SPOKEN = sorted([*_UNITS, *_TEENS, *_TENS, *_REPEATS], key=len, reverse=True)  # longest first
+_WORD = rf"(?:{'|'.join(_SPOKEN)}|\d)"
 _SPELLED_RUN_RE = re.compile(rf"(?<![a-z]){_WORD}(?:[\s,.\-/]{{0,3}}{_WORD})*(?![a-z])")
 _SPELLED_TOKEN_RE = re.compile(_WORD)
-# Counts number words also inside others ("one" in "phone"): an upper bound, to decide whether
+# Finds number words also inside others ("one" in "phone"): an upper bound, to decide whether
 # to look closer.
-_NUMBER_WORD_RE = re.compile("|".join([*_NUMBER_WORDS, *_REPEATS]))
+_NUMBER_WORD_RE = re.compile("|".join(_SPOKEN))
+_TWO_DIGIT_WORDS = frozenset((*_TEENS, *_TENS))
 
 
 def find_phones(text: str, regions: Sequence[str] = DEFAULT_PHONE_REGIONS) -> list[Span]:
@@ -97,7 +108,7 @@ def find_phones(text: str, regions: Sequence[str] = DEFAULT_PHONE_REGIONS) -> li
         len(_DIGIT_RE.findall(m.group())) >= MIN_DIGITS for m in _RUN_RE.finditer(text)
     )
     low = lower_keeping_offsets(text)
-    words = len(_NUMBER_WORD_RE.findall(low))
+    words = sum(2 if w in _TWO_DIGIT_WORDS else 1 for w in _NUMBER_WORD_RE.findall(low))
     spelled = words > 0 and words + digits >= MIN_DIGITS
     if not numeric and not spelled:
         return []
@@ -205,19 +216,24 @@ def _split_long_run(text: str, start: int, end: int, regions: Sequence[str]) -> 
 
 
 def _spelled_runs(work: str) -> list[Span]:
-    """Numbers spelled out, fully or mixed with digits: "five five five 1 2 3 4", "98four1..."."""
+    """Numbers spelled out, fully or mixed with digits: "five five five 1 2 3 4", "98four1...",
+    "9841 twenty three forty five sixty seven"."""
     spans: list[Span] = []
     for m in _SPELLED_RUN_RE.finditer(work):
-        count = 0
-        words = 0
+        count = words = 0
         repeat = 1
+        after_tens = False
         for token in _SPELLED_TOKEN_RE.findall(m.group()):
             if token in _REPEATS:
                 repeat = _REPEATS[token]
                 continue
             if not token.isdigit():
                 words += 1
-            count += repeat
+            if after_tens and token in _UNITS and token not in ("zero", "oh"):
+                after_tens = False  # the 3 of "twenty three"
+                continue
+            count += 2 if token in _TWO_DIGIT_WORDS else repeat
+            after_tens = token in _TENS
             repeat = 1
         if words and count >= MIN_DIGITS:
             spans.append((m.start(), m.end(), "phone"))

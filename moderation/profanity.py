@@ -41,6 +41,14 @@ DEFAULT_ALLOWED_WORDS: frozenset[str] = words_of(
     """
 )
 
+# Common chat spellings better-profanity's list lacks (its list has "fcuk" and "fuk", not "fck").
+DEFAULT_EXTRA_WORDS: frozenset[str] = words_of(
+    """
+    fck fcking fckin fcked fking fkin fkn effing ffs omfg bollocks asshat a-hole dickwad scumbag
+    bullcrap
+    """
+)
+
 # Stems so strong that a token starting or ending with them is profane whatever is glued on
 # ("shitshow", "clusterfuck"). Prefix/suffix only: "Scunthorpe" has "cunt" in the middle.
 STRONG_STEMS: tuple[str, ...] = ("fuck", "shit", "cunt", "bitch")
@@ -165,8 +173,9 @@ def better_profanity_words() -> list[str]:
 
 @lru_cache(maxsize=1)
 def default_lexicon() -> Lexicon:
-    """better-profanity's list minus DEFAULT_ALLOWED_WORDS, built once per process."""
-    return Lexicon.build(better_profanity_words(), DEFAULT_ALLOWED_WORDS)
+    """better-profanity's list plus DEFAULT_EXTRA_WORDS minus DEFAULT_ALLOWED_WORDS, built once
+    per process."""
+    return Lexicon.build([*better_profanity_words(), *DEFAULT_EXTRA_WORDS], DEFAULT_ALLOWED_WORDS)
 
 
 def find_profanity(text: str, lexicon: Lexicon) -> list[Span]:

@@ -15,6 +15,7 @@ from moderation.domains import (
     SECOND_LEVEL,
     SPOKEN_TLDS,
     URL_TLDS,
+    WORD_TLDS,
 )
 from moderation.text import lower_keeping_offsets, words_of
 from moderation.verdict import Span
@@ -26,7 +27,10 @@ _BARE_RE = re.compile(
     rf"(?<![\w@.\-/])(?P<domain>(?:{_LABEL}\.)+(?P<tld>[a-z]{{2,24}}))(?![\w-])"
     rf"(?P<path>[/?#]{_URL_CHARS}*)?",
 )
-_SPOKEN_DOT = r"(?:\s+dot\s+|\s?[\[\(\{<]\s?dot\s?[\]\)\}>]\s?|\s+\.\s+)"
+# " dot ", "(dot)", " . ", and "dot" glued to the TLD ("example dotcom")
+_SPOKEN_DOT = (
+    r"(?:\s+dot\s+|\s?[\[\(\{<]\s?dot\s?[\]\)\}>]\s?|\s+\.\s+|\s+dot(?=(?:com|net|org)\b))"
+)
 # At most six labels: real domains are shorter, and the bound keeps "dot dot dot ..." linear.
 _SPOKEN_RE = re.compile(rf"(?<![\w.@-]){_LABEL}(?:{_SPOKEN_DOT}{_LABEL}){{1,6}}")
 _SPOKEN_SPLIT_RE = re.compile(_SPOKEN_DOT)
@@ -62,10 +66,16 @@ def _accept_bare(m: re.Match[str], text: str) -> bool:
         return True
     if tld in AMBIGUOUS_TLDS:
         return bool(m.group("path")) or labels[-2] in SECOND_LEVEL
+    if tld in WORD_TLDS:
+        return bool(m.group("path")) or labels[-2] in SECOND_LEVEL or _unlike_a_word(labels[-2])
     if tld not in URL_TLDS:
         return False
     # "late.Next" / "arrived.It": a capitalised word after a full stop is a new sentence.
     return not (tld_text[0].isupper() and not tld_text.isupper())
+
+
+def _unlike_a_word(label: str) -> bool:
+    return not label.isalpha()
 
 
 def _known_link(labels: list[str]) -> bool:

@@ -42,6 +42,9 @@ def test_formatted_numbers_are_found_with_exact_spans(text: str, expected: list[
         ("5 5 5 1 2 3 4 5 6 7 call after 6", ["5 5 5 1 2 3 4 5 6 7"]),
         ("my husband's phone is 98 41 23 45 67", ["98 41 23 45 67"]),
         ("my no is 9841.234.567", ["9841.234.567"]),
+        ("9.8.4.1.2.3.4.5.6.7", ["9.8.4.1.2.3.4.5.6.7"]),
+        ("cell#9841234567", ["9841234567"]),
+        ("ph:9841234567", ["9841234567"]),
     ],
 )
 def test_spaced_and_dotted_digit_runs_are_found(text: str, expected: list[str]) -> None:
@@ -107,6 +110,24 @@ def test_spelled_out_and_mixed_numbers_are_found(text: str, expected: list[str] 
 )
 def test_times_prices_dates_ids_and_quantities_are_not_phones(text: str) -> None:
     assert found(text) == []
+
+
+def test_keycap_emoji_and_non_latin_digits_are_digits() -> None:
+    keycaps = "".join(f"{d}\ufe0f\u20e3" for d in "9841234567")
+    assert found(f"{keycaps} text me") == [keycaps[:-2]]
+    assert found("\u096f\u096e\u096a\u0967\u0968\u0969\u096a\u096b\u096c\u096d ma") == [
+        "\u096f\u096e\u096a\u0967\u0968\u0969\u096a\u096b\u096c\u096d"
+    ]
+    assert found("call \uff19\uff18\uff14\uff11\uff12\uff13\uff14\uff15\uff16\uff17") == [
+        "\uff19\uff18\uff14\uff11\uff12\uff13\uff14\uff15\uff16\uff17"
+    ]
+
+
+def test_tens_and_teens_count_as_two_digits() -> None:
+    text = "its 9841 twenty three forty five sixty seven"
+    assert found(text) == ["9841 twenty three forty five sixty seven"]
+    assert found("Three adults, two kids, one dog") == []
+    assert found("See you at eight thirty") == []
 
 
 def test_fewer_than_seven_digits_is_never_a_phone() -> None:

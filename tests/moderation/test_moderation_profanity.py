@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from moderation import Lexicon, default_lexicon
-from moderation.profanity import DEFAULT_ALLOWED_WORDS, better_profanity_words, find_profanity
+from moderation.profanity import (
+    DEFAULT_ALLOWED_WORDS,
+    DEFAULT_EXTRA_WORDS,
+    better_profanity_words,
+    find_profanity,
+)
 
 
 def found(text: str, lexicon: Lexicon | None = None) -> list[str]:
@@ -48,6 +53,8 @@ def test_listed_words_phrases_and_compounds_are_found_with_exact_spans(
         ("what an assh0le", ["assh0le"]),
         ("b*tch please", ["b*tch"]),
         ("5h1t", ["5h1t"]),
+        ("bi+ch please", ["bi+ch"]),
+        ("u r a b1tch", ["b1tch"]),
     ],
 )
 def test_leetspeak_and_starred_letters_are_caught(text: str, expected: list[str]) -> None:
@@ -131,13 +138,24 @@ def test_digits_and_symbols_alone_are_not_read_as_leetspeak(text: str) -> None:
     assert found(text) == []
 
 
-def test_the_default_lexicon_is_better_profanitys_list_minus_the_allow_list() -> None:
-    words = {w.lower() for w in better_profanity_words()}
+def test_the_default_lexicon_is_better_profanitys_list_plus_extras_minus_the_allow_list() -> None:
+    words = {w.lower() for w in better_profanity_words()} | DEFAULT_EXTRA_WORDS
     lexicon = default_lexicon()
     assert "fuck" in words and "fuck" in lexicon.words
+    assert "fck" in lexicon.words
     assert "knob" in words and "knob" not in lexicon.words
     assert lexicon.allowed >= DEFAULT_ALLOWED_WORDS
     assert lexicon.words <= words | {w.replace(" ", "").replace("-", "") for w in words}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("fck this app", ["fck"]), ("ffs, the lift", ["ffs"]), ("what an a-hole", ["a-hole"])],
+)
+def test_common_chat_spellings_missing_from_the_list_are_added(
+    text: str, expected: list[str]
+) -> None:
+    assert found(text) == expected
 
 
 def test_a_custom_lexicon_replaces_the_list() -> None:

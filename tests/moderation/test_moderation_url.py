@@ -59,6 +59,7 @@ def test_messenger_payment_and_short_links_are_found(link: str) -> None:
         ("go to cheapstays(dot)com", ["cheapstays(dot)com"]),
         ("mysite[dot]com for better price", ["mysite[dot]com"]),
         ("Book at www . cheapstays . com", ["www . cheapstays . com"]),
+        ("lakesidehomes dotcom", ["lakesidehomes dotcom"]),
     ],
 )
 def test_spelled_out_dots_are_found(text: str, expected: list[str]) -> None:
@@ -80,10 +81,18 @@ def test_spelled_out_dots_are_found(text: str, expected: list[str]) -> None:
         "We loved the polka dot curtains",
         "the dot com bubble",
         "Arrive at 8 . Leave at 10",
+        "We are at the house.today we relax",
+        "Saw it in the news.great place",
     ],
 )
 def test_abbreviations_files_versions_and_sentences_are_not_links(text: str) -> None:
     assert found(text) == []
+
+
+def test_english_word_tlds_need_more_than_a_word_before_them() -> None:
+    assert found("handicrafts-nepal.store has it") == ["handicrafts-nepal.store"]
+    assert found("cafe24.shop and example.shop/menu") == ["cafe24.shop", "example.shop/menu"]
+    assert found("ok.thanks, see you in the house.today") == []
 
 
 def test_an_address_is_not_also_a_link_and_a_number_in_a_link_is_part_of_it() -> None:
