@@ -16,12 +16,18 @@ from moderation.policy import (
     parse_policy_overrides,
     policy_for,
 )
-from moderation.profanity import DEFAULT_ALLOWED_WORDS, Lexicon, default_lexicon
+from moderation.profanity import (
+    DEFAULT_ALLOWED_WORDS,
+    DEFAULT_EXTRA_WORDS,
+    Lexicon,
+    default_lexicon,
+)
 from moderation.verdict import Span, Verdict
 
 __all__ = [
     "ACTIONS",
     "DEFAULT_ALLOWED_WORDS",
+    "DEFAULT_EXTRA_WORDS",
     "DEFAULT_PHONE_REGIONS",
     "DEFAULT_POLICIES",
     "LABELS",

@@ -25,12 +25,13 @@ def detect(
 ) -> list[Span]:
     """Every finding in `text` as sorted (start, end, label) spans, before any policy.
 
-    A link swallows the phone number or address inside it ("wa.me/9779841234567" is a link) and
-    an address swallows its domain ("john@gmail.com" is not also a link), so each piece of
-    contact detail carries one label.
+    Each piece of contact detail carries one label: the domain of an address is not also a link
+    ("john@gmail.com"), an address inside a link is part of the link ("site.com/?to=a@b.com"),
+    and a number inside a link or an address is part of it ("wa.me/9779841234567").
     """
     emails = find_emails(text)
-    urls = [s for s in find_urls(text) if not _overlaps(s, emails)]
+    urls = [s for s in find_urls(text) if not _inside(s, emails)]
+    emails = [s for s in emails if not _inside(s, urls)]
     phones = [s for s in find_phones(text, phone_regions) if not _overlaps(s, urls + emails)]
     found = find_profanity(text, lexicon or default_lexicon())
     return sorted({*found, *emails, *urls, *phones})
@@ -61,6 +62,11 @@ def moderate(
     except Exception:
         logger.exception("moderation failed", extra={"text_length": len(text)})
         return Verdict(action="hold", masked=text, reason=FAILED_REASON)
+
+
+def _inside(span: Span, others: list[Span]) -> bool:
+    start, end, _ = span
+    return any(o_start <= start and end <= o_end for o_start, o_end, _ in others)
 
 
 def _overlaps(span: Span, others: list[Span]) -> bool:

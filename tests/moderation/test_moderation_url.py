@@ -98,3 +98,5 @@ def test_english_word_tlds_need_more_than_a_word_before_them() -> None:
 def test_an_address_is_not_also_a_link_and_a_number_in_a_link_is_part_of_it() -> None:
     assert [label for *_, label in detect("mail john@gmail.com")] == ["email"]
     assert detect("wa.me/9779841234567") == [(0, 19, "url")]
+    link = "https://example.com/contact?to=john@gmail.com"
+    assert detect(f"{link} ok") == [(0, len(link), "url")]
