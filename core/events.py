@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -90,3 +91,43 @@ PRESENCE_PREFIX = "parley:presence:"
 def is_online(client: redis.Redis, user_id: str) -> bool:
     """A user is online while a web node keeps their presence key alive (see web/ws)."""
     return bool(client.exists(PRESENCE_PREFIX + user_id))
+
+
+# --- live (web hub) helpers: added for web/hub.py; the functions above are the pipeline's ---
+
+LIVE_CHANNEL = "parley:live"
+"""Ephemeral events (typing, presence) between web nodes: never stored, lost if nobody listens."""
+
+
+def publish_ephemeral(
+    client: redis.Redis, etype: str, data: Mapping[str, Any], user_ids: Iterable[str]
+) -> None:
+    """Fan an ephemeral event to every web node; each hands it to its sockets of `user_ids`."""
+    users = list(dict.fromkeys(user_ids))
+    if users:
+        payload = {"type": etype, "data": dict(data), "to": users}
+        client.publish(LIVE_CHANNEL, json.dumps(payload, separators=(",", ":")))
+
+
+@dataclass(frozen=True)
+class StreamBounds:
+    """What a reader needs to tell whether resuming after an id would skip trimmed entries."""
+
+    last_id: str  # last id ever generated ("0-0" when the stream never existed)
+    first_id: str | None  # oldest entry still present
+    ever_trimmed: bool  # entries were removed (MAXLEN or XDEL); True when Redis cannot tell
+
+
+def stream_bounds(client: redis.Redis, user_id: str) -> StreamBounds:
+    """Bounds of a user's stream in one round trip (XINFO STREAM)."""
+    try:
+        info = client.xinfo_stream(stream_key(user_id))
+    except redis.ResponseError:  # no such key: nothing was ever appended (or Redis lost it)
+        return StreamBounds("0-0", None, False)
+    first = info.get("first-entry")
+    added = info.get("entries-added")  # Redis >= 7; older servers cannot tell
+    return StreamBounds(
+        _s(info["last-generated-id"]),
+        _s(first[0]) if first else None,
+        True if added is None else int(added) > int(info["length"]),
+    )

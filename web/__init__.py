@@ -32,13 +32,14 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     outbox.install(svc.Session)
     app.extensions["parley"] = svc
 
-    from web import auth, conversations, errors, health, messages, openapi
+    from web import auth, conversations, errors, health, messages, openapi, ws
     from web.cli import register_cli
 
     auth.init_app(app, settings)
     errors.register(app)
     for bp in (health.bp, openapi.bp, conversations.bp, messages.bp):
         app.register_blueprint(bp)
+    ws.init_app(app)  # GET /v1/ws and presence; the hub starts with the first socket
     register_cli(app)
 
     @app.before_request

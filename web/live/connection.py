@@ -1,0 +1,228 @@
+"""One authenticated WebSocket: its bounded send queue, its stream cursor, its way out.
+
+Everything written to the socket goes through `offer()` into a bounded deque drained by a writer
+greenlet that exists only while there is something to send (an idle socket costs no greenlet
+of ours). `offer()` never blocks: the hub calls it for thousands of sockets in a row, and one
+slow peer must not hold up the others. A full queue closes the socket with 4008; the client
+resumes from the last id it received and loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from contextlib import suppress
+from typing import Any
+
+import gevent
+from gevent.event import Event
+from gevent.lock import Semaphore
+from simple_websocket import ConnectionClosed, Server
+from wsproto.events import Ping
+from wsproto.utilities import LocalProtocolError
+
+from domain.principals import Principal
+from web.live import protocol
+from web.live.protocol import Close, StreamId
+
+logger = logging.getLogger(__name__)
+
+_DURABLE, _EPHEMERAL, _PING, _CLOSE = range(4)
+_WRITE_ERRORS = (ConnectionClosed, OSError, LocalProtocolError)
+
+
+class SerializedSocket:
+    """simple-websocket writes with `socket.send()` from two greenlets (its reader answers
+    pings and closes, our writer sends events). A partial `send()` would drop the rest of a
+    frame and two writers could interleave frames, so every write becomes one locked
+    `sendall()`."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._lock = Semaphore()
+
+    def send(self, data: bytes) -> int:
+        with self._lock:
+            self._sock.sendall(data)
+        return len(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class Connection:
+    __slots__ = (
+        "__weakref__",
+        "_queue",
+        "_room",
+        "_writer",
+        "catching_up",
+        "closing",
+        "cursor",
+        "dirty",
+        "expires_at",
+        "generation",
+        "last_rx",
+        "max_queue",
+        "on_delivered",
+        "ping_at",
+        "principal",
+        "replaying",
+        "typing_at",
+        "user_id",
+        "ws",
+    )
+
+    def __init__(
+        self,
+        ws: Server,
+        principal: Principal,
+        expires_at: float,
+        max_queue: int,
+        on_delivered: Callable[[Connection, str, int], None],
+    ) -> None:
+        assert principal.user_id is not None
+        self.ws = ws
+        self.principal = principal
+        self.user_id: str = principal.user_id
+        self.expires_at = expires_at  # time.time() at which the token expires
+        self.max_queue = max_queue
+        self.on_delivered = on_delivered
+        self._queue: deque[tuple[int, Any, Any]] = deque()
+        self._writer: gevent.Greenlet | None = None
+        self._room: Event | None = None
+        # Stream position: the id of the last durable event queued (or skipped) for this socket.
+        # Only ever moves forward, except when the client explicitly resumes from an older id.
+        self.cursor: StreamId = (0, 0)
+        self.generation = 0  # bumped by every resume: a replay of an older one stops
+        self.catching_up = True  # the hub leaves sockets that replay their backlog alone
+        self.dirty = False  # a wake-up arrived while catching up: read once more
+        self.replaying = False  # a replay greenlet is running for this socket
+        self.closing: int | None = None
+        self.last_rx = time.monotonic()
+        self.ping_at: float | None = None
+        self.typing_at: dict[str, float] = {}
+
+    @property
+    def roles(self) -> frozenset[str]:
+        return self.principal.roles
+
+    @property
+    def open(self) -> bool:
+        return self.closing is None and self.ws.connected
+
+    # --- sending ------------------------------------------------------------------------------
+
+    def offer(self, frame: str, delivered: tuple[str, int] | None = None) -> bool:
+        """Queue a durable frame without blocking; False (and the socket closing) when full."""
+        return self._put(_DURABLE, frame, delivered)
+
+    def offer_ephemeral(self, frame: str) -> bool:
+        return self._put(_EPHEMERAL, frame, None)
+
+    def ping(self) -> None:
+        if self.closing is None:
+            self._queue.append((_PING, None, None))
+            self._kick()
+
+    def _put(self, kind: int, frame: str, meta: Any) -> bool:
+        if self.closing is not None:
+            return False
+        if len(self._queue) >= self.max_queue:
+            logger.info(
+                "send queue full (%d): closing a slow socket",
+                self.max_queue,
+                extra={"user_id": self.user_id},
+            )
+            self.close(Close.TOO_SLOW, "too slow: resume with since=<last id>")
+            return False
+        self._queue.append((kind, frame, meta))
+        self._kick()
+        return True
+
+    def room(self) -> int:
+        return self.max_queue - len(self._queue)
+
+    def wait_for_room(self, want: int, timeout: float) -> bool:
+        """Block the caller (a backlog replay, never the hub) until `want` frames fit."""
+        deadline = time.monotonic() + timeout
+        while self.closing is None and self.room() < want:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._room = Event()
+            self._room.wait(min(left, 1.0))
+        return self.closing is None
+
+    def drop_durable(self) -> None:
+        """Forget queued durable frames (a resume re-reads them from the stream)."""
+        self._queue = deque(item for item in self._queue if item[0] != _DURABLE)
+
+    def _kick(self) -> None:
+        if self._writer is None:
+            self._writer = gevent.spawn(self._drain)
+
+    def _drain(self) -> None:
+        ws = self.ws
+        try:
+            while self._queue:
+                kind, payload, meta = self._queue.popleft()
+                if kind == _CLOSE:
+                    self._queue.clear()
+                    with suppress(*_WRITE_ERRORS):
+                        ws.close(payload[0], payload[1])
+                    ws.event.set()  # wake the session's receive() so it ends
+                    return
+                if kind == _PING:
+                    ws.sock.send(ws.ws.send(Ping()))
+                else:
+                    ws.send(payload)
+                    if meta is not None:
+                        self.on_delivered(self, meta[0], meta[1])
+                if self._room is not None:
+                    self._room.set()
+        except _WRITE_ERRORS:
+            self._queue.clear()
+            ws.connected = False
+            ws.event.set()
+        except Exception:
+            logger.exception("writer failed", extra={"user_id": self.user_id})
+            self._queue.clear()
+            ws.connected = False
+            ws.event.set()
+        finally:
+            self._writer = None
+
+    # --- closing ------------------------------------------------------------------------------
+
+    def close(self, code: int, why: str, grace: float = 5.0) -> None:
+        """Close with `code` after what is being written now; queued events are dropped (the
+        client resumes from the last id it got). A peer that does not take the close frame
+        within `grace` seconds is cut off."""
+        if self.closing is not None:
+            return
+        self.closing = int(code)
+        self._queue.clear()
+        self._queue.append((_CLOSE, (int(code), protocol.reason(why)), None))
+        self._kick()
+        if self._room is not None:
+            self._room.set()
+        gevent.spawn_later(grace, self.abort)
+
+    def abort(self) -> None:
+        """Cut the TCP connection: unblocks a writer stuck on a full socket and the reader."""
+        if self._writer is None and not self.ws.connected and not self.ws.thread.is_alive():
+            return
+        with suppress(OSError):
+            self.ws.sock.shutdown(socket.SHUT_RDWR)
+        self.ws.connected = False
+        self.ws.event.set()
+
+    def finish(self, grace: float) -> None:
+        """Wait (bounded) for the close handshake, then make sure the socket is done."""
+        self.ws.thread.join(timeout=grace)
+        if self.ws.thread.is_alive() or self._writer is not None:
+            self.abort()

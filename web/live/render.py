@@ -1,0 +1,188 @@
+"""Stream entries → the frames each viewer receives, with one set of DB reads per batch.
+
+Streams hold ids only; the message a `message.new` / `message.updated` frame carries is loaded,
+decrypted and rendered here exactly as `GET /v1/messages/{mid}` renders it for that viewer.
+A wake-up for a 1,000-member conversation renders one message for 1,000 users: the messages,
+their conversations' members and the reactions are read once for the whole batch, and viewers
+who would get identical JSON share one rendering (see `_view_key`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.services import Services
+from domain.messages import can_see, reactions_for
+from domain.principals import Principal
+from domain.render import render_message
+from models import Message, Participant, Reaction
+from web.live import protocol
+from web.live.protocol import StreamId
+
+logger = logging.getLogger(__name__)
+
+MESSAGE_EVENTS = frozenset({"message.new", "message.updated"})
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One stream entry as read from Redis."""
+
+    sid: StreamId
+    id: str
+    type: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """What one viewer gets for one entry: a frame, or None when the entry is not for them
+    (the cursor still moves past it). `delivered` is (conversation, seq) for message.new."""
+
+    sid: StreamId
+    frame: str | None
+    delivered: tuple[str, int] | None = None
+
+
+Viewer = tuple[str, frozenset[str]]  # (user id, token roles): roles change what a render shows
+
+
+def decode_entries(rows: Any) -> list[Entry]:
+    """Decode XRANGE rows (id, fields) into entries."""
+    import json
+
+    out = []
+    for raw_id, fields in rows or ():
+        eid = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+        f = {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in fields.items()
+        }
+        sid = protocol.parse_id(eid)
+        assert sid is not None, eid
+        try:
+            data = json.loads(f.get("data") or "{}")
+        except ValueError:
+            logger.warning("stream entry %s has undecodable data; skipped", eid)
+            data = None
+        out.append(Entry(sid, eid, f.get("type", ""), data if isinstance(data, dict) else {}))
+    return out
+
+
+def render(
+    svc: Services,
+    read_session: Callable[[], Session],
+    wants: Mapping[Viewer, Sequence[Entry]],
+) -> dict[Viewer, list[Outgoing]]:
+    """Frames for every viewer's entries, in the entries' order."""
+    mids = {
+        str(e.data.get("message_id"))
+        for entries in wants.values()
+        for e in entries
+        if e.type in MESSAGE_EVENTS and e.data.get("message_id")
+    }
+    if not mids:
+        return {v: [_passthrough(e) for e in entries] for v, entries in wants.items()}
+    users = {user for user, _ in wants}
+    with read_session() as s:
+        messages = {m.id: m for m in s.scalars(select(Message).where(Message.id.in_(mids)))}
+        cids = {m.conversation_id for m in messages.values()}
+        members: dict[str, list[Participant]] = defaultdict(list)
+        for p in s.scalars(
+            select(Participant).where(
+                Participant.conversation_id.in_(cids), Participant.left_at.is_(None)
+            )
+        ):
+            members[p.conversation_id].append(p)
+        shared = reactions_for(s, list(messages), None)
+        mine: dict[tuple[str, str], set[str]] = defaultdict(set)  # (user, message) → emojis
+        for mid, emoji, user in s.execute(
+            select(Reaction.message_id, Reaction.emoji, Reaction.user_id).where(
+                Reaction.message_id.in_(list(messages)), Reaction.user_id.in_(users)
+            )
+        ):
+            mine[(user, mid)].add(emoji)
+        views = _Views(svc, messages, members, shared, mine)
+        return {v: [views.outgoing(v, e) for e in entries] for v, entries in wants.items()}
+
+
+def _passthrough(e: Entry) -> Outgoing:
+    return Outgoing(e.sid, protocol.durable(e.type, e.id, protocol.dumps(e.data)))
+
+
+class _Views:
+    """Renders messages per viewer, sharing one JSON encoding among identical views."""
+
+    def __init__(
+        self,
+        svc: Services,
+        messages: Mapping[str, Message],
+        members: Mapping[str, list[Participant]],
+        shared: Mapping[str, list[dict[str, Any]]],
+        mine: Mapping[tuple[str, str], set[str]],
+    ) -> None:
+        self.svc = svc
+        self.messages = messages
+        self.members = members
+        self.parts = {(p.conversation_id, p.user_id): p for ps in members.values() for p in ps}
+        self.shared = shared
+        self.mine = mine
+        self.cache: dict[tuple[Any, ...], str] = {}
+
+    def outgoing(self, viewer: Viewer, e: Entry) -> Outgoing:
+        if e.type not in MESSAGE_EVENTS:
+            return _passthrough(e)
+        msg = self.messages.get(str(e.data.get("message_id")))
+        if msg is None:  # purged or erased since: nothing to show
+            return Outgoing(e.sid, None)
+        user, roles = viewer
+        who = Principal(user_id=user, roles=roles)
+        part = self.parts.get((msg.conversation_id, user))
+        if part is None and not who.is_moderator:
+            return Outgoing(e.sid, None)  # GET /v1/messages/{mid} would answer 404
+        # Fan-out appends message.new just before committing state=delivered: a still-pending
+        # row behind a message.new is a delivered message whose commit is in flight.
+        forced = e.type == "message.new" and msg.state == "pending"
+        if not forced and not can_see(msg, who, part):
+            return Outgoing(e.sid, None)  # held/rejected: only its sender and moderators
+        emojis = frozenset(self.mine.get((user, msg.id), ()))
+        key = (msg.id, forced, *_view_key(msg, who, part), emojis)
+        data_json = self.cache.get(key)
+        if data_json is None:
+            data = render_message(
+                self.svc,
+                msg,
+                who,
+                part,
+                self.members.get(msg.conversation_id, []),
+                {msg.id: self._reactions(msg.id, emojis)},
+            )
+            if forced:
+                data["state"] = "delivered"
+            data_json = self.cache[key] = protocol.dumps(data)
+        delivered = (msg.conversation_id, msg.seq) if e.type == "message.new" else None
+        return Outgoing(e.sid, protocol.durable(e.type, e.id, data_json), delivered)
+
+    def _reactions(self, mid: str, emojis: frozenset[str]) -> list[dict[str, Any]]:
+        base = self.shared.get(mid, [])
+        if not emojis:
+            return base
+        return [{**r, "me": r["emoji"] in emojis} for r in base]
+
+
+def _view_key(msg: Message, who: Principal, part: Participant | None) -> tuple[Any, ...]:
+    """Everything besides the message and the viewer's own reactions that render_message's
+    output depends on: the sender sees their own fields (status, client_msg_id), privileged
+    viewers (moderators) see the moderation verdict, everyone else sees the same thing.
+    Keep in step with domain/render.py."""
+    if msg.sender_id is not None and msg.sender_id == who.user_id:
+        return ("sender", who.user_id, who.is_moderator)
+    privileged = who.is_moderator or (part is not None and part.role == "moderator")
+    return ("privileged",) if privileged else ("plain",)
