@@ -33,12 +33,12 @@ def build_verdict(text: str, found: Iterable[Span], policy: Policy) -> Verdict:
     raw = sorted(found)
     if not raw:
         return Verdict(action="allow", masked=text)
-    labels = sorted({label for _, _, label in raw}, key=LABELS.index)
+    labels = sorted({label for _, _, label in raw})
     actions = {label: policy.action_for(label) for label in labels}
     action = max(actions.values(), key=ACTION_STRENGTH.__getitem__)
     return Verdict(
         action=action,
-        labels=sorted(labels),
+        labels=labels,
         spans=merge_spans(raw, actions),
         masked=mask_text(text, raw, actions),
         reason=_reason(action, actions),
