@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import random
 import string
+import subprocess
+import sys
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -191,3 +194,18 @@ def test_long_repetitive_inputs_are_handled_like_any_other_text() -> None:
     ]
     for text in walls:
         _check_invariants(text, moderate(text, DIRECT))
+
+
+def test_the_package_imports_no_web_queue_or_database_framework() -> None:
+    """moderation/ must stay callable from anywhere: a fresh interpreter importing it loads no
+    Flask, Celery, SQLAlchemy or Redis."""
+    code = (
+        "import sys, moderation\n"
+        "heavy = {'flask', 'celery', 'sqlalchemy', 'redis', 'kombu'}\n"
+        "print(sorted(heavy & {name.split('.')[0] for name in sys.modules}))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
