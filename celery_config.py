@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -99,6 +100,41 @@ def make_celery(broker_url: str | None) -> Celery:
 
 # What `celery -A celery_config worker|beat` runs, configured from the environment.
 celery_app = make_celery(os.environ.get("CELERY_BROKER_URL") or os.environ.get("REDIS_URL"))
+
+
+@signals.task_prerun.connect
+def _bind_log_context(task_id: str = "", task: Any = None, **_: Any) -> None:
+    """Every log line of a task carries its id and the request id of the web call behind it."""
+    from core import logs
+
+    request = getattr(task, "request", None)
+    rid = getattr(request, "request_id", None) or (getattr(request, "headers", None) or {}).get(
+        "request_id"
+    )
+    logs.clear()
+    logs.bind(task_id=task_id, **({"request_id": rid} if rid else {}))
+    _started[task_id] = time.perf_counter()
+
+
+@signals.task_postrun.connect
+def _log_stage_timing(task_id: str = "", task: Any = None, state: str = "", **_: Any) -> None:
+    """One line per task execution: the stage, how long it took, how it ended."""
+    import logging
+
+    started = _started.pop(task_id, None)
+    if started is None or task is None:
+        return
+    duration = round((time.perf_counter() - started) * 1000, 2)
+    logging.getLogger("tasks.timing").info(
+        "stage %s %s in %.1f ms",
+        task.name,
+        state.lower() or "done",
+        duration,
+        extra={"task": task.name, "duration_ms": duration, "outcome": state or "SUCCESS"},
+    )
+
+
+_started: dict[str, float] = {}
 
 
 @signals.worker_process_init.connect

@@ -7,7 +7,6 @@ same environment as the web node behaves the same.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -38,11 +37,42 @@ class Settings:
     max_members: int = 1000
     page_limit_default: int = 50
     page_limit_max: int = 200
+    storage: str = "local"
+    s3_bucket: str = ""
+    s3_prefix: str = ""
+    s3_endpoint_url: str = ""
+    s3_region: str = ""
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = ""
+    max_file_bytes: int = 10 * 1024 * 1024
+    max_image_bytes: int = 5 * 1024 * 1024
+    max_image_pixels: int = 50_000_000
+    download_ttl_s: int = 300
     outbox_sweep_s: float = 5.0
     outbox_stale_s: float = 10.0
     stream_maxlen: int = 1000
     rotation_batch: int = 500
     moderation_policies: str = ""
+    reports_auto_hold: int = 3
+    flood_conversations: int = 5
+    flood_window_s: int = 300
+    # Offline push (#7, docs/notifications.md)
+    push_delay_s: float = 10.0
+    push_ttl_s: int = 3600
+    push_preview: str = "full"
+    push_max_attempts: int = 8
+    push_retry_base_s: float = 2.0
+    push_retry_max_s: float = 600.0
+    push_timeout_s: float = 10.0
+    push_sweep_s: float = 30.0
+    push_email_digest_s: float = 900.0
+    push_allow_private_targets: bool = False
+    vapid_private_key: str = ""
+    vapid_subject: str = "mailto:parley@localhost"
+    smtp_url: str = ""
+    smtp_from: str = "Parley <parley@localhost>"
+    platform_webhook_url: str = ""
+    platform_webhook_secret: str = ""
     testing: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -52,8 +82,12 @@ class Settings:
 
     @property
     def moderation_overrides(self) -> dict[str, dict[str, str]] | None:
-        """`PARLEY_MODERATION_POLICIES`: JSON {conversation type: {label: action}}."""
-        return json.loads(self.moderation_policies) if self.moderation_policies else None
+        """`PARLEY_MODERATION_POLICIES`: JSON {conversation type: {label: action}}, validated."""
+        from moderation import parse_policy_overrides
+
+        return (
+            parse_policy_overrides(self.moderation_policies) if self.moderation_policies else None
+        )
 
 
 _ENV_NAMES = {
@@ -69,11 +103,41 @@ _ENV_NAMES = {
     "max_text_length": "PARLEY_MAX_TEXT_LENGTH",
     "max_body_bytes": "PARLEY_MAX_BODY_BYTES",
     "max_members": "PARLEY_MAX_MEMBERS",
+    "storage": "PARLEY_STORAGE",
+    "s3_bucket": "PARLEY_S3_BUCKET",
+    "s3_prefix": "PARLEY_S3_PREFIX",
+    "s3_endpoint_url": "PARLEY_S3_ENDPOINT_URL",
+    "s3_region": "PARLEY_S3_REGION",
+    "s3_access_key_id": "PARLEY_S3_ACCESS_KEY_ID",
+    "s3_secret_access_key": "PARLEY_S3_SECRET_ACCESS_KEY",
+    "max_file_bytes": "PARLEY_MAX_FILE_BYTES",
+    "max_image_bytes": "PARLEY_MAX_IMAGE_BYTES",
+    "max_image_pixels": "PARLEY_MAX_IMAGE_PIXELS",
+    "download_ttl_s": "PARLEY_DOWNLOAD_TTL_S",
     "outbox_sweep_s": "PARLEY_OUTBOX_SWEEP_S",
     "outbox_stale_s": "PARLEY_OUTBOX_STALE_S",
     "stream_maxlen": "PARLEY_STREAM_MAXLEN",
     "rotation_batch": "PARLEY_ROTATION_BATCH",
     "moderation_policies": "PARLEY_MODERATION_POLICIES",
+    "push_delay_s": "PARLEY_PUSH_DELAY_S",
+    "push_ttl_s": "PARLEY_PUSH_TTL_S",
+    "push_preview": "PARLEY_PUSH_PREVIEW",
+    "push_max_attempts": "PARLEY_PUSH_MAX_ATTEMPTS",
+    "push_retry_base_s": "PARLEY_PUSH_RETRY_BASE_S",
+    "push_retry_max_s": "PARLEY_PUSH_RETRY_MAX_S",
+    "push_timeout_s": "PARLEY_PUSH_TIMEOUT_S",
+    "push_sweep_s": "PARLEY_PUSH_SWEEP_S",
+    "push_email_digest_s": "PARLEY_PUSH_EMAIL_DIGEST_S",
+    "push_allow_private_targets": "PARLEY_PUSH_ALLOW_PRIVATE_TARGETS",
+    "vapid_private_key": "PARLEY_VAPID_PRIVATE_KEY",
+    "vapid_subject": "PARLEY_VAPID_SUBJECT",
+    "smtp_url": "PARLEY_SMTP_URL",
+    "smtp_from": "PARLEY_SMTP_FROM",
+    "platform_webhook_url": "PARLEY_PLATFORM_WEBHOOK_URL",
+    "platform_webhook_secret": "PARLEY_PLATFORM_WEBHOOK_SECRET",
+    "reports_auto_hold": "PARLEY_REPORTS_AUTO_HOLD",
+    "flood_conversations": "PARLEY_FLOOD_CONVERSATIONS",
+    "flood_window_s": "PARLEY_FLOOD_WINDOW_S",
 }
 
 

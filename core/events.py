@@ -62,17 +62,17 @@ class EventLog:
         if not users:
             return []
         keys = [DONE_PREFIX + event_key, *(stream_key(u) for u in users)]
-        argv = [self.maxlen, DONE_TTL_S, etype, json.dumps(data, separators=(",", ":"))]
+        argv: list[Any] = [self.maxlen, DONE_TTL_S, etype, json.dumps(data, separators=(",", ":"))]
         woken = self._append(keys=keys, args=[*argv, *users, WAKE_CHANNEL])
         return [w.decode() if isinstance(w, bytes) else str(w) for w in woken or []]
 
     def read(self, user_id: str, since: str = "0", count: int = 500) -> list[tuple[str, dict]]:
         """Entries after `since` (exclusive), oldest first."""
-        rows = self.redis.xrange(stream_key(user_id), min="(" + since, count=count)
+        rows: Any = self.redis.xrange(stream_key(user_id), min="(" + since, count=count)
         return [(_s(eid), _decode(fields)) for eid, fields in rows]
 
     def first_id(self, user_id: str) -> str | None:
-        rows = self.redis.xrange(stream_key(user_id), count=1)
+        rows: Any = self.redis.xrange(stream_key(user_id), count=1)
         return _s(rows[0][0]) if rows else None
 
 

@@ -40,12 +40,15 @@ def mark_done(session: Session, ref_ids: Sequence[str], task: str | None = None)
 
 def send(task: str, args: Sequence[Any]) -> bool:
     """Send one task; False (logged) when the broker is unreachable."""
+    from core import logs
     from core.services import services
 
+    rid = logs.current("request_id")
     try:
         services().tasks.send_task(
             task,
             args=list(args),
+            headers={"request_id": rid} if rid else None,
             retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2},
         )

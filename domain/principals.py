@@ -24,7 +24,9 @@ class Principal:
 
     @property
     def label(self) -> str:
-        return f"apikey:{self.api_key_id}" if self.is_service else f"user:{self.user_id}"
+        if self.is_service:
+            return f"apikey:{self.api_key_id}"
+        return f"user:{self.user_id}" if self.user_id is not None else "system"
 
     def require_user(self) -> str:
         from domain.errors import Forbidden
@@ -32,3 +34,7 @@ class Principal:
         if self.user_id is None:
             raise Forbidden("this action needs a user token, not an API key")
         return self.user_id
+
+
+SYSTEM = Principal(user_id=None)
+"""Parley itself, for actions no person took (e.g. a hold after enough reports)."""

@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from celery_config import celery_app
 from core.services import services
+from domain import flood
 from domain.messages import message_aad
 from models import Conversation, Message
 from moderation import moderate, policy_for
@@ -59,15 +60,21 @@ def moderate_message(message_id: str) -> None:
             verdict = moderate(
                 text, policy_for(conv_type or "group", svc.settings.moderation_overrides)
             )
-            msg.moderation_action = verdict.action
-            msg.moderation_labels = list(verdict.labels)
+            action, reason = verdict.action, verdict.reason
+            labels: list[str] = list(verdict.labels)
+            if msg.sender_id and flood.record_and_check(svc, msg.sender_id, text, conversation_id):
+                labels.append(flood.LABEL)
+                if action in ("allow", "mask"):
+                    action, reason = "hold", "the same text was sent to many conversations"
+            msg.moderation_action = action
+            msg.moderation_labels = sorted(labels)
             msg.moderation_spans = masked_spans(text, verdict.masked)
-            if verdict.action in ("hold", "reject"):
-                msg.state = "held" if verdict.action == "hold" else "rejected"
-                msg.moderation_reason = verdict.reason[:300]
+            if action in ("hold", "reject"):
+                msg.state = "held" if action == "hold" else "rejected"
+                msg.moderation_reason = reason[:300]
             logger.info(
                 "moderated %s",
-                verdict.action,
+                action,
                 extra={"message_id": message_id, "conversation_id": conversation_id},
             )
     drain(conversation_id)

@@ -320,6 +320,13 @@ def live(stack: Stack) -> Stack:
 
 
 @pytest.fixture
+def idle(stack: Stack) -> Stack:
+    """The stack with no worker running: posted messages stay pending (the pipeline is paused)."""
+    stack.worker.stop()
+    return stack
+
+
+@pytest.fixture
 def api(stack: Stack) -> Any:
     from tests.factories import Api
 

@@ -135,7 +135,7 @@ def test_pages_by_seq_forwards_backwards_and_by_cursor(api: Api) -> None:
     assert api.get(f"{url}?limit=1000", user=a).status_code == 422
 
 
-def test_recipients_do_not_see_messages_before_delivery_senders_do(api: Api) -> None:
+def test_recipients_do_not_see_messages_before_delivery_senders_do(api: Api, idle: Stack) -> None:
     a, b = uid(), uid()
     cid = api.conversation(a, b)
     mid = api.send(a, cid, "not yet moderated")["id"]

@@ -294,3 +294,24 @@ def test_held_and_rejected_messages_reach_only_their_sender(api: Api, live: Stac
     assert api.get(f"/v1/messages/{rejected}", user=a).get_json()["state"] == "rejected"
     assert api.get(f"/v1/messages/{held}", user=b).status_code == 404
     assert api.get(f"/v1/messages/{held}", user=uid(), roles=("moderator",)).status_code == 200
+
+
+def test_the_request_id_and_stage_timings_follow_a_message_into_the_worker(
+    api: Api, live: Stack
+) -> None:
+    """A web request's X-Request-ID is on the worker's log lines for that message's stages."""
+    a, b = uid(), uid()
+    cid = api.conversation(a, b)
+    rid = "trace-" + uid("r")
+    resp = api.post(f"/v1/conversations/{cid}/messages", user=a, json={"text": "traced"},
+                    headers={"X-Request-ID": rid})
+    wait_delivered(live, b, [resp.get_json()["id"]])
+
+    def traced_stage() -> bool:
+        return any("stage tasks.moderate.moderate_message" in line and f"request_id={rid}" in line
+                   for line in live.worker.log().splitlines())
+
+    wait_for(traced_stage, 10, what="a timed moderate stage carrying the request id")
+    assert "traced" not in "".join(
+        line for line in live.worker.log().splitlines() if rid in line
+    ), "message text must never reach the logs"

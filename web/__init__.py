@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
+from core import logs
 from core.config import load_settings
 from core.logs import configure_logging
 from core.services import Services, build_services
@@ -20,6 +21,7 @@ logger = logging.getLogger(__name__)
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Defaults, then the environment, then `test_config` (setting names of core/config.py)."""
     settings = load_settings(test_config)
+    settings.moderation_overrides  # noqa: B018 - a bad PARLEY_MODERATION_POLICIES fails here, once
     configure_logging()
     app = Flask(__name__)
     app.config.update(
@@ -32,12 +34,12 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     outbox.install(svc.Session)
     app.extensions["parley"] = svc
 
-    from web import auth, conversations, errors, health, messages, openapi, ws
+    from web import auth, conversations, errors, health, messages, moderation, openapi, ws
     from web.cli import register_cli
 
     auth.init_app(app, settings)
     errors.register(app)
-    for bp in (health.bp, openapi.bp, conversations.bp, messages.bp):
+    for bp in (health.bp, openapi.bp, conversations.bp, messages.bp, moderation.bp):
         app.register_blueprint(bp)
     ws.init_app(app)  # GET /v1/ws and presence; the hub starts with the first socket
     register_cli(app)
@@ -45,7 +47,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     @app.before_request
     def _request_id() -> None:
         rid = request.headers.get("X-Request-ID", "")
-        g.request_id = rid if 0 < len(rid) <= 64 else uuid.uuid4().hex
+        g.request_id = rid if 0 < len(rid) <= 64 and rid.isprintable() else uuid.uuid4().hex
+        logs.clear()
+        logs.bind(request_id=g.request_id)
 
     @app.after_request
     def _headers(resp: Response) -> Response:

@@ -9,6 +9,7 @@ from werkzeug.exceptions import BadRequest
 
 from core.services import services
 from domain import messages as msgs
+from domain import review
 from domain.conversations import unread_counts
 from domain.render import render_message
 from models import Message
@@ -167,8 +168,12 @@ def remove_reaction(mid: str, emoji: str) -> dict[str, Any]:
 def report_message(mid: str) -> tuple[dict[str, Any], int]:
     """Report a message; reporting the same message twice returns the first report."""
     body = json_body(ReportCreateSchema())
-    with services().Session.begin() as s:
+    svc = services()
+    with svc.Session.begin() as s:
         row, created = msgs.report(s, current(), mid, body["reason"], body.get("note"))
+        if created:
+            msg, _, _ = msgs.get_visible(s, current(), mid)
+            review.hold_after_reports(s, msg, svc.settings.reports_auto_hold)
         out = {
             "id": row.id,
             "message_id": row.message_id,

@@ -262,3 +262,72 @@ class ReportSchema(Schema):
 class HealthSchema(Schema):
     status = fields.String()
     checks = fields.Dict(keys=fields.String(), values=fields.String())
+
+
+# --- moderation -------------------------------------------------------------------------------
+
+
+class QueueQuery(StrictSchema):
+    kind = fields.String(
+        load_default="held", validate=validate.OneOf(("held", "reported", "flagged"))
+    )
+    cursor = fields.String(validate=validate.Length(max=500))
+    limit = fields.Integer(validate=validate.Range(1, 200), load_default=50)
+
+
+class ApproveSchema(StrictSchema):
+    reason = fields.String(validate=validate.Length(1, 500))
+    text = fields.String(validate=validate.Length(1, 4000))
+
+
+class RejectSchema(StrictSchema):
+    reason = fields.String(required=True, validate=validate.Length(1, 500))
+
+
+class MuteSchema(StrictSchema):
+    minutes = fields.Integer(required=True, validate=validate.Range(1, 60 * 24 * 365))
+    reason = fields.String(required=True, validate=validate.Length(1, 500))
+
+
+class BanSchema(StrictSchema):
+    reason = fields.String(required=True, validate=validate.Length(1, 500))
+
+
+class ModerationUserSchema(Schema):
+    user_id = fields.String()
+    muted_until = fields.DateTime(allow_none=True)
+    banned = fields.Boolean()
+
+
+class QueueItemSchema(MessageSchema):
+    open_reports = fields.Integer()
+
+
+class QueuePageSchema(Schema):
+    items = fields.List(fields.Nested(QueueItemSchema))
+    next_cursor = fields.String(allow_none=True)
+
+
+class AuditQuery(StrictSchema):
+    actor = fields.String(validate=validate.Length(1, 160))
+    action = fields.String(validate=validate.Length(1, 64))
+    target_type = fields.String(validate=validate.Length(1, 32))
+    target_id = fields.String(validate=validate.Length(1, 128))
+    cursor = fields.String(validate=validate.Length(max=500))
+    limit = fields.Integer(validate=validate.Range(1, 200), load_default=50)
+
+
+class AuditEntrySchema(Schema):
+    id = fields.Integer()
+    actor = fields.String()
+    action = fields.String()
+    target_type = fields.String()
+    target_id = fields.String()
+    reason = fields.String(allow_none=True)
+    detail = fields.Dict()
+    created_at = fields.DateTime()
+
+
+class AuditPageSchema(Schema):
+    items = fields.List(fields.Nested(AuditEntrySchema))
+    next_cursor = fields.String(allow_none=True)

@@ -1,0 +1,42 @@
+"""Flood detection: the same text from one sender in many conversations within a window.
+
+Spammers and platform-leavers paste one message everywhere. The text is never stored: a keyed
+hash (HMAC under a key derived from the current master key) names it in Redis, with a sorted
+set of the conversations it went to, trimmed to the window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+
+import redis
+
+from core.services import Services
+
+PREFIX = "parley:flood:"
+LABEL = "flood"
+
+
+def _fingerprint(svc: Services, text: str) -> str:
+    master = svc.keyring.master.get(svc.keyring.master.current_kid)
+    key = hmac.new(master, b"parley-flood-key", hashlib.sha256).digest()
+    normal = " ".join(text.lower().split())
+    return hmac.new(key, normal.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def record_and_check(svc: Services, sender: str, text: str, conversation_id: str) -> bool:
+    """Record this post; True when the same text reached the flood threshold of conversations."""
+    settings = svc.settings
+    if settings.flood_conversations <= 0 or not text.strip():
+        return False
+    key = f"{PREFIX}{sender}:{_fingerprint(svc, text)}"
+    now = time.time()
+    pipe: redis.client.Pipeline = svc.redis.pipeline(transaction=True)
+    pipe.zadd(key, {conversation_id: now})
+    pipe.zremrangebyscore(key, 0, now - settings.flood_window_s)
+    pipe.zcard(key)
+    pipe.expire(key, settings.flood_window_s)
+    _, _, count, _ = pipe.execute()
+    return int(count) >= settings.flood_conversations
