@@ -96,19 +96,18 @@ def load(session: Session, cid: str) -> Conversation:
     return conv
 
 
-def membership(conv: Conversation, user_id: str | None) -> Participant | None:
+def membership(session: Session, cid: str, user_id: str | None) -> Participant | None:
+    """The user's current membership: one primary-key lookup, whatever the group's size."""
     if user_id is None:
         return None
-    for p in conv.participants:
-        if p.user_id == user_id and p.left_at is None:
-            return p
-    return None
+    part = session.get(Participant, (cid, user_id))
+    return part if part is not None and part.left_at is None else None
 
 
 def readable(session: Session, who: Principal, cid: str) -> tuple[Conversation, Participant | None]:
     """The conversation and the caller's membership; 404 (not 403) hides others' conversations."""
     conv = load(session, cid)
-    part = membership(conv, who.user_id)
+    part = membership(session, cid, who.user_id)
     if part is None and not who.is_moderator:
         raise NotFound(f"conversation {cid} does not exist or you are not a participant")
     return conv, part
@@ -176,7 +175,7 @@ def remove_member(session: Session, who: Principal, cid: str, user_id: str) -> C
     leaving_self = who.user_id == user_id
     if not leaving_self and not who.is_service and (part is None or part.role not in MANAGER_ROLES):
         raise Forbidden("only owners or admins may remove other members")
-    target = membership(conv, user_id)
+    target = membership(session, cid, user_id)
     if target is None:
         raise NotFound(f"{user_id} is not a member of this conversation")
     if conv.type == "direct" and not leaving_self and not who.is_service:
@@ -190,7 +189,7 @@ def remove_member(session: Session, who: Principal, cid: str, user_id: str) -> C
 
 def set_role(session: Session, who: Principal, cid: str, user_id: str, role: str) -> Conversation:
     conv, _ = manageable(session, who, cid)
-    target = membership(conv, user_id)
+    target = membership(session, cid, user_id)
     if target is None:
         raise NotFound(f"{user_id} is not a member of this conversation")
     if target.role == "owner" and role != "owner":

@@ -56,10 +56,11 @@ class Conversation(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     participants: Mapped[list[Participant]] = relationship(
-        back_populates="conversation", lazy="selectin", order_by="Participant.joined_at"
+        back_populates="conversation", order_by="Participant.joined_at"
     )
 
     def active_participants(self) -> list[Participant]:
+        """All current members: loaded on first use (a membership check needs one row only)."""
         return [p for p in self.participants if p.left_at is None]
 
 

@@ -31,7 +31,7 @@ bp.before_request(require_auth)
 
 def _render_one(session: Any, conv: Any) -> dict[str, Any]:
     who = current()
-    me = convs.membership(conv, who.user_id)
+    me = convs.membership(session, conv.id, who.user_id)
     unread = convs.unread_counts(session, me.user_id, [conv.id]) if me else {}
     last = session.get(Message, conv.last_message_id) if conv.last_message_id else None
     return render_conversation(conv, me, unread.get(conv.id, 0), preview(services(), last))

@@ -33,8 +33,11 @@ bp.before_request(require_auth)
 MAX_EMOJI = 32
 
 
-def _render(session: Any, msg: Message) -> dict[str, Any]:
+def _render(session: Any, msg: Message, *, fresh: bool = False) -> dict[str, Any]:
+    """`fresh`: just posted, so no reactions and status "sent" — skip both lookups."""
     who = current()
+    if fresh:
+        return render_message(services(), msg, who, None, [], {})
     members = msgs.members_of(session, msg.conversation_id)
     part = next((p for p in members if p.user_id == who.user_id), None)
     reactions = msgs.reactions_for(session, [msg.id], who.user_id)
@@ -54,7 +57,7 @@ def post_message(cid: str) -> tuple[dict[str, Any], int]:
     svc = services()
     with svc.Session.begin() as s:
         msg, created = msgs.post(svc, s, current(), cid, body)
-        return _render(s, msg), 202 if created else 200
+        return _render(s, msg, fresh=created), 202 if created else 200
 
 
 @bp.get("/conversations/<cid>/messages")
