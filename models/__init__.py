@@ -1,5 +1,6 @@
 """SQLAlchemy 2 typed models; Alembic migrations live in models/migrations."""
 
+from models.attachments import ATTACHMENT_KINDS, ATTACHMENT_STATES, Attachment
 from models.base import Base
 from models.conversations import (
     CONVERSATION_STATUSES,
@@ -15,6 +16,8 @@ from models.messages import MESSAGE_STATES, MESSAGE_TYPES, Message, MessageEdit,
 from models.ops import ApiKey, AuditEntry, DataKey, Job, Notification, Outbox
 
 __all__ = [
+    "ATTACHMENT_KINDS",
+    "ATTACHMENT_STATES",
     "CONVERSATION_STATUSES",
     "CONVERSATION_TYPES",
     "MESSAGE_STATES",
@@ -22,6 +25,7 @@ __all__ = [
     "NOTIFICATION_LEVELS",
     "PARTICIPANT_ROLES",
     "ApiKey",
+    "Attachment",
     "AuditEntry",
     "Base",
     "Conversation",
