@@ -13,7 +13,7 @@ def _held(api: Api, live: Stack, sender: str, cid: str, text: str) -> str:
     mid = api.send(sender, cid, text)["id"]
     wait_for(
         lambda: api.get(f"/v1/messages/{mid}", user=sender).get_json()["state"] == "held",
-        10,
+        30,
         what="the message to be held",
     )
     return mid
@@ -100,7 +100,7 @@ def test_enough_reports_hold_a_delivered_message_until_a_moderator_decides(
         lambda: [
             e for e in stream_events(live, r1, "message.updated") if e["data"]["message_id"] == mid
         ],
-        10,
+        30,
         what="hold event",
     )
     assert len(updates) == 1
@@ -173,7 +173,7 @@ def test_the_same_text_in_many_conversations_is_held_as_flood(api: Api, live: St
     last = ids[-1]
     wait_for(
         lambda: api.get(f"/v1/messages/{last}", user=spammer).get_json()["state"] == "held",
-        10,
+        30,
         what="the fifth copy to be held",
     )
     mine = api.get(f"/v1/messages/{last}", user=spammer).get_json()

@@ -33,7 +33,7 @@ def test_posted_message_is_delivered_once_to_every_member(api: Api, live: Stack)
     mid = api.send(a, cid, "the van arrives at nine")["id"]
     for user in (a, b, c):
         wait_delivered(live, user, [mid])
-    wait_for(lambda: _state(live, mid) == "delivered", 10, what="state=delivered")
+    wait_for(lambda: _state(live, mid) == "delivered", 30, what="state=delivered")
     for user in (a, b, c):
         assert delivered_ids(live, user).count(mid) == 1
     seen = api.get(f"/v1/conversations/{cid}/messages", user=b).get_json()["items"]
@@ -85,7 +85,7 @@ def test_running_each_stage_twice_adds_one_event_per_recipient(api: Api, live: S
     wait_delivered(live, b, [mid])
     r = api.post(f"/v1/conversations/{cid}/read", user=b, json={"seq": 1})
     assert r.status_code == 200
-    wait_for(lambda: stream_events(live, a, "receipt"), 10, what="receipt")
+    wait_for(lambda: stream_events(live, a, "receipt"), 30, what="receipt")
     with live.app.app_context():
         for _ in range(2):  # redelivered tasks: the real stage code, run again in-process
             moderate_message.run(mid)
@@ -197,7 +197,7 @@ def test_read_receipts_reach_the_sender_and_drive_seen_status(api: Api, live: St
     api.get(f"/v1/conversations/{cid}/messages", user=b)  # fetched: delivered to b's device
     assert api.get(f"/v1/messages/{mid}", user=a).get_json()["status"] == "delivered"
     api.post(f"/v1/conversations/{cid}/read", user=b, json={"seq": 1})
-    receipts = wait_for(lambda: stream_events(live, a, "receipt"), 10, what="receipt event")
+    receipts = wait_for(lambda: stream_events(live, a, "receipt"), 30, what="receipt event")
     assert receipts[0]["data"] == {"conversation_id": cid, "user_id": b, "read_seq": 1}
     assert stream_events(live, b, "receipt") == []
     assert api.get(f"/v1/messages/{mid}", user=a).get_json()["status"] == "seen"
@@ -213,9 +213,13 @@ def test_edits_deletes_and_reactions_reach_members_as_events(api: Api, live: Sta
     api.delete(f"/v1/messages/{mid}", user=a)
 
     def kinds() -> list[str]:
-        return [e["type"] for e in stream_events(live, b) if e["data"].get("message_id") == mid]
+        return [
+            e["type"]
+            for e in stream_events(live, b)
+            if e["data"].get("message_id") == mid and e["type"] != "notification"  # b is away
+        ]
 
-    wait_for(lambda: len(kinds()) == 4, 10, what="4 events for the message")
+    wait_for(lambda: len(kinds()) == 4, 30, what="4 events for the message")
     assert sorted(kinds()) == sorted(
         ["message.new", "message.updated", "reaction", "message.deleted"]
     )
@@ -232,7 +236,7 @@ def test_no_plaintext_in_the_database_data_dir_or_redis(api: Api, live: Stack) -
     api.patch(f"/v1/messages/{mid}", user=a, json={"text": f"edited {CANARY} two"})
     wait_for(
         lambda: any(e["type"] == "message.updated" for e in stream_events(live, b)),
-        10,
+        30,
         what="edit event",
     )
     assert CANARY in api.get(f"/v1/messages/{mid}", user=b).get_json()["text"]
@@ -284,7 +288,7 @@ def test_held_and_rejected_messages_reach_only_their_sender(api: Api, live: Stac
             len(stream_events(live, a, "message.updated")) == 2
             and stream_events(live, a, "message.updated")
         ),
-        10,
+        30,
         what="verdicts",
     )
     assert {e["data"]["message_id"] for e in updates} == {held, rejected}
@@ -311,7 +315,7 @@ def test_the_request_id_and_stage_timings_follow_a_message_into_the_worker(
         return any("stage tasks.moderate.moderate_message" in line and f"request_id={rid}" in line
                    for line in live.worker.log().splitlines())
 
-    wait_for(traced_stage, 10, what="a timed moderate stage carrying the request id")
+    wait_for(traced_stage, 30, what="a timed moderate stage carrying the request id")
     assert "traced" not in "".join(
         line for line in live.worker.log().splitlines() if rid in line
     ), "message text must never reach the logs"
