@@ -1,0 +1,1 @@
+"""Benchmarks: each prints its figures next to a bare baseline measured in the same run."""
