@@ -30,7 +30,6 @@ def main() -> int:
     parser.add_argument(
         "names",
         nargs="*",
-        choices=[*BENCHMARKS, []],
         metavar="NAME",
         help=f"some of: {', '.join(BENCHMARKS)} (default: all present)",
     )
