@@ -306,6 +306,15 @@ def test_malformed_and_unknown_frames_get_an_error_and_the_socket_stays_open(
     _ready(client)
 
 
+def test_a_frame_over_the_size_limit_closes_with_1009(
+    api: Api, node: WebNode, connect: Any
+) -> None:
+    client = connect(node, uid())
+    _ready(client)
+    client.send({"type": "ping", "padding": "x" * 70_000})
+    assert client.wait_closed().code == 1009
+
+
 # --- authentication and closing ---------------------------------------------------------------
 
 

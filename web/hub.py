@@ -18,6 +18,7 @@ writer and delivered-cursor flusher. None of them ever blocks on a socket.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -38,7 +39,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
-from core.events import LIVE_CHANNEL, WAKE_CHANNEL, publish_ephemeral, stream_bounds, stream_key
+from core import metrics
+from core.events import LIVE_CHANNEL, WAKE_CHANNEL, publish_ephemeral, stream_bounds
 from core.services import Services
 from models import Participant
 from models.db import SQLITE_BUSY_TIMEOUT_MS
@@ -46,12 +48,13 @@ from web.live import protocol
 from web.live.connection import Connection
 from web.live.presence import PresenceStore
 from web.live.protocol import Close, StreamId
-from web.live.render import Entry, Outgoing, Viewer, decode_entries, render
+from web.live.render import Outgoing, Viewer, render
 from web.live.settings import LiveSettings
+from web.live.streams import Entry, StreamReader
 
 logger = logging.getLogger(__name__)
 
-DISPATCH_USERS = 500  # users per dispatch round (one pipelined read, one render batch)
+DISPATCH_USERS = 2000  # users per dispatch round (one pipelined read, one render batch)
 REPLAY_STALL_S = 30.0  # a replay waiting this long for queue room closes the socket (4008)
 DELIVERED_FLUSH_S = 0.25
 MEMBERS_CACHE_S = 5.0
@@ -71,6 +74,7 @@ class Hub:
         )
         self.redis = redis.Redis(connection_pool=pool)
         self.presence = PresenceStore(self.redis, self.node_id, settings.presence_ttl_s)
+        self.streams = StreamReader(self.redis)
         self.by_user: dict[str, set[Connection]] = {}
         self.stopping = False
         self._pending: set[str] = set()
@@ -89,6 +93,10 @@ class Hub:
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
+        # Everything loaded so far (app, models, libraries) lives as long as the process: keep
+        # it out of the collector's full passes, which otherwise stall all sockets for 100+ ms
+        # under a fan-out's allocations.
+        gc.freeze()
         for loop in (
             self._subscribe_loop,
             self._dispatch_loop,
@@ -150,15 +158,18 @@ class Hub:
     def register(self, conn: Connection) -> None:
         """Make the socket reachable by wake-ups (before its backlog is read)."""
         conns = self.by_user.setdefault(conn.user_id, set())
+        if conn not in conns:
+            metrics.ws_connections.inc()
         conns.add(conn)
         if len(conns) == 1:
             self._mark_presence(conn.user_id)
 
     def unregister(self, conn: Connection) -> None:
         conns = self.by_user.get(conn.user_id)
-        if conns is None:
+        if conns is None or conn not in conns:
             return
         conns.discard(conn)
+        metrics.ws_connections.dec()
         if not conns:
             del self.by_user[conn.user_id]
             self._mark_presence(conn.user_id)
@@ -209,12 +220,7 @@ class Hub:
                 gen = conn.generation
                 conn.dirty = False
                 try:
-                    rows = self.redis.xrange(
-                        stream_key(conn.user_id),
-                        min="(" + protocol.format_id(conn.cursor),
-                        count=page,
-                    )
-                    entries = decode_entries(rows)
+                    entries = self.streams.read(conn.user_id, conn.cursor, page)
                     out = self._render({viewer: entries})[viewer] if entries else []
                 except (redis.RedisError, SQLAlchemyError):
                     logger.warning("replay read failed; retrying", exc_info=True)
@@ -320,15 +326,9 @@ class Hub:
                 starts[u] = min(cursors)
         if not starts:
             return
-        pipe = self.redis.pipeline(transaction=False)
-        for u, start in starts.items():
-            pipe.xrange(stream_key(u), min="(" + protocol.format_id(start), count=page)
-        read: dict[str, list[Entry]] = {}
+        read = self.streams.read_many(starts, page)
         wants: dict[Viewer, list[Entry]] = {}
-        for (u, _), rows in zip(starts.items(), pipe.execute(), strict=True):
-            if not rows:
-                continue
-            read[u] = entries = decode_entries(rows)
+        for u, entries in read.items():
             if len(entries) == page:  # there may be more: another round after the others
                 self._pending.add(u)
                 self._wake.set()
@@ -456,26 +456,29 @@ class Hub:
         if not self._delivered:
             return
         batch, self._delivered = self._delivered, {}
-        groups: dict[tuple[str, int], list[str]] = defaultdict(list)
-        for (cid, user), seq in batch.items():
-            groups[(cid, seq)].append(user)
         try:
-            with self.svc.Session.begin() as s:
-                for (cid, seq), users in groups.items():
-                    s.execute(
-                        update(Participant)
-                        .where(
-                            Participant.conversation_id == cid,
-                            Participant.user_id.in_(users),
-                            Participant.delivered_seq < seq,
-                        )
-                        .values(delivered_seq=seq)
-                    )
+            self._save_delivered(batch)
         except SQLAlchemyError:
             logger.warning("delivered cursors not saved; retrying", exc_info=True)
             for key, seq in batch.items():
                 if self._delivered.get(key, 0) < seq:
                     self._delivered[key] = seq
+
+    def _save_delivered(self, batch: dict[tuple[str, str], int]) -> None:
+        groups: dict[tuple[str, int], list[str]] = defaultdict(list)
+        for (cid, user), seq in batch.items():
+            groups[(cid, seq)].append(user)
+        with self.svc.Session.begin() as s:
+            for (cid, seq), users in groups.items():
+                s.execute(
+                    update(Participant)
+                    .where(
+                        Participant.conversation_id == cid,
+                        Participant.user_id.in_(users),
+                        Participant.delivered_seq < seq,
+                    )
+                    .values(delivered_seq=seq)
+                )
 
     # --- typing -------------------------------------------------------------------------------
 

@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Flask, current_app, request
 from flask_sock import Sock
+from redis import RedisError
 from simple_websocket import ConnectionClosed, Server
+from sqlalchemy.exc import SQLAlchemyError
 
 from core.services import Services, services
 from domain import apikeys
@@ -40,6 +42,7 @@ bp = Blueprint("live", __name__)
 
 MAX_ID_CHARS = 64
 TYPING_MEMORY = 256  # conversations whose last typing time a socket remembers
+HARD_FRAME_FACTOR = 16
 
 
 @sock.route("/v1/ws", bp=bp)
@@ -51,7 +54,11 @@ def live_events(ws: Server) -> None:
 def init_app(app: Flask) -> None:
     settings = LiveSettings.from_env()
     app.extensions["parley_live"] = settings
-    app.config.setdefault("SOCK_SERVER_OPTIONS", {"max_message_size": settings.max_frame})
+    # simple-websocket cuts the TCP connection at its limit (the client may never see the close
+    # frame), so its limit is only a memory guard; frames over max_frame get a proper 1009.
+    app.config.setdefault(
+        "SOCK_SERVER_OPTIONS", {"max_message_size": HARD_FRAME_FACTOR * settings.max_frame}
+    )
     sock.init_app(app)
     app.register_blueprint(bp)
     from web.live.views import bp as presence_bp
@@ -102,7 +109,11 @@ class LiveSession:
             pass
         except Exception:
             logger.exception("live session failed", extra={"user_id": conn.user_id})
-            conn.close(Close.INTERNAL, "internal error: reconnect with since=<last id>")
+            conn.close(
+                Close.INTERNAL,
+                "internal error: reconnect with since=<last id>",
+                self.settings.close_grace_s,
+            )
         finally:
             hub.unregister(conn)
             conn.finish(self.settings.close_grace_s)
@@ -136,6 +147,11 @@ class LiveSession:
                         f"no token within {self.settings.auth_timeout_s:g}s: send "
                         '{"type":"auth","token":...} first',
                     )
+                return None, since
+            if len(raw) > self.settings.max_frame:
+                self._close_now(
+                    Close.TOO_BIG, f"frames are limited to {self.settings.max_frame} bytes"
+                )
                 return None, since
             msg = _parse(raw)
             if isinstance(msg, str):
@@ -176,6 +192,13 @@ class LiveSession:
             conn.last_rx = time.monotonic()
             if conn.closing is not None:
                 continue
+            if len(raw) > self.settings.max_frame:
+                conn.close(
+                    Close.TOO_BIG,
+                    f"frames are limited to {self.settings.max_frame} bytes",
+                    self.settings.close_grace_s,
+                )
+                continue
             msg = _parse(raw)
             if isinstance(msg, str):
                 conn.offer_ephemeral(protocol.error(msg))
@@ -193,6 +216,9 @@ class LiveSession:
                 handler(hub, conn, msg)
             except DomainError as exc:
                 conn.offer_ephemeral(protocol.error(exc.detail))
+            except (SQLAlchemyError, RedisError):
+                logger.warning("%s frame failed", msg["type"], exc_info=True)
+                conn.offer_ephemeral(protocol.error("temporarily unavailable: try again"))
 
     # --- client frames --------------------------------------------------------------------------
 

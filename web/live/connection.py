@@ -1,15 +1,18 @@
 """One authenticated WebSocket: its bounded send queue, its stream cursor, its way out.
 
-Everything written to the socket goes through `offer()` into a bounded deque drained by a writer
-greenlet that exists only while there is something to send (an idle socket costs no greenlet
-of ours). `offer()` never blocks: the hub calls it for thousands of sockets in a row, and one
-slow peer must not hold up the others. A full queue closes the socket with 4008; the client
-resumes from the last id it received and loses nothing.
+Everything written to the socket goes through `offer()`, which never blocks: the hub calls it
+for thousands of sockets in a row, and one slow peer must not hold up the others. When nothing
+is queued, the frame is written at once with a non-blocking write (the common case: a
+fan-out to 1,000 sockets then spawns no greenlet at all); whatever the kernel does not take
+goes to a bounded deque drained by a writer greenlet that exists only while there is a backlog.
+A full queue closes the socket with 4008; the client resumes from the last id it received and
+loses nothing.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 from collections import deque
@@ -21,7 +24,7 @@ import gevent
 from gevent.event import Event
 from gevent.lock import Semaphore
 from simple_websocket import ConnectionClosed, Server
-from wsproto.events import Ping
+from wsproto.events import Ping, TextMessage
 from wsproto.utilities import LocalProtocolError
 
 from domain.principals import Principal
@@ -30,7 +33,9 @@ from web.live.protocol import Close, StreamId
 
 logger = logging.getLogger(__name__)
 
-_DURABLE, _EPHEMERAL, _PING, _CLOSE = range(4)
+# Queue items: (kind, payload, delivered marker). _REST is the unsent tail of a frame that a
+# direct write began; it goes first, and the writer that sends it inherits the socket lock.
+_DURABLE, _EPHEMERAL, _PING, _CLOSE, _REST = range(5)
 _WRITE_ERRORS = (ConnectionClosed, OSError, LocalProtocolError)
 
 
@@ -38,24 +43,34 @@ class SerializedSocket:
     """simple-websocket writes with `socket.send()` from two greenlets (its reader answers
     pings and closes, our writer sends events). A partial `send()` would drop the rest of a
     frame and two writers could interleave frames, so every write becomes one locked
-    `sendall()`."""
+    `sendall()`, and our direct writes take the same lock."""
 
     def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._lock = Semaphore()
+        self.raw = sock
+        self.lock = Semaphore()
 
     def send(self, data: bytes) -> int:
-        with self._lock:
-            self._sock.sendall(data)
+        with self.lock:
+            self.raw.sendall(data)
         return len(data)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
+        return getattr(self.raw, name)
+
+
+def direct_fd(sock: socket.socket) -> int | None:
+    """The descriptor for non-blocking direct writes, or None where they are not possible
+    (TLS terminated in-process, or a blocking descriptor outside gevent)."""
+    if hasattr(sock, "getpeercert"):
+        return None
+    fd = sock.fileno()
+    return fd if fd >= 0 and not os.get_blocking(fd) else None
 
 
 class Connection:
     __slots__ = (
         "__weakref__",
+        "_fd",
         "_queue",
         "_room",
         "_writer",
@@ -92,6 +107,7 @@ class Connection:
         self.max_queue = max_queue
         self.on_delivered = on_delivered
         self._queue: deque[tuple[int, Any, Any]] = deque()
+        self._fd = direct_fd(ws.sock.raw) if isinstance(ws.sock, SerializedSocket) else None
         self._writer: gevent.Greenlet | None = None
         self._room: Event | None = None
         # Stream position: the id of the last durable event queued (or skipped) for this socket.
@@ -131,6 +147,8 @@ class Connection:
     def _put(self, kind: int, frame: str, meta: Any) -> bool:
         if self.closing is not None:
             return False
+        if self._writer is None and self._fd is not None and self._write_now(frame, meta):
+            return True
         if len(self._queue) >= self.max_queue:
             logger.info(
                 "send queue full (%d): closing a slow socket",
@@ -159,7 +177,31 @@ class Connection:
 
     def drop_durable(self) -> None:
         """Forget queued durable frames (a resume re-reads them from the stream)."""
-        self._queue = deque(item for item in self._queue if item[0] != _DURABLE)
+        self._queue = deque(item for item in self._queue if item[0] != _DURABLE)  # keeps _REST
+
+    def _write_now(self, frame: str, meta: Any) -> bool:
+        """Write without waiting; True when the frame is out or its tail handed to a writer."""
+        sock = self.ws.sock
+        assert isinstance(sock, SerializedSocket) and self._fd is not None
+        if not self.ws.connected or not sock.lock.acquire(blocking=False):
+            return False
+        try:
+            data = self.ws.ws.send(TextMessage(data=frame))
+            try:
+                n = os.write(self._fd, data)
+            except BlockingIOError:
+                n = 0
+        except (OSError, LocalProtocolError):
+            sock.lock.release()
+            return False  # the queued path reports the broken socket
+        if n == len(data):
+            sock.lock.release()
+            if meta is not None:
+                self.on_delivered(self, meta[0], meta[1])
+            return True
+        self._queue.appendleft((_REST, data[n:], meta))  # the writer now owns the lock
+        self._writer = gevent.spawn(self._drain)
+        return True
 
     def _kick(self) -> None:
         if self._writer is None:
@@ -167,21 +209,27 @@ class Connection:
 
     def _drain(self) -> None:
         ws = self.ws
+        holding = False  # the socket lock, inherited with a _REST item
         try:
             while self._queue:
                 kind, payload, meta = self._queue.popleft()
-                if kind == _CLOSE:
+                if kind == _REST:
+                    holding = True
+                    ws.sock.raw.sendall(payload)
+                    ws.sock.lock.release()
+                    holding = False
+                elif kind == _CLOSE:
                     self._queue.clear()
                     with suppress(*_WRITE_ERRORS):
                         ws.close(payload[0], payload[1])
                     ws.event.set()  # wake the session's receive() so it ends
                     return
-                if kind == _PING:
+                elif kind == _PING:
                     ws.sock.send(ws.ws.send(Ping()))
                 else:
                     ws.send(payload)
-                    if meta is not None:
-                        self.on_delivered(self, meta[0], meta[1])
+                if meta is not None:
+                    self.on_delivered(self, meta[0], meta[1])
                 if self._room is not None:
                     self._room.set()
         except _WRITE_ERRORS:
@@ -194,6 +242,8 @@ class Connection:
             ws.connected = False
             ws.event.set()
         finally:
+            if holding:
+                ws.sock.lock.release()
             self._writer = None
 
     # --- closing ------------------------------------------------------------------------------
@@ -205,7 +255,7 @@ class Connection:
         if self.closing is not None:
             return
         self.closing = int(code)
-        self._queue.clear()
+        self._queue = deque(item for item in self._queue if item[0] == _REST)
         self._queue.append((_CLOSE, (int(code), protocol.reason(why)), None))
         self._kick()
         if self._room is not None:

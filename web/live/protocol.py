@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from enum import IntEnum
+from functools import lru_cache
 from typing import Any
 
 MAX_REASON_BYTES = 123  # RFC 6455: a close frame's reason fits in 125 bytes with the code
@@ -28,7 +29,12 @@ def dumps(value: Any) -> str:
 
 def durable(etype: str, event_id: str, data_json: str) -> str:
     """A durable event's frame, from data already encoded (shared by every viewer alike)."""
-    return f'{{"type":{dumps(etype)},"id":"{event_id}","data":{data_json}}}'
+    return f'{_type_prefix(etype)}"id":"{event_id}","data":{data_json}}}'
+
+
+@lru_cache(maxsize=64)
+def _type_prefix(etype: str) -> str:
+    return f'{{"type":{dumps(etype)},'
 
 
 def ephemeral(etype: str, data: Any) -> str:

@@ -13,7 +13,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -25,20 +25,19 @@ from domain.render import render_message
 from models import Message, Participant, Reaction
 from web.live import protocol
 from web.live.protocol import StreamId
+from web.live.streams import Entry
 
 logger = logging.getLogger(__name__)
 
 MESSAGE_EVENTS = frozenset({"message.new", "message.updated"})
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One stream entry as read from Redis."""
-
-    sid: StreamId
-    id: str
-    type: str
-    data: dict[str, Any]
+MEMBER_COLUMNS = (
+    Participant.conversation_id,
+    Participant.user_id,
+    Participant.role,
+    Participant.read_seq,
+    Participant.delivered_seq,
+    Participant.left_at,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,28 +51,6 @@ class Outgoing:
 
 
 Viewer = tuple[str, frozenset[str]]  # (user id, token roles): roles change what a render shows
-
-
-def decode_entries(rows: Any) -> list[Entry]:
-    """Decode XRANGE rows (id, fields) into entries."""
-    import json
-
-    out = []
-    for raw_id, fields in rows or ():
-        eid = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
-        f = {
-            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-            for k, v in fields.items()
-        }
-        sid = protocol.parse_id(eid)
-        assert sid is not None, eid
-        try:
-            data = json.loads(f.get("data") or "{}")
-        except ValueError:
-            logger.warning("stream entry %s has undecodable data; skipped", eid)
-            data = None
-        out.append(Entry(sid, eid, f.get("type", ""), data if isinstance(data, dict) else {}))
-    return out
 
 
 def render(
@@ -95,12 +72,14 @@ def render(
         messages = {m.id: m for m in s.scalars(select(Message).where(Message.id.in_(mids)))}
         cids = {m.conversation_id for m in messages.values()}
         members: dict[str, list[Participant]] = defaultdict(list)
-        for p in s.scalars(
-            select(Participant).where(
+        # Plain rows, not ORM objects: a 1,000-member group would otherwise build 1,000
+        # instances per wake-up. render_message and can_see only read these attributes.
+        for p in s.execute(
+            select(*MEMBER_COLUMNS).where(
                 Participant.conversation_id.in_(cids), Participant.left_at.is_(None)
             )
         ):
-            members[p.conversation_id].append(p)
+            members[p.conversation_id].append(cast(Participant, p))
         shared = reactions_for(s, list(messages), None)
         mine: dict[tuple[str, str], set[str]] = defaultdict(set)  # (user, message) → emojis
         for mid, emoji, user in s.execute(
@@ -135,6 +114,7 @@ class _Views:
         self.shared = shared
         self.mine = mine
         self.cache: dict[tuple[Any, ...], str] = {}
+        self.principals: dict[Viewer, Principal] = {}
 
     def outgoing(self, viewer: Viewer, e: Entry) -> Outgoing:
         if e.type not in MESSAGE_EVENTS:
@@ -143,7 +123,9 @@ class _Views:
         if msg is None:  # purged or erased since: nothing to show
             return Outgoing(e.sid, None)
         user, roles = viewer
-        who = Principal(user_id=user, roles=roles)
+        who = self.principals.get(viewer)
+        if who is None:
+            who = self.principals[viewer] = Principal(user_id=user, roles=roles)
         part = self.parts.get((msg.conversation_id, user))
         if part is None and not who.is_moderator:
             return Outgoing(e.sid, None)  # GET /v1/messages/{mid} would answer 404
