@@ -495,12 +495,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         watcher = redis.Redis.from_url(stack.env["REDIS_URL"])
         watched = STREAM_PREFIX + f"bench-{args.members - 1}"
         newest = watcher.xrevrange(watched, count=1)
-        last_seen = [newest[0][0] if newest else "0-0"]
+        last_seen: list[Any] = [newest[0][0] if newest else "0-0"]
 
         def appended() -> float:
             """When the last member's stream got the message: Parley's pipeline alone (an
             upper bound when the append beat this XREAD)."""
-            reply = watcher.xread({watched: last_seen[0]}, block=30_000)
+            reply: Any = watcher.xread({watched: last_seen[0]}, block=30_000)
             now = time.time()
             last_seen[0] = reply[0][1][-1][0]
             return now

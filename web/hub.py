@@ -39,7 +39,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
-from core import metrics
 from core.events import LIVE_CHANNEL, WAKE_CHANNEL, publish_ephemeral, stream_bounds
 from core.services import Services
 from models import Participant
@@ -158,8 +157,6 @@ class Hub:
     def register(self, conn: Connection) -> None:
         """Make the socket reachable by wake-ups (before its backlog is read)."""
         conns = self.by_user.setdefault(conn.user_id, set())
-        if conn not in conns:
-            metrics.ws_connections.inc()
         conns.add(conn)
         if len(conns) == 1:
             self._mark_presence(conn.user_id)
@@ -169,7 +166,6 @@ class Hub:
         if conns is None or conn not in conns:
             return
         conns.discard(conn)
-        metrics.ws_connections.dec()
         if not conns:
             del self.by_user[conn.user_id]
             self._mark_presence(conn.user_id)

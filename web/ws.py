@@ -166,13 +166,6 @@ class LiveSession:
                 self.ws.send(protocol.error('authenticate first: {"type":"auth","token":...}'))
 
     def _serve(self, hub: Hub, conn: Connection) -> None:
-        handlers: dict[str, Callable[[Hub, Connection, dict[str, Any]], None]] = {
-            "ping": self._on_ping,
-            "typing": self._on_typing,
-            "read": self._on_read,
-            "resume": self._on_resume,
-            "auth": self._on_auth,
-        }
         while True:
             if conn.closing is not None:
                 timeout = self.settings.close_grace_s + 1.0
@@ -203,17 +196,17 @@ class LiveSession:
             if isinstance(msg, str):
                 conn.offer_ephemeral(protocol.error(msg))
                 continue
-            handler = handlers.get(msg["type"])
+            handler = FRAME_HANDLERS.get(msg["type"])
             if handler is None:
                 conn.offer_ephemeral(
                     protocol.error(
                         f"unknown frame type {msg['type'][:40]!r}; expected one of "
-                        + ", ".join(sorted(handlers))
+                        + ", ".join(sorted(FRAME_HANDLERS))
                     )
                 )
                 continue
             try:
-                handler(hub, conn, msg)
+                handler(self, hub, conn, msg)
             except DomainError as exc:
                 conn.offer_ephemeral(protocol.error(exc.detail))
             except (SQLAlchemyError, RedisError):
@@ -231,6 +224,8 @@ class LiveSession:
             conn.offer_ephemeral(protocol.error("typing needs a conversation_id (a string)"))
             return
         now = time.monotonic()
+        if conn.typing_at is None:
+            conn.typing_at = {}
         last = conn.typing_at.get(cid)
         if last is not None and now - last < self.settings.typing_interval_s:
             return  # clients send on every keystroke; one event per interval is plenty
@@ -274,6 +269,16 @@ class LiveSession:
             )
             return
         conn.principal, conn.expires_at = principal, expires_at
+
+
+Handler = Callable[[LiveSession, "Hub", "Connection", dict[str, Any]], None]
+FRAME_HANDLERS: dict[str, Handler] = {
+    "ping": LiveSession._on_ping,
+    "typing": LiveSession._on_typing,
+    "read": LiveSession._on_read,
+    "resume": LiveSession._on_resume,
+    "auth": LiveSession._on_auth,
+}
 
 
 def _authenticate(token: str) -> tuple[Principal, float]:

@@ -120,7 +120,7 @@ class Connection:
         self.closing: int | None = None
         self.last_rx = time.monotonic()
         self.ping_at: float | None = None
-        self.typing_at: dict[str, float] = {}
+        self.typing_at: dict[str, float] | None = None  # created by the first typing frame
 
     @property
     def roles(self) -> frozenset[str]:
