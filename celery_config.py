@@ -59,6 +59,7 @@ class AppContextTask(Task):
 def make_celery(broker_url: str | None) -> Celery:
     """A Celery app with Parley's settings; each web/worker process builds one per broker."""
     sweep_s = float(os.environ.get("PARLEY_OUTBOX_SWEEP_S") or 5)
+    push_sweep_s = float(os.environ.get("PARLEY_PUSH_SWEEP_S") or 30)
     app = Celery("parley", task_cls=AppContextTask, include=INCLUDE)
     app.conf.update(
         broker_url=broker_url,
@@ -90,6 +91,11 @@ def make_celery(broker_url: str | None) -> Celery:
                 "task": "tasks.outbox.sweep",
                 "schedule": sweep_s,
                 "options": {"expires": sweep_s * 2},
+            },
+            "push-sweep": {  # lost push countdowns, crashed leases, expiry (tasks/push.py)
+                "task": "tasks.push.sweep",
+                "schedule": push_sweep_s,
+                "options": {"expires": push_sweep_s * 2},
             },
         },
         worker_send_task_events=False,

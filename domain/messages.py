@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from core.ids import new_id, utcnow
 from core.services import Services
-from domain import audit, events, outbox
+from domain import audit, events, notifications, outbox
 from domain.conversations import PIN_ROLES, readable, visible_to_reader
 from domain.errors import Conflict, Forbidden, Invalid, NotFound
 from domain.keys import conversation_key
@@ -377,6 +377,7 @@ def mark_read(session: Session, who: Principal, cid: str, seq: int) -> Participa
             {"conversation_id": cid, "user_id": part.user_id, "read_seq": seq},
             others,
         )
+        notifications.on_conversation_read(session, part.user_id, cid, seq)  # badge, retraction
     return part
 
 

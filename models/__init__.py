@@ -14,16 +14,27 @@ from models.conversations import (
 )
 from models.messages import MESSAGE_STATES, MESSAGE_TYPES, Message, MessageEdit, Reaction, Report
 from models.ops import ApiKey, AuditEntry, DataKey, Job, Notification, Outbox
+from models.push import (
+    DELIVERY_STATES,
+    PREVIEW_MODES,
+    SUBSCRIPTION_KINDS,
+    PushDelivery,
+    PushPreference,
+    PushSubscription,
+)
 
 __all__ = [
     "ATTACHMENT_KINDS",
     "ATTACHMENT_STATES",
     "CONVERSATION_STATUSES",
     "CONVERSATION_TYPES",
+    "DELIVERY_STATES",
     "MESSAGE_STATES",
     "MESSAGE_TYPES",
     "NOTIFICATION_LEVELS",
     "PARTICIPANT_ROLES",
+    "PREVIEW_MODES",
+    "SUBSCRIPTION_KINDS",
     "ApiKey",
     "Attachment",
     "AuditEntry",
@@ -37,6 +48,9 @@ __all__ = [
     "Notification",
     "Outbox",
     "Participant",
+    "PushDelivery",
+    "PushPreference",
+    "PushSubscription",
     "Reaction",
     "Report",
     "User",

@@ -1,31 +1,42 @@
-"""Stage 3: push intent for recipients not connected right now.
+"""Stage 3: tell recipients who are away (in-app notification, then Web Push/webhook/e-mail).
 
-This stage records the in-app notification (collapsed per conversation: one unread row counts
-the messages) for each recipient with no live connection. Delivery to Web Push, webhooks and
-e-mail builds on these records (issue #7).
+`notify_offline` takes a fan-out batch, records the collapsed in-app notification of each
+offline recipient who wants to hear (not muted, level, mentions), and plans one delivery per
+target `PARLEY_PUSH_DELAY_S` ahead. `deliver` runs one delivery: one task per (notification,
+target), so a slow or failing endpoint holds up nothing but its own row, and its retries are
+new tasks with a countdown rather than a sleeping worker. `sweep` (beat) re-sends deliveries
+whose task was lost and expires stale ones. Rules live in domain/; providers in push/.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from celery_config import celery_app
 from core.events import is_online
-from core.services import services
-from domain.conversations import unread_counts
-from models import Message, Notification
+from core.ids import utcnow
+from core.services import Services, services
+from domain import notifications, outbox
+from domain.messages import members_of
+from domain.notifications import skip_reason
+from domain.push_delivery import DELIVER_TASK, MAX_COUNTDOWN_S, finish, plan_notify, prepare
+from domain.render import message_text
+from models import Message, PushDelivery
+from push.base import Outcome, Provider, Result
 from tasks.retry import PIPELINE, TEMPORARY
 
 logger = logging.getLogger(__name__)
 
-
 # A concurrent task inserted the same unread notification first: run again, it now updates.
 PUSH_RETRY = {**PIPELINE, "autoretry_for": (*TEMPORARY, IntegrityError)}
+SWEEP_BATCH = 500
+KEEP_FINISHED = timedelta(days=7)
+KEEP_DEAD = timedelta(days=30)
 
 
 @celery_app.task(name="tasks.push.notify_offline", **PUSH_RETRY)
@@ -33,50 +44,143 @@ def notify_offline(items: list[list[Any]]) -> None:
     """`items`: [message id, [user ids]] pairs from one fan-out batch, oldest first."""
     svc = services()
     online: dict[str, bool] = {}
+    now = utcnow()
+    planned: list[tuple[str, float]] = []
     with svc.Session.begin() as s:
         for message_id, user_ids in items:
+            msg = s.get(Message, message_id)
+            if msg is None:
+                continue
             for uid in user_ids:
                 if uid not in online:
                     online[uid] = is_online(svc.redis, uid)
-            _record(s, message_id, [u for u in user_ids if not online[u]])
+            parts = {p.user_id: p for p in members_of(s, msg.conversation_id)}
+            text: list[str | None] = []
+
+            def text_of(m: Message = msg, memo: list[str | None] = text) -> str | None:
+                if not memo:
+                    memo.append(message_text(svc, m, privileged=True))
+                return memo[0]
+
+            away = [
+                uid
+                for uid in user_ids
+                if not online[uid] and skip_reason(parts.get(uid), msg, text_of, now) is None
+            ]
+            notes = notifications.record(s, msg, away)
+            planned += plan_notify(svc, s, notes, msg, now)
+            if away:
+                logger.info(
+                    "notified %d offline recipient(s)", len(away), extra={"message_id": msg.id}
+                )
+    for delivery_id, wait_s in planned:
+        _schedule(svc, delivery_id, wait_s)
 
 
-def _record(s: Session, message_id: str, offline: list[str]) -> None:
-    """Upsert the user's unread notification for the conversation; the count is derived from
-    the read cursor, so re-runs and out-of-order batches give the same result."""
-    if not offline:
+@celery_app.task(name=DELIVER_TASK, **PIPELINE)
+def deliver(delivery_id: str) -> None:
+    """Send one push if it is still wanted; schedule its retry if the target asks for one."""
+    svc = services()
+    with svc.Session.begin() as s:
+        outbox.mark_done(s, [delivery_id], DELIVER_TASK)
+        prepared = prepare(svc, s, delivery_id, utcnow())
+    if prepared.wait_s is not None:
+        _schedule(svc, delivery_id, prepared.wait_s)
         return
-    msg = s.get(Message, message_id)
-    if msg is None or msg.deleted_at is not None:
+    job = prepared.job
+    if job is None:
         return
-    cid = msg.conversation_id
-    unread = {
-        n.user_id: n
-        for n in s.scalars(
-            select(Notification).where(
-                Notification.user_id.in_(offline),
-                Notification.kind == "message",
-                Notification.conversation_id == cid,
-                Notification.read_at.is_(None),
+    try:
+        result = providers(svc)[job.provider].send(job.target, job.message)
+    except Exception as exc:  # a provider bug must not retry forever: record it as permanent
+        logger.exception("push provider %s failed on delivery %s", job.provider, delivery_id)
+        result = Result(Outcome.PERMANENT, reason=f"provider error: {type(exc).__name__}")
+    with svc.Session.begin() as s:
+        wait = finish(svc, s, job, result, utcnow())
+    if wait is not None:
+        _schedule(svc, delivery_id, wait)
+
+
+@celery_app.task(name="tasks.push.sweep", **PIPELINE)
+def sweep() -> int:
+    """Re-send deliveries whose task went missing (lost countdown, crashed lease), expire the
+    stale ones and prune old finished rows (dead letters are kept longer, for ops)."""
+    svc = services()
+    now = utcnow()
+    stale = now - timedelta(seconds=max(svc.settings.push_sweep_s, 5.0))
+    with svc.Session.begin() as s:
+        s.execute(
+            update(PushDelivery)
+            .where(PushDelivery.state == "pending", PushDelivery.expires_at <= now)
+            .values(state="expired", reason="ttl passed before it could be sent", finished_at=now)
+        )
+        lost = list(
+            s.scalars(
+                select(PushDelivery)
+                .where(
+                    or_(
+                        and_(PushDelivery.state == "pending", PushDelivery.due_at < stale),
+                        and_(PushDelivery.state == "sending", PushDelivery.lease_until < now),
+                    )
+                )
+                .order_by(PushDelivery.due_at)
+                .limit(SWEEP_BATCH)
             )
         )
-    }
-    for uid in offline:
-        count = max(1, unread_counts(s, uid, [cid]).get(cid, 0))
-        note = unread.get(uid)
-        if note is None:
-            s.add(
-                Notification(
-                    user_id=uid,
-                    kind="message",
-                    message_id=message_id,
-                    conversation_id=cid,
-                    count=count,
-                )
+        for row in lost:
+            if row.state == "pending":
+                row.due_at = now  # due already; not re-sent again until it is stale once more
+        s.execute(
+            delete(PushDelivery).where(
+                PushDelivery.state.in_(("sent", "skipped", "expired", "gone")),
+                PushDelivery.finished_at < now - KEEP_FINISHED,
             )
-        elif (note.message_id or "") <= message_id:
-            note.message_id, note.count = message_id, count
-    s.flush()
-    logger.info(
-        "push intent for %d offline recipient(s)", len(offline), extra={"message_id": message_id}
-    )
+        )
+        s.execute(
+            delete(PushDelivery).where(
+                PushDelivery.state == "dead", PushDelivery.finished_at < now - KEEP_DEAD
+            )
+        )
+    for row in lost:
+        _schedule(svc, row.id, 0)
+    if lost:
+        logger.warning("push sweep re-sent %d delivery task(s)", len(lost))
+    return len(lost)
+
+
+def _schedule(svc: Services, delivery_id: str, wait_s: float) -> None:
+    """Run `deliver` later; a lost send is picked up by the sweeper, so failures only log."""
+    countdown = min(max(0.0, wait_s), MAX_COUNTDOWN_S)
+    try:
+        svc.tasks.send_task(DELIVER_TASK, args=[delivery_id], countdown=countdown)
+    except Exception as exc:  # broker away: the row stays pending and the sweeper re-sends it
+        logger.warning("could not schedule push delivery %s: %s", delivery_id, exc)
+
+
+_providers: dict[int, dict[str, Provider]] = {}
+
+
+def providers(svc: Services) -> dict[str, Provider]:
+    """One set of providers per process (HTTP connection reuse, the VAPID key loaded once)."""
+    found = _providers.get(id(svc))
+    if found is None:
+        import requests
+
+        from push.email import EmailProvider
+        from push.vapid import VapidKey
+        from push.webhook import WebhookProvider
+        from push.webpush import WebPushProvider
+
+        s = svc.settings
+        http = requests.Session()
+        http.trust_env = False  # never route pushes through a proxy from the environment
+        vapid = VapidKey.load(s.vapid_private_key, s.vapid_subject, s.data_dir)
+        found = {
+            "webpush": WebPushProvider(vapid, http, s.push_timeout_s, s.push_allow_private_targets),
+            "webhook": WebhookProvider(http, s.push_timeout_s, s.push_allow_private_targets),
+            "email": EmailProvider(s.smtp_url, s.smtp_from, s.push_timeout_s),
+            # the operator's own endpoint, from the environment: internal addresses are fine
+            "platform": WebhookProvider(http, s.push_timeout_s, allow_private=True),
+        }
+        _providers[id(svc)] = found
+    return found

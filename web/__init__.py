@@ -34,7 +34,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     outbox.install(svc.Session)
     app.extensions["parley"] = svc
 
-    from web import auth, conversations, errors, health, messages, moderation, openapi, ws
+    from web import auth, conversations, errors, health, messages, moderation, openapi, push, ws
     from web.cli import register_cli
 
     auth.init_app(app, settings)
@@ -42,6 +42,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     for bp in (health.bp, openapi.bp, conversations.bp, messages.bp, moderation.bp):
         app.register_blueprint(bp)
     ws.init_app(app)  # GET /v1/ws and presence; the hub starts with the first socket
+    push.init_app(app)  # /v1/push (subscriptions, VAPID key, dead letters), /v1/notifications
     register_cli(app)
 
     @app.before_request
