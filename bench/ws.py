@@ -196,6 +196,12 @@ def _gunicorn(stack: Stack, name: str, app: str) -> tuple[int, int]:
     return port, int(_wait(worker_pid, 60, f"{name} to serve"))
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -339,10 +345,11 @@ def hold_idle(
     warm.close()
     time.sleep(1.0)  # let the warm-up sockets finish closing before the "before" reading
     before = _rss_kb(pid)
-    t0 = time.perf_counter()
+    cpu0, t0 = _cpu_s(pid), time.perf_counter()
     group = ClientGroup(stack, spec, range(n), processes)
     opened = group.ready()
     took = time.perf_counter() - t0
+    cpu = _cpu_s(pid) - cpu0
     time.sleep(1.0)  # settle: the last handshakes' buffers
     after = _rss_kb(pid)
     group.close()
@@ -350,6 +357,7 @@ def hold_idle(
         "sockets": opened,
         "connect_s": round(took, 2),
         "connects_per_s": round(opened / took, 1),
+        "server_cpu_ms_per_connect": round(cpu * 1000 / max(opened, 1), 2),
         "rss_before_mb": round(before / 1024, 1),
         "rss_after_mb": round(after / 1024, 1),
         "kb_per_socket": round((after - before) / max(opened, 1), 2),
@@ -542,6 +550,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> dict[str,
     rows = [
         ("idle sockets held", ("idle", "{}", "sockets"), "{:.0f}"),
         ("connects/s", ("idle", "{}", "connects_per_s"), "{:.0f}"),
+        ("web CPU per connect (ms)", ("idle", "{}", "server_cpu_ms_per_connect"), "{:.2f}"),
         ("RSS before (MB)", ("idle", "{}", "rss_before_mb"), "{:.1f}"),
         ("RSS after (MB)", ("idle", "{}", "rss_after_mb"), "{:.1f}"),
         ("RSS per socket (KB)", ("idle", "{}", "kb_per_socket"), "{:.2f}"),

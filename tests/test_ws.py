@@ -243,6 +243,37 @@ def test_held_message_reaches_only_its_sender(
     assert not bob.messages("message.updated")
 
 
+def test_edit_reaction_and_delete_reach_the_other_member_in_order(
+    api: Api, live: Stack, node: WebNode, connect: Any
+) -> None:
+    """message.updated carries the edited message as GET renders it; reaction and
+    message.deleted carry their ids."""
+    a, b = uid(), uid()
+    cid = api.conversation(a, b)
+    bob = connect(node, b)
+    _ready(bob)
+    mid = api.send(a, cid, "meet at noon")["id"]
+    _wait_messages(bob, [mid])
+    assert api.patch(f"/v1/messages/{mid}", user=a, json={"text": "meet at one"}).status_code == 200
+    updated = bob.wait_type("message.updated")
+    assert updated["data"]["text"] == "meet at one"
+    assert updated["data"] == api.get(f"/v1/messages/{mid}", user=b).get_json()
+    assert api.put(f"/v1/messages/{mid}/reactions/👍", user=a).status_code == 200
+    reaction = bob.wait_type("reaction")["data"]
+    assert reaction == {
+        "conversation_id": cid,
+        "message_id": mid,
+        "user_id": a,
+        "emoji": "👍",
+        "action": "added",
+    }
+    assert api.delete(f"/v1/messages/{mid}", user=a).status_code == 200
+    deleted = bob.wait_type("message.deleted")
+    assert deleted["data"] == {"conversation_id": cid, "message_id": mid, "seq": 1}
+    ids = [m["id"] for m in bob.received if "id" in m]
+    assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
+
+
 # --- client frames ----------------------------------------------------------------------------
 
 
@@ -473,3 +504,5 @@ def test_presence_shows_who_holds_a_socket_and_is_announced_to_small_conversatio
     assert offline["data"]["user_id"] == b
     assert online() == [a]
     assert api.get(f"/v1/conversations/{cid}/presence", user=outsider).status_code == 404
+    spec = api.get("/openapi.json").get_json()
+    assert "get" in spec["paths"]["/v1/conversations/{cid}/presence"]

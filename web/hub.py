@@ -37,7 +37,6 @@ from gevent.event import Event
 from sqlalchemy import create_engine, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import NullPool
 
 from core.events import LIVE_CHANNEL, WAKE_CHANNEL, publish_ephemeral, stream_bounds
 from core.services import Services
@@ -533,13 +532,15 @@ def _resume_problem(
 def read_sessions(svc: Services) -> sessionmaker[Session]:
     """Sessions for the hub's reads. On SQLite the shared engine starts every transaction
     with BEGIN IMMEDIATE (the write lock) and its busy wait would stall the whole gevent
-    process; plain SELECTs in WAL mode need no lock, so the hub reads through its own engine."""
+    process; plain SELECTs in WAL mode need no lock, so the hub reads through its own engine
+    (pooled: a read per wake-up should not pay for opening the file)."""
     if svc.dialect != "sqlite":
         return svc.Session
     engine = create_engine(
         svc.settings.database_url,
-        poolclass=NullPool,
-        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+        pool_size=4,
+        max_overflow=16,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
     )
     return sessionmaker(engine, expire_on_commit=False)
 
