@@ -54,7 +54,9 @@ class WebNode:
         finally:
             conn.close()
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 30) -> int:
+        """Stop the node: SIGINT (gunicorn's quick shutdown) unless a test wants SIGTERM's
+        graceful one."""
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, sig)
             try:

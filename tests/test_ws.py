@@ -27,6 +27,9 @@ from tests.live_server import (
 pytestmark = pytest.mark.slow
 
 LONG_TEXT = "slow readers get this long line again and again. " * 80  # ~4 kB per frame
+# Enough ~4 kB frames to overflow 8 KB of server send buffer, a 4 KB client receive buffer and a
+# send queue of 8 (about 15 frames), with a margin.
+POSTS = 24
 
 
 @pytest.fixture(scope="module")
@@ -414,11 +417,11 @@ def test_slow_reader_is_closed_with_4008_and_resumes_without_loss_while_others_k
         mids: list[str] = []
 
         def post() -> None:  # from another thread: this one keeps `fast` reading
-            mids.extend(api.send(a, cid, f"{i} {LONG_TEXT}")["id"] for i in range(40))
+            mids.extend(api.send(a, cid, f"{i} {LONG_TEXT}")["id"] for i in range(POSTS))
 
         poster = threading.Thread(target=post)
         poster.start()
-        fast.wait(lambda _m: len(fast.messages()) == 40, 60, "40 messages on the fast socket")
+        fast.wait(lambda _m: len(fast.messages()) == POSTS, 60, "all messages on the fast socket")
         poster.join(10)
         assert _message_ids(fast) == mids
         closed = slow.wait_closed(30)
