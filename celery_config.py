@@ -26,7 +26,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 QUEUES = ("pipeline", "media", "push", "maintenance")
-INCLUDE = ["tasks.moderate", "tasks.fanout", "tasks.push", "tasks.outbox", "tasks.rotation"]
+INCLUDE = [
+    "tasks.moderate",
+    "tasks.fanout",
+    "tasks.push",
+    "tasks.outbox",
+    "tasks.rotation",
+    "tasks.retention",
+]
 # Longer than any countdown/ETA we use, so the Redis broker never hands a waiting task to a
 # second worker (kombu restores unacked messages after this many seconds).
 VISIBILITY_TIMEOUT_S = 3600
@@ -60,6 +67,7 @@ def make_celery(broker_url: str | None) -> Celery:
     """A Celery app with Parley's settings; each web/worker process builds one per broker."""
     sweep_s = float(os.environ.get("PARLEY_OUTBOX_SWEEP_S") or 5)
     push_sweep_s = float(os.environ.get("PARLEY_PUSH_SWEEP_S") or 30)
+    retention_s = float(os.environ.get("PARLEY_RETENTION_INTERVAL_S") or 600)
     app = Celery("parley", task_cls=AppContextTask, include=INCLUDE)
     app.conf.update(
         broker_url=broker_url,
@@ -96,6 +104,11 @@ def make_celery(broker_url: str | None) -> Celery:
                 "task": "tasks.push.sweep",
                 "schedule": push_sweep_s,
                 "options": {"expires": push_sweep_s * 2},
+            },
+            "retention-purge": {  # hide expired messages, delete past the grace period
+                "task": "tasks.retention.purge",
+                "schedule": retention_s,
+                "options": {"expires": retention_s},
             },
         },
         worker_send_task_events=False,

@@ -73,6 +73,12 @@ class Settings:
     smtp_from: str = "Parley <parley@localhost>"
     platform_webhook_url: str = ""
     platform_webhook_secret: str = ""
+    # Retention and privacy (#8, docs/retention.md). 0 days: keep messages forever.
+    retention_days: float = 0.0
+    retention_grace_s: float = 7 * 24 * 3600.0
+    retention_interval_s: float = 600.0
+    retention_batch: int = 500
+    export_keep_s: float = 24 * 3600.0
     testing: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -138,6 +144,11 @@ _ENV_NAMES = {
     "reports_auto_hold": "PARLEY_REPORTS_AUTO_HOLD",
     "flood_conversations": "PARLEY_FLOOD_CONVERSATIONS",
     "flood_window_s": "PARLEY_FLOOD_WINDOW_S",
+    "retention_days": "PARLEY_RETENTION_DAYS",
+    "retention_grace_s": "PARLEY_RETENTION_GRACE_S",
+    "retention_interval_s": "PARLEY_RETENTION_INTERVAL_S",
+    "retention_batch": "PARLEY_RETENTION_BATCH",
+    "export_keep_s": "PARLEY_EXPORT_KEEP_S",
 }
 
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy import and_, delete, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -19,7 +19,7 @@ from domain.errors import Conflict, Forbidden, Invalid, NotFound
 from domain.pagination import decode_cursor, encode_cursor
 from domain.principals import Principal
 from domain.users import ensure_users
-from models import Conversation, DeliveryCursor, Message, Participant
+from models import Conversation, DeliveryCursor, Job, Message, Participant
 
 MANAGER_ROLES = frozenset({"owner", "admin"})
 PIN_ROLES = frozenset({"owner", "admin", "moderator"})
@@ -91,7 +91,7 @@ def create(
 
 def load(session: Session, cid: str) -> Conversation:
     conv = session.get(Conversation, cid)
-    if conv is None:
+    if conv is None or conv.deleted_at is not None:
         raise NotFound(f"conversation {cid} does not exist or you are not a participant")
     return conv
 
@@ -216,6 +216,31 @@ def update_my_settings(
     return part
 
 
+def delete_conversation(session: Session, who: Principal, cid: str) -> tuple[Job, list[str]]:
+    """Delete a conversation for everyone (its owners, or an API key).
+
+    Its data keys are shredded in this transaction, so its ciphertext cannot be opened from the
+    commit on; members lose it at once; a job purges the rows and files in batches. Returns the
+    job and the shredded key ids, which the caller drops from key caches after the commit.
+    """
+    from domain import retention
+
+    conv, part = readable(session, who, cid)
+    if not who.is_service and (part is None or part.role != "owner"):
+        raise Forbidden("only the conversation's owners, or an API key, may delete it")
+    _announce(session, conv, "deleted")
+    conv.deleted_at = utcnow()
+    conv.data_key_id = None
+    conv.dedupe_key = None  # the same members or context may start afresh
+    session.execute(delete(Participant).where(Participant.conversation_id == cid))
+    shredded = retention.shred_conversation_keys(session, cid)
+    job = retention.start_conversation_purge(session, who, cid)
+    audit.record(
+        session, who, "conversation.delete", "conversation", cid, detail={"job_id": job.id}
+    )
+    return job, shredded
+
+
 def _announce(
     session: Session, conv: Conversation, what: str, recipients: Sequence[str] | None = None
 ) -> None:
@@ -228,9 +253,15 @@ def _announce(
 # --- listing --------------------------------------------------------------------------------
 
 
+def unexpired() -> Any:
+    """Messages retention has not hidden (domain/retention.py): every read path filters on it,
+    moderators included, so a hidden message is gone everywhere at once."""
+    return Message.expired_at.is_(None)
+
+
 def visible_to_reader(user_id: str) -> Any:
     """Messages a participant sees: delivered ones, plus their own at any state."""
-    return or_(Message.state == "delivered", Message.sender_id == user_id)
+    return and_(unexpired(), or_(Message.state == "delivered", Message.sender_id == user_id))
 
 
 def unread_filter(user_id: str) -> Any:
@@ -239,6 +270,7 @@ def unread_filter(user_id: str) -> Any:
         Message.seq > Participant.read_seq,
         Message.state == "delivered",
         Message.deleted_at.is_(None),
+        unexpired(),
         or_(Message.sender_id.is_(None), Message.sender_id != user_id),
     )
 
@@ -273,6 +305,7 @@ def list_for(
             stmt = stmt.where(exists().where(unread_filter(me)))
     elif not who.is_service:
         raise Forbidden("listing conversations needs a user token or an API key")
+    stmt = stmt.where(Conversation.deleted_at.is_(None))
     if status:
         stmt = stmt.where(Conversation.status == status)
     if context_type:

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from core.ids import new_id, utcnow
 from core.services import Services
 from domain import audit, events, notifications, outbox
-from domain.conversations import PIN_ROLES, readable, visible_to_reader
+from domain.conversations import PIN_ROLES, readable, unexpired, visible_to_reader
 from domain.errors import Conflict, Forbidden, Invalid, NotFound
 from domain.keys import conversation_key
 from domain.pagination import decode_cursor, encode_cursor
@@ -156,6 +156,8 @@ def _check_content(svc: Services, mtype: str, text: str | None, body: Mapping[st
 
 
 def can_see(msg: Message, who: Principal, part: Participant | None) -> bool:
+    if msg.expired_at is not None:  # hidden by retention: gone for everyone
+        return False
     if msg.state == "delivered" or who.is_moderator:
         return True
     if part is not None and part.role == "moderator":
@@ -193,7 +195,7 @@ def list_page(
             after_seq, before_seq = bound, None
         else:
             after_seq, before_seq = None, bound
-    stmt = select(Message).where(Message.conversation_id == cid)
+    stmt = select(Message).where(Message.conversation_id == cid, unexpired())
     if not who.is_moderator and (part is None or part.role != "moderator"):
         stmt = stmt.where(visible_to_reader(who.user_id or ""))
     if query:
@@ -291,6 +293,11 @@ def edit(svc: Services, session: Session, who: Principal, mid: str, text: str) -
 def soft_delete(session: Session, who: Principal, mid: str) -> Message:
     msg, conv = _own_editable(session, who, mid)
     msg.deleted_at = utcnow()
+    # The sender deleted it: the text and its earlier versions go now; the row stays as a
+    # tombstone until the retention purge deletes it after the grace period.
+    msg.text_ct = msg.key_id = None
+    msg.moderation_spans = []
+    session.execute(delete(MessageEdit).where(MessageEdit.message_id == mid))
     _announce(session, conv, msg, "message.deleted")
     return msg
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from core.crypto import MissingKeyError
 from core.services import Services
 from domain.messages import message_aad
 from domain.principals import Principal
@@ -32,9 +33,14 @@ def mask(text: str, spans: Iterable[Sequence[Any]]) -> str:
 
 
 def message_text(svc: Services, msg: Message, privileged: bool) -> str | None:
-    if msg.deleted_at is not None or msg.text_ct is None or msg.key_id is None:
+    if msg.deleted_at is not None or msg.expired_at is not None:
         return None
-    text = svc.keyring.open_text(msg.key_id, msg.text_ct, message_aad(msg.id))
+    if msg.text_ct is None or msg.key_id is None:
+        return None
+    try:
+        text = svc.keyring.open_text(msg.key_id, msg.text_ct, message_aad(msg.id))
+    except MissingKeyError:  # its conversation was deleted (key shredded): the text is gone
+        return None
     if not privileged and msg.moderation_action == "mask" and msg.moderation_spans:
         text = mask(text, msg.moderation_spans)
     return text
@@ -135,7 +141,7 @@ def render_conversation(
 
 def preview(svc: Services, msg: Message | None) -> dict[str, Any] | None:
     """The conversation list's last-message preview: what a recipient would see, shortened."""
-    if msg is None:
+    if msg is None or msg.expired_at is not None:  # hidden by retention: no preview
         return None
     text = message_text(svc, msg, privileged=False)
     if text is not None and len(text) > PREVIEW_CHARS:

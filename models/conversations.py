@@ -54,6 +54,11 @@ class Conversation(Base):
     last_activity_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     created_by: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Retention override in seconds (docs/retention.md): NULL inherits PARLEY_RETENTION_DAYS,
+    # 0 keeps messages forever.
+    retention_s: Mapped[int | None]
+    # Deleted: keys shredded at once, rows purged by a job; reads answer 404 from then on.
+    deleted_at: Mapped[datetime | None]
 
     participants: Mapped[list[Participant]] = relationship(
         back_populates="conversation", order_by="Participant.joined_at"

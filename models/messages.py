@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.ids import new_id, utcnow
@@ -22,6 +22,19 @@ class Message(Base):
         UniqueConstraint("sender_id", "client_msg_id"),
         Index("ix_messages_state_created", "state", "created_at"),
         Index("ix_messages_sender_created", "sender_id", "created_at"),
+        # The purge finds rows past their grace period through these (docs/retention.md).
+        Index(
+            "ix_messages_expired",
+            "expired_at",
+            sqlite_where=text("expired_at IS NOT NULL"),
+            postgresql_where=text("expired_at IS NOT NULL"),
+        ),
+        Index(
+            "ix_messages_deleted",
+            "deleted_at",
+            sqlite_where=text("deleted_at IS NOT NULL"),
+            postgresql_where=text("deleted_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(26), primary_key=True, default=new_id)
@@ -41,6 +54,8 @@ class Message(Base):
     moderation_reason: Mapped[str | None] = mapped_column(String(300))
     edited_at: Mapped[datetime | None]
     deleted_at: Mapped[datetime | None]
+    # Hidden by retention (phase 1 of the purge); the row is deleted after the grace period.
+    expired_at: Mapped[datetime | None]
     pinned_at: Mapped[datetime | None]
     pinned_by: Mapped[str | None] = mapped_column(String(128))
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)

@@ -36,6 +36,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     from web import auth, conversations, errors, health, messages, moderation, openapi, push, ws
     from web.cli import register_cli
+    from web.privacy import init_app as init_privacy
 
     auth.init_app(app, settings)
     errors.register(app)
@@ -43,6 +44,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         app.register_blueprint(bp)
     ws.init_app(app)  # GET /v1/ws and presence; the hub starts with the first socket
     push.init_app(app)  # /v1/push (subscriptions, VAPID key, dead letters), /v1/notifications
+    init_privacy(app)  # retention policies, DELETE /v1/conversations/{cid}, /v1/privacy jobs
     register_cli(app)
 
     @app.before_request

@@ -98,3 +98,20 @@ def register_cli(app: Flask) -> None:
 
     for group in (db, keys, token):
         app.cli.add_command(group)
+    app.cli.add_command(_retention_commands())
+
+
+def _retention_commands() -> AppGroup:
+    retention = AppGroup("retention", help="Retention purge (docs/retention.md).")
+
+    @retention.command("run")
+    def retention_run() -> None:
+        """Run the retention purge now and print what it did (exit 1 if another holds it)."""
+        from domain.retention import run
+
+        report = run(services())
+        click.echo(report.summary())
+        if report.skipped:
+            raise click.exceptions.Exit(1)
+
+    return retention
