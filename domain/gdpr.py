@@ -103,9 +103,14 @@ def _known_user(session: Session, user_id: str) -> User:
 
 
 def start_export(session: Session, who: Principal, user_id: str) -> Job:
-    """Queue an export of `user_id`'s data: the user themselves, an admin or an API key."""
+    """Queue an export of `user_id`'s data: the user themselves, an admin or an API key.
+
+    While one is queued or running, asking again returns it (an export is not cheap)."""
     if not is_privacy_admin(who) and who.user_id != user_id:
         raise Forbidden("you may export your own data; others' needs an API key or admin role")
+    pending = _pending(session, EXPORT, user_id)
+    if pending is not None:
+        return pending
     _known_user(session, user_id)
     job = Job(id=new_id(), kind=EXPORT, params={"user_id": user_id}, created_by=who.label)
     session.add(job)
@@ -119,11 +124,9 @@ def start_erase(session: Session, who: Principal, user_id: str, reason: str | No
     """Queue the erasure of `user_id` (API key or admin); asking twice returns the same job."""
     if not is_privacy_admin(who):
         raise Forbidden("erasing a user needs an API key or the admin role")
-    for job in session.scalars(
-        select(Job).where(Job.kind == ERASE, Job.state.in_(("queued", "running")))
-    ):
-        if job.params.get("user_id") == user_id:
-            return job
+    pending = _pending(session, ERASE, user_id)
+    if pending is not None:
+        return pending
     _known_user(session, user_id)
     pseudonym = "erased-" + secrets.token_hex(8)
     job = Job(
@@ -145,6 +148,16 @@ def start_erase(session: Session, who: Principal, user_id: str, reason: str | No
         detail={"job_id": job.id},
     )
     return job
+
+
+def _pending(session: Session, kind: str, user_id: str) -> Job | None:
+    """A queued or running job of `kind` for `user_id` (such jobs are few at any time)."""
+    for job in session.scalars(
+        select(Job).where(Job.kind == kind, Job.state.in_(("queued", "running")))
+    ):
+        if job.params.get("user_id") == user_id:
+            return job
+    return None
 
 
 def visible_job(session: Session, who: Principal, job_id: str) -> Job:

@@ -10,6 +10,7 @@ worker died) runs it once; a claim whose holder stopped reporting progress for
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import timedelta
@@ -139,9 +140,21 @@ def erase_user(job_id: str) -> None:
         logger.info("user erased", extra={"job_id": job_id, **counts})
 
 
-@signals.worker_process_init.connect
+_forgetter_pid: int | None = None
+
+
+@signals.task_prerun.connect
 def _follow_shredded_keys(**_: Any) -> None:
-    """Each worker process drops keys other processes shred from its key cache."""
+    """Each worker process drops keys other processes shred from its key cache: the listener
+    starts with the process's first task (not at fork, where building the app could outlast
+    the pool's start-up timeout)."""
+    global _forgetter_pid
+    if _forgetter_pid == os.getpid():
+        return
+    _forgetter_pid = os.getpid()
+    from flask import current_app, has_app_context
+
     from celery_config import flask_app
 
-    retention.KeyForgetter(flask_app().extensions["parley"]).start()
+    app = current_app if has_app_context() else flask_app()  # as AppContextTask chooses
+    retention.KeyForgetter(app.extensions["parley"]).start()
