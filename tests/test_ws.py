@@ -12,8 +12,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from core.events import stream_key
+from models import Message
 from tests.conftest import Stack, wait_for
 from tests.factories import Api, stream_events, uid, wait_delivered
 from tests.live_server import (
@@ -156,10 +158,6 @@ def test_resume_with_since_replays_exactly_the_missed_events_with_no_duplicate_a
     again = connect(node, b, since=seen["id"])
     poster.join(30)
     with api.stack.svc.Session() as s:
-        from sqlalchemy import select
-
-        from models import Message
-
         all_ids = list(
             s.scalars(
                 select(Message.id).where(Message.conversation_id == cid).order_by(Message.seq)

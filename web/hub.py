@@ -34,14 +34,12 @@ from typing import Any
 import gevent
 import redis
 from gevent.event import Event
-from sqlalchemy import create_engine, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
 
 from core.events import LIVE_CHANNEL, WAKE_CHANNEL, publish_ephemeral, stream_bounds
 from core.services import Services
 from models import Participant
-from models.db import SQLITE_BUSY_TIMEOUT_MS
 from web.live import protocol
 from web.live.connection import Connection
 from web.live.presence import PresenceStore
@@ -60,6 +58,8 @@ REDIS_POOL = 32  # shared by all sockets of the process; the subscriber holds on
 
 
 class Hub:
+    """This process's live side: local sockets by user, and the greenlets that feed them."""
+
     def __init__(self, svc: Services, settings: LiveSettings) -> None:
         self.svc = svc
         self.settings = settings
@@ -83,7 +83,7 @@ class Hub:
         self._delivered: dict[tuple[str, str], int] = {}
         self._members: dict[str, tuple[float, list[str]]] = {}
         self._greenlets: list[gevent.Greenlet] = []
-        self.read_session = read_sessions(svc)
+        self.read_session = svc.ReadSession  # reads take no SQLite write lock
 
     def _render(self, wants: dict[Viewer, list[Entry]]) -> dict[Viewer, list[Outgoing]]:
         return render(self.svc, self.read_session, wants)
@@ -142,11 +142,7 @@ class Hub:
         logger.info("hub shutting down: closing sockets of %d user(s)", len(users))
         for conns in list(self.by_user.values()):
             for c in list(conns):
-                c.close(
-                    Close.GOING_AWAY,
-                    "server shutting down: reconnect with since=<last id>",
-                    self.settings.close_grace_s,
-                )
+                c.close(Close.GOING_AWAY, "server shutting down: reconnect with since=<last id>")
         with suppress(redis.RedisError):
             self._announce_presence(self.presence.leave_many(users), "offline")
         self._flush_delivered()
@@ -527,22 +523,6 @@ def _resume_problem(
     if ever_trimmed and since < last and (first is None or since < first):
         return "trimmed: events after this id are no longer kept; refetch over REST"
     return None
-
-
-def read_sessions(svc: Services) -> sessionmaker[Session]:
-    """Sessions for the hub's reads. On SQLite the shared engine starts every transaction
-    with BEGIN IMMEDIATE (the write lock) and its busy wait would stall the whole gevent
-    process; plain SELECTs in WAL mode need no lock, so the hub reads through its own engine
-    (pooled: a read per wake-up should not pay for opening the file)."""
-    if svc.dialect != "sqlite":
-        return svc.Session
-    engine = create_engine(
-        svc.settings.database_url,
-        pool_size=4,
-        max_overflow=16,
-        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
-    )
-    return sessionmaker(engine, expire_on_commit=False)
 
 
 _HUB: dict[int, Hub] = {}

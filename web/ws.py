@@ -30,6 +30,7 @@ from web.auth import authenticate, codec
 from web.live import protocol
 from web.live.protocol import Close
 from web.live.settings import LiveSettings
+from web.live.views import bp as presence_bp
 
 if TYPE_CHECKING:  # gevent is imported only where sockets are served, not by workers or CLI
     from web.hub import Hub
@@ -61,12 +62,12 @@ def init_app(app: Flask) -> None:
     )
     sock.init_app(app)
     app.register_blueprint(bp)
-    from web.live.views import bp as presence_bp
-
     app.register_blueprint(presence_bp)
 
 
 class LiveSession:
+    """One socket from handshake to close; runs in the request's greenlet."""
+
     def __init__(self, ws: Server, svc: Services, settings: LiveSettings) -> None:
         self.ws = ws
         self.svc = svc
@@ -99,7 +100,12 @@ class LiveSession:
             self._close_now(Close.UNAUTHORIZED, exc.detail)
             return
         conn = Connection(
-            self.ws, principal, expires_at, self.settings.send_queue, hub.note_delivered
+            self.ws,
+            principal,
+            expires_at,
+            self.settings.send_queue,
+            self.settings.close_grace_s,
+            hub.note_delivered,
         )
         hub.register(conn)
         try:
@@ -109,14 +115,10 @@ class LiveSession:
             pass
         except Exception:
             logger.exception("live session failed", extra={"user_id": conn.user_id})
-            conn.close(
-                Close.INTERNAL,
-                "internal error: reconnect with since=<last id>",
-                self.settings.close_grace_s,
-            )
+            conn.close(Close.INTERNAL, "internal error: reconnect with since=<last id>")
         finally:
             hub.unregister(conn)
-            conn.finish(self.settings.close_grace_s)
+            conn.finish()
 
     def _prepare_socket(self) -> None:
         from web.live.connection import SerializedSocket
@@ -177,7 +179,6 @@ class LiveSession:
                     conn.close(
                         Close.TOKEN_EXPIRED,
                         "token expired: reconnect with a fresh token and since=<last id>",
-                        self.settings.close_grace_s,
                     )
                 elif conn.closing is not None:
                     conn.abort()
@@ -186,11 +187,7 @@ class LiveSession:
             if conn.closing is not None:
                 continue
             if len(raw) > self.settings.max_frame:
-                conn.close(
-                    Close.TOO_BIG,
-                    f"frames are limited to {self.settings.max_frame} bytes",
-                    self.settings.close_grace_s,
-                )
+                conn.close(Close.TOO_BIG, f"frames are limited to {self.settings.max_frame} bytes")
                 continue
             msg = _parse(raw)
             if isinstance(msg, str):

@@ -68,6 +68,8 @@ def direct_fd(sock: socket.socket) -> int | None:
 
 
 class Connection:
+    """A registered socket: who it serves, where it is in their stream, what it still owes."""
+
     __slots__ = (
         "__weakref__",
         "_fd",
@@ -75,6 +77,7 @@ class Connection:
         "_room",
         "_writer",
         "catching_up",
+        "close_grace",
         "closing",
         "cursor",
         "dirty",
@@ -97,6 +100,7 @@ class Connection:
         principal: Principal,
         expires_at: float,
         max_queue: int,
+        close_grace: float,
         on_delivered: Callable[[Connection, str, int], None],
     ) -> None:
         assert principal.user_id is not None
@@ -105,6 +109,7 @@ class Connection:
         self.user_id: str = principal.user_id
         self.expires_at = expires_at  # time.time() at which the token expires
         self.max_queue = max_queue
+        self.close_grace = close_grace
         self.on_delivered = on_delivered
         self._queue: deque[tuple[int, Any, Any]] = deque()
         self._fd = direct_fd(ws.sock.raw) if isinstance(ws.sock, SerializedSocket) else None
@@ -125,10 +130,6 @@ class Connection:
     @property
     def roles(self) -> frozenset[str]:
         return self.principal.roles
-
-    @property
-    def open(self) -> bool:
-        return self.closing is None and self.ws.connected
 
     # --- sending ------------------------------------------------------------------------------
 
@@ -248,10 +249,10 @@ class Connection:
 
     # --- closing ------------------------------------------------------------------------------
 
-    def close(self, code: int, why: str, grace: float = 5.0) -> None:
+    def close(self, code: int, why: str, grace: float | None = None) -> None:
         """Close with `code` after what is being written now; queued events are dropped (the
         client resumes from the last id it got). A peer that does not take the close frame
-        within `grace` seconds is cut off."""
+        within `grace` seconds (default: the configured close grace) is cut off."""
         if self.closing is not None:
             return
         self.closing = int(code)
@@ -260,7 +261,7 @@ class Connection:
         self._kick()
         if self._room is not None:
             self._room.set()
-        gevent.spawn_later(grace, self.abort)
+        gevent.spawn_later(self.close_grace if grace is None else grace, self.abort)
 
     def abort(self) -> None:
         """Cut the TCP connection: unblocks a writer stuck on a full socket and the reader."""
@@ -271,8 +272,8 @@ class Connection:
         self.ws.connected = False
         self.ws.event.set()
 
-    def finish(self, grace: float) -> None:
+    def finish(self) -> None:
         """Wait (bounded) for the close handshake, then make sure the socket is done."""
-        self.ws.thread.join(timeout=grace)
+        self.ws.thread.join(timeout=self.close_grace)
         if self.ws.thread.is_alive() or self._writer is not None:
             self.abort()
