@@ -217,6 +217,10 @@ class Hub:
                     logger.warning("replay read failed; retrying", exc_info=True)
                     gevent.sleep(1.0)
                     continue
+                except Exception:
+                    logger.exception("replay failed", extra={"user_id": conn.user_id})
+                    conn.close(Close.INTERNAL, "internal error: reconnect with since=<last id>")
+                    return
                 for o in out:
                     if conn.generation != gen or conn.closing is not None:
                         break
@@ -300,6 +304,13 @@ class Hub:
                     logger.warning("dispatch failed; retrying", exc_info=True)
                     self._pending.update(users)
                     gevent.sleep(0.5)
+                except Exception:
+                    # Not transient: hand each socket to its own replay, so one bad entry
+                    # cannot silently hold back everyone woken with it.
+                    logger.exception("dispatch failed for %d user(s)", len(users))
+                    for u in users:
+                        for c in list(self.by_user.get(u, ())):
+                            self.catch_up(c)
 
     def _deliver(self, users: list[str]) -> None:
         page = self.settings.hub_page

@@ -138,14 +138,20 @@ class _Views:
         key = (msg.id, forced, *_view_key(msg, who, part), emojis)
         data_json = self.cache.get(key)
         if data_json is None:
-            data = render_message(
-                self.svc,
-                msg,
-                who,
-                part,
-                self.members.get(msg.conversation_id, []),
-                {msg.id: self._reactions(msg.id, emojis)},
-            )
+            try:
+                data = render_message(
+                    self.svc,
+                    msg,
+                    who,
+                    part,
+                    self.members.get(msg.conversation_id, []),
+                    {msg.id: self._reactions(msg.id, emojis)},
+                )
+            except Exception:  # one unreadable message must not stop everyone's batch
+                logger.exception(
+                    "cannot render a message; event skipped", extra={"message_id": msg.id}
+                )
+                return Outgoing(e.sid, None)
             if forced:
                 data["state"] = "delivered"
             data_json = self.cache[key] = protocol.dumps(data)
