@@ -29,6 +29,7 @@ QUEUES = ("pipeline", "media", "push", "maintenance")
 INCLUDE = [
     "tasks.moderate",
     "tasks.fanout",
+    "tasks.media",
     "tasks.push",
     "tasks.outbox",
     "tasks.rotation",

@@ -7,19 +7,29 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import case, delete, func, select, update
+from sqlalchemy import case, delete, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.ids import new_id, utcnow
 from core.services import Services
 from domain import audit, events, notifications, outbox
+from domain.attachments import attach_to_message, check_attachable
 from domain.conversations import PIN_ROLES, readable, unexpired, visible_to_reader
 from domain.errors import Conflict, Forbidden, Invalid, NotFound
 from domain.keys import conversation_key
 from domain.pagination import decode_cursor, encode_cursor
 from domain.principals import Principal
-from models import Conversation, Message, MessageEdit, Participant, Reaction, Report, User
+from models import (
+    Attachment,
+    Conversation,
+    Message,
+    MessageEdit,
+    Participant,
+    Reaction,
+    Report,
+    User,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +80,7 @@ def post(
             raise Invalid(
                 "reply_to must be a message of this conversation", {"reply_to": ["unknown message"]}
             )
+    attachments = check_attachable(svc, session, who, cid, mtype, body.get("attachments") or [])
 
     seq = session.execute(
         update(Conversation)
@@ -104,6 +115,7 @@ def post(
         if existing is None:
             raise
         return existing, False
+    attach_to_message(session, attachments, mid)
     logger.info("message accepted", extra={"message_id": mid, "conversation_id": cid, "seq": seq})
     return msg, True
 
@@ -132,10 +144,17 @@ def _check_content(svc: Services, mtype: str, text: str | None, body: Mapping[st
         )
     if mtype in ("text", "system") and (text is None or not text.strip()):
         raise Invalid(f"a {mtype} message needs non-empty text", {"text": ["required"]})
-    if mtype in MEDIA_TYPES or body.get("attachments"):
+    if mtype in MEDIA_TYPES and not body.get("attachments"):
         raise Invalid(
-            "attachments are not enabled on this server yet",
-            {"attachments": ["attachment uploads are not available"]},
+            f"a {mtype} message carries at least one attachment", {"attachments": ["required"]}
+        )
+    if body.get("attachments") and mtype not in MEDIA_TYPES:
+        raise Invalid(
+            "attachments go in image, file, audio or video messages",
+            {
+                "attachments": [f"a {mtype} message takes no attachments"],
+                "type": ["image, file, audio or video to carry attachments"],
+            },
         )
     if mtype == "location":
         meta = body.get("metadata") or {}
@@ -234,6 +253,9 @@ def _apply_filters(stmt: Any, query: Mapping[str, Any]) -> Any:
         stmt = stmt.where(Message.created_at < query["until"])
     if query.get("pinned"):
         stmt = stmt.where(Message.pinned_at.is_not(None))
+    if query.get("has_attachments") is not None:
+        carries = exists().where(Attachment.message_id == Message.id)
+        stmt = stmt.where(carries if query["has_attachments"] else ~carries)
     return stmt
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from core.crypto import MissingKeyError
 from core.services import Services
+from domain.attachments import for_message
 from domain.messages import message_aad
 from domain.principals import Principal
 from models import Conversation, Message, Participant
@@ -80,7 +81,7 @@ def render_message(
         "edited_at": _iso(msg.edited_at),
         "deleted": msg.deleted_at is not None,
         "reply_to": msg.reply_to_id,
-        "attachments": [],
+        "attachments": [] if msg.deleted_at is not None else for_message(svc, msg),
         "reactions": reactions.get(msg.id, []),
         "pinned": msg.pinned_at is not None,
         "metadata": msg.meta or {},

@@ -8,6 +8,8 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from models import (
+    ATTACHMENT_KINDS,
+    ATTACHMENT_STATES,
     CONVERSATION_STATUSES,
     CONVERSATION_TYPES,
     MESSAGE_STATES,
@@ -115,6 +117,7 @@ class MessageListQuery(StrictSchema):
     since = fields.AwareDateTime()
     until = fields.AwareDateTime()
     pinned = fields.Boolean()
+    has_attachments = fields.Boolean()
 
     @validates_schema
     def _one_direction(self, data: dict[str, Any], **_: Any) -> None:
@@ -176,7 +179,7 @@ class MessageSchema(Schema):
     edited_at = fields.DateTime(allow_none=True)
     deleted = fields.Boolean()
     reply_to = fields.String(allow_none=True)
-    attachments = fields.List(fields.Dict())
+    attachments = fields.List(fields.Nested("AttachmentEmbedSchema"))
     reactions = fields.List(fields.Nested(ReactionSummarySchema))
     pinned = fields.Boolean()
     metadata = fields.Dict()
@@ -331,6 +334,60 @@ class AuditEntrySchema(Schema):
 class AuditPageSchema(Schema):
     items = fields.List(fields.Nested(AuditEntrySchema))
     next_cursor = fields.String(allow_none=True)
+
+
+# --- attachments ------------------------------------------------------------------------------
+
+
+class AttachmentVariantSchema(Schema):
+    content_type = fields.String()
+    size = fields.Integer()
+    width = fields.Integer()
+    height = fields.Integer()
+    url = fields.String(metadata={"description": "signed download URL, bound to the caller"})
+
+
+class AttachmentEmbedSchema(Schema):
+    """An attachment as embedded in a message (the same for every viewer: no URLs)."""
+
+    id = fields.String()
+    state = fields.String(validate=validate.OneOf(ATTACHMENT_STATES))
+    kind = fields.String(validate=validate.OneOf(ATTACHMENT_KINDS))
+    content_type = fields.String()
+    filename = fields.String()
+    size = fields.Integer()
+    width = fields.Integer(allow_none=True)
+    height = fields.Integer(allow_none=True)
+    variants = fields.Dict(
+        keys=fields.String(validate=validate.OneOf(("original", "thumb", "medium", "large"))),
+        values=fields.Nested(AttachmentVariantSchema),
+    )
+    reason = fields.String(metadata={"description": "why it was rejected"})
+    created_at = fields.DateTime()
+
+
+class AttachmentSchema(AttachmentEmbedSchema):
+    conversation_id = fields.String()
+    message_id = fields.String(allow_none=True)
+    urls_expire_at = fields.Integer(metadata={"description": "Unix time the URLs stop working"})
+    seq = fields.Integer(metadata={"description": "seq of the carrying message (lists only)"})
+
+
+class AttachmentPageSchema(Schema):
+    items = fields.List(fields.Nested(AttachmentSchema))
+    next_cursor = fields.String(allow_none=True)
+
+
+class AttachmentListQuery(StrictSchema):
+    kind = fields.String(validate=validate.OneOf(ATTACHMENT_KINDS))
+    cursor = fields.String(validate=validate.Length(max=500))
+    limit = fields.Integer(validate=validate.Range(1, 200), load_default=50)
+
+
+class DownloadQuery(StrictSchema):
+    u = fields.String(required=True, validate=validate.Length(1, 128))
+    exp = fields.Integer(required=True)
+    sig = fields.String(required=True, validate=validate.Length(1, 100))
 
 
 # --- retention and privacy (#8, docs/retention.md) --------------------------------------------
