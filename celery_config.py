@@ -137,7 +137,9 @@ def _bind_log_context(task_id: str = "", task: Any = None, **_: Any) -> None:
 
 
 @signals.task_postrun.connect
-def _log_stage_timing(task_id: str = "", task: Any = None, state: str = "", **_: Any) -> None:
+def _log_stage_timing(
+    task_id: str = "", task: Any = None, state: str | None = None, **_: Any
+) -> None:
     """One line per task execution: the stage, how long it took, how it ended."""
     import logging
 
@@ -150,7 +152,7 @@ def _log_stage_timing(task_id: str = "", task: Any = None, state: str = "", **_:
         task.name,
         state.lower() or "done",
         duration,
-        extra={"task": task.name, "duration_ms": duration, "outcome": state or "SUCCESS"},
+        extra={"task": task.name, "duration_ms": duration, "outcome": state or "done"},
     )
 
 
