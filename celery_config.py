@@ -150,7 +150,7 @@ def _log_stage_timing(
     logging.getLogger("tasks.timing").info(
         "stage %s %s in %.1f ms",
         task.name,
-        state.lower() or "done",
+        (state or "done").lower(),
         duration,
         extra={"task": task.name, "duration_ms": duration, "outcome": state or "done"},
     )
