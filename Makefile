@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint bench venv
+.PHONY: run test lint bench venv audit
 
 ## run: install runtime deps if needed, migrate, and start web + worker + beat (Ctrl-C stops)
 run: $(VENV)/.installed-run
@@ -25,6 +25,12 @@ test: $(VENV)/.installed-dev
 ## lint: ruff and mypy (configured in pyproject.toml)
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check . && $(VENV)/bin/mypy
+
+## audit: check every pinned requirement against the PyPI advisory database (pip-audit).
+##        Needs the network (pypi.org's JSON API), so it is not part of `make test`; --strict
+##        fails when a package could not be checked, so an offline audit never passes silently.
+audit: $(VENV)/.installed-dev
+	$(VENV)/bin/pip-audit --requirement requirements-dev.txt --no-deps --disable-pip --strict --progress-spinner off
 
 ## bench: run the benchmarks in bench/
 bench: $(VENV)/.installed-dev

@@ -7,6 +7,7 @@ with `celery -A celery_config beat` (see Procfile). Ops scale a stage by startin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -114,6 +115,12 @@ def make_celery(broker_url: str | None) -> Celery:
         },
         worker_send_task_events=False,
         worker_hijack_root_logger=False,
+        # Shutdown (docs/operations.md): SIGTERM is a warm shutdown, running tasks finish and
+        # reserved ones go back to the queue. A lost broker connection cancels running tasks:
+        # their acks could not be sent anyway, so they are redelivered rather than run twice.
+        # On a cold shutdown (SIGQUIT) tasks get this long before they are cancelled/requeued.
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_soft_shutdown_timeout=10.0,
     )
     return app
 
@@ -134,6 +141,39 @@ def _bind_log_context(task_id: str = "", task: Any = None, **_: Any) -> None:
     logs.clear()
     logs.bind(task_id=task_id, **({"request_id": rid} if rid else {}))
     _started[task_id] = time.perf_counter()
+    _observe_queue_wait(request)
+
+
+def _observe_queue_wait(request: Any) -> None:
+    """Queue lag as each task sees it: publish (or ETA) to start, by the queue it came from."""
+    from core import metrics
+    from core.backlog import SENT_AT_HEADER
+
+    headers = getattr(request, "headers", None) or {}
+    sent = getattr(request, SENT_AT_HEADER, None) or headers.get(SENT_AT_HEADER)
+    if sent is None:
+        return
+    try:
+        since = float(sent)
+    except (TypeError, ValueError):
+        return
+    eta = getattr(request, "eta", None)
+    if isinstance(eta, str):
+        from datetime import datetime
+
+        with contextlib.suppress(ValueError):
+            since = max(since, datetime.fromisoformat(eta).timestamp())
+    queue = (getattr(request, "delivery_info", None) or {}).get("routing_key") or "unknown"
+    metrics.task_waited(queue, time.time() - since)
+
+
+@signals.before_task_publish.connect
+def _stamp_sent_at(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """Every message says when it was sent: queue lag for /metrics and the stage timings."""
+    from core.backlog import SENT_AT_HEADER
+
+    if headers is not None:
+        headers[SENT_AT_HEADER] = time.time()
 
 
 @signals.task_postrun.connect
@@ -154,6 +194,9 @@ def _log_stage_timing(
         duration,
         extra={"task": task.name, "duration_ms": duration, "outcome": state or "done"},
     )
+    from core import metrics
+
+    metrics.task_finished(task.name, state or "done", duration / 1000)
 
 
 _started: dict[str, float] = {}
@@ -164,3 +207,26 @@ def _fresh_connections(**_: Any) -> None:
     """A forked child must not reuse connections inherited from the parent."""
     if _flask_app is not None:
         _flask_app.extensions["parley"].dispose()
+
+
+@signals.worker_process_init.connect
+def _leave_sigterm_to_the_parent(**_: Any) -> None:
+    """Pool children ignore SIGTERM; the main process turns it into a warm shutdown.
+
+    honcho, systemd (KillMode=control-group) and `kill -- -PGID` send SIGTERM to the whole
+    process group. Celery resets it to the default in children, so each child would die in the
+    middle of its task. Ignored here, the child finishes the task it holds and exits when the
+    parent closes the pool; time limits still end a stuck child with SIGKILL.
+    """
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+@signals.worker_process_shutdown.connect
+@signals.worker_shutdown.connect
+def _metrics_process_dead(**_: Any) -> None:
+    """This process's live gauges leave /metrics with it; its counters stay in the totals."""
+    from core import metrics
+
+    metrics.mark_dead(os.getpid())

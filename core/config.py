@@ -79,6 +79,22 @@ class Settings:
     retention_interval_s: float = 600.0
     retention_batch: int = 500
     export_keep_s: float = 24 * 3600.0
+    # Operations and edge security (#10, docs/operations.md)
+    jwt_audience: str = ""
+    jwt_issuer: str = ""
+    metrics_token: str = ""
+    cors_origins: str = ""
+    hsts_seconds: int = 0
+    trusted_proxies: int = 0
+    access_log: bool = True
+    rate_limits: str = ""  # on | off; empty: on, except under test (a test turns them on)
+    limit_post_user: str = "30/10 seconds"
+    limit_post_ip: str = "600/minute"
+    limit_upload_user: str = "20/minute"
+    limit_upload_ip: str = "200/minute"
+    limit_conversation_user: str = "20/minute"
+    limit_conversation_ip: str = "300/minute"
+    limit_failed_auth_ip: str = "30/minute"
     testing: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -149,6 +165,21 @@ _ENV_NAMES = {
     "retention_interval_s": "PARLEY_RETENTION_INTERVAL_S",
     "retention_batch": "PARLEY_RETENTION_BATCH",
     "export_keep_s": "PARLEY_EXPORT_KEEP_S",
+    "jwt_audience": "PARLEY_JWT_AUDIENCE",
+    "jwt_issuer": "PARLEY_JWT_ISSUER",
+    "metrics_token": "PARLEY_METRICS_TOKEN",
+    "cors_origins": "PARLEY_CORS_ORIGINS",
+    "hsts_seconds": "PARLEY_HSTS_SECONDS",
+    "trusted_proxies": "PARLEY_TRUSTED_PROXIES",
+    "access_log": "PARLEY_ACCESS_LOG",
+    "rate_limits": "PARLEY_RATE_LIMITS",
+    "limit_post_user": "PARLEY_LIMIT_POST_USER",
+    "limit_post_ip": "PARLEY_LIMIT_POST_IP",
+    "limit_upload_user": "PARLEY_LIMIT_UPLOAD_USER",
+    "limit_upload_ip": "PARLEY_LIMIT_UPLOAD_IP",
+    "limit_conversation_user": "PARLEY_LIMIT_CONVERSATION_USER",
+    "limit_conversation_ip": "PARLEY_LIMIT_CONVERSATION_IP",
+    "limit_failed_auth_ip": "PARLEY_LIMIT_FAILED_AUTH_IP",
 }
 
 

@@ -313,8 +313,7 @@ def list_for(
     if context_id:
         stmt = stmt.where(Conversation.context_id == context_id)
     if cursor:
-        at, last_id = decode_cursor(cursor, ("t", "id"))
-        at_dt = datetime.fromisoformat(at)
+        at_dt, last_id = decode_cursor(cursor, {"t": datetime, "id": str})
         stmt = stmt.where(
             or_(
                 Conversation.last_activity_at < at_dt,

@@ -209,7 +209,7 @@ def list_page(
 ) -> tuple[Conversation, Participant | None, list[Message], str | None]:
     conv, part = readable(session, who, cid)
     if cursor:
-        direction, bound = decode_cursor(cursor, ("d", "s"))
+        direction, bound = decode_cursor(cursor, {"d": str, "s": int})
         if direction == "a":
             after_seq, before_seq = bound, None
         else:

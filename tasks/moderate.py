@@ -12,6 +12,7 @@ import logging
 from sqlalchemy import select
 
 from celery_config import celery_app
+from core import metrics
 from core.services import services
 from domain import flood
 from domain.messages import message_aad
@@ -44,6 +45,7 @@ def masked_spans(text: str, masked: str) -> list[list[int]]:
 def moderate_message(message_id: str) -> None:
     """Record the verdict once; a re-run (redelivery, sweeper) skips straight to fan-out."""
     svc = services()
+    verdict_made: tuple[str, list[str]] | None = None
     with svc.Session.begin() as s:
         msg = s.get(Message, message_id)
         if msg is None:
@@ -77,4 +79,7 @@ def moderate_message(message_id: str) -> None:
                 action,
                 extra={"message_id": message_id, "conversation_id": conversation_id},
             )
+            verdict_made = (action, msg.moderation_labels)
+    if verdict_made is not None:  # counted once committed, so a retried run counts once
+        metrics.moderation_verdict(*verdict_made)
     drain(conversation_id)

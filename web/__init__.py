@@ -62,4 +62,12 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         resp.headers.setdefault("Cache-Control", "no-store")
         return resp
 
+    # Operations (#10): the edge (proxies, CORS, headers), /metrics with request timing and the
+    # access log, then rate limits, which wrap views: every blueprint is registered by now.
+    from web import limits, security
+    from web import metrics as web_metrics
+
+    security.init_app(app, settings)
+    web_metrics.init_app(app)
+    limits.init_app(app, settings)
     return app

@@ -27,6 +27,9 @@ class TokenCodec:
 
     def __init__(self, settings: Settings) -> None:
         self.leeway = settings.jwt_leeway_s
+        # Optional: a token minted for another service (aud) or by another issuer is refused.
+        self.audience = settings.jwt_audience or None
+        self.issuer = settings.jwt_issuer or None
         if settings.jwt_public_key:
             self.algorithm = "RS256"
             self.verify_key: Any = settings.jwt_public_key
@@ -41,8 +44,10 @@ class TokenCodec:
                 token,
                 self.verify_key,
                 algorithms=[self.algorithm],
-                leeway=self.leeway,
-                options={"require": ["sub", "exp"]},
+                leeway=self.leeway,  # also for nbf and iat, which PyJWT checks when present
+                audience=self.audience,
+                issuer=self.issuer,
+                options={"require": self._required},
             )
         except jwt.ExpiredSignatureError as exc:
             raise Unauthorized("the token has expired") from exc
@@ -56,11 +61,21 @@ class TokenCodec:
             raise Unauthorized("the token's roles claim must be a list of strings")
         return claims
 
+    @property
+    def _required(self) -> list[str]:
+        extra = [name for name, on in (("aud", self.audience), ("iss", self.issuer)) if on]
+        return ["sub", "exp", *extra]
+
     def issue(self, user_id: str, *, ttl_s: int = 3600, **claims: Any) -> str:
         if self.sign_key is None:
             raise RuntimeError("RS256 is configured: tokens are issued by the platform, not here")
         now = utcnow()
-        payload = {"sub": user_id, "iat": now, "exp": now + timedelta(seconds=ttl_s), **claims}
+        payload = {"sub": user_id, "iat": now, "exp": now + timedelta(seconds=ttl_s)}
+        if self.audience:
+            payload["aud"] = self.audience
+        if self.issuer:
+            payload["iss"] = self.issuer
+        payload.update(claims)
         return jwt.encode(payload, self.sign_key, algorithm=self.algorithm)
 
 

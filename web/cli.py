@@ -1,4 +1,4 @@
-"""Operator commands: `flask --app web db|keys|token ...`."""
+"""Operator commands: `flask --app web db|keys|token|status ...`."""
 
 from __future__ import annotations
 
@@ -98,6 +98,10 @@ def register_cli(app: Flask) -> None:
 
     for group in (db, keys, token):
         app.cli.add_command(group)
+
+    from web.status import status_command
+
+    app.cli.add_command(status_command)
     app.cli.add_command(_retention_commands())
 
 

@@ -13,6 +13,7 @@ from domain.render import preview, render_conversation
 from models import Message
 from web.auth import current, require_auth
 from web.http import doc, json_body, query_args
+from web.limits import limits
 from web.schemas import (
     ConversationCreateSchema,
     ConversationListQuery,
@@ -44,6 +45,7 @@ def _render_one(session: Any, conv: Any) -> dict[str, Any]:
     responses={201: ConversationSchema, 200: ConversationSchema},
     tag="conversations",
 )
+@limits("conversation")
 def create_conversation() -> tuple[dict[str, Any], int]:
     """Create a conversation; a direct pair or a context with the same members returns 200."""
     body = json_body(ConversationCreateSchema())

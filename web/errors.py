@@ -66,7 +66,9 @@ def _flatten(messages: Any, prefix: str = "") -> dict[str, list[str]]:
 def register(app: Flask) -> None:
     @app.errorhandler(DomainError)
     def _domain(exc: DomainError) -> Response:
-        return problem(exc.status, exc.title, exc.detail, errors=exc.errors, extra=exc.extra)
+        # extension members (e.g. `moderation` on a refused edit) sit beside `detail`
+        members: dict[str, Any] = dict(exc.extra)
+        return problem(exc.status, exc.title, exc.detail, errors=exc.errors, **members)
 
     @app.errorhandler(ValidationError)
     def _validation(exc: ValidationError) -> Response:

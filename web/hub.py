@@ -37,6 +37,7 @@ from gevent.event import Event
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from core import metrics
 from core.events import LIVE_CHANNEL, WAKE_CHANNEL, publish_ephemeral, stream_bounds
 from core.services import Services
 from models import Participant
@@ -152,6 +153,8 @@ class Hub:
     def register(self, conn: Connection) -> None:
         """Make the socket reachable by wake-ups (before its backlog is read)."""
         conns = self.by_user.setdefault(conn.user_id, set())
+        if conn not in conns:
+            metrics.ws_connections.inc()
         conns.add(conn)
         if len(conns) == 1:
             self._mark_presence(conn.user_id)
@@ -161,6 +164,7 @@ class Hub:
         if conns is None or conn not in conns:
             return
         conns.discard(conn)
+        metrics.ws_connections.dec()
         if not conns:
             del self.by_user[conn.user_id]
             self._mark_presence(conn.user_id)

@@ -15,6 +15,7 @@ from domain.render import render_message
 from models import Message
 from web.auth import current, require_auth
 from web.http import doc, json_body, query_args
+from web.limits import limits
 from web.schemas import (
     MessageCreateSchema,
     MessageListQuery,
@@ -51,6 +52,7 @@ def _render(session: Any, msg: Message, *, fresh: bool = False) -> dict[str, Any
     responses={202: MessageSchema, 200: MessageSchema},
     tag="messages",
 )
+@limits("post")
 def post_message(cid: str) -> tuple[dict[str, Any], int]:
     """Queue a message for delivery; the same client_msg_id returns the first message again."""
     body = json_body(MessageCreateSchema())

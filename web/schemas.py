@@ -5,7 +5,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import (
+    INCLUDE,
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    pre_load,
+    validate,
+    validates_schema,
+)
 
 from models import (
     ATTACHMENT_KINDS,
@@ -27,9 +36,33 @@ def _small_json(value: dict[str, Any]) -> None:
         raise ValidationError(f"metadata must be at most {MAX_METADATA_BYTES} bytes of JSON")
 
 
+def _nul_fields(data: Any, path: str = "") -> list[str]:
+    """The fields of JSON input holding a NUL character (in a value or a key)."""
+    if isinstance(data, str):
+        return [path or "_body"] if "\x00" in data else []
+    if isinstance(data, dict):
+        found = [path or "_body"] if any("\x00" in str(k) for k in data) else []
+        for key, value in data.items():
+            found += _nul_fields(value, f"{path}.{key}" if path else str(key))
+        return found
+    if isinstance(data, list):
+        return [
+            f for i, v in enumerate(data) for f in _nul_fields(v, f"{path}.{i}" if path else str(i))
+        ]
+    return []
+
+
 class StrictSchema(Schema):
     class Meta:
         unknown = RAISE
+
+    @pre_load
+    def _refuse_nul(self, data: Any, **_: Any) -> Any:
+        """PostgreSQL text and JSON cannot hold NUL: a 422 here, not a 500 at the INSERT."""
+        bad = _nul_fields(data)
+        if bad:
+            raise ValidationError({name: ["must not contain NUL characters"] for name in bad})
+        return data
 
 
 # --- requests ---------------------------------------------------------------------------------
@@ -147,6 +180,9 @@ class ReadSchema(StrictSchema):
 
 
 class ProblemSchema(Schema):
+    class Meta:
+        unknown = INCLUDE  # RFC 9457 extension members, e.g. `moderation` on a refused edit
+
     type = fields.String()
     title = fields.String()
     status = fields.Integer()
