@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 from flask.testing import FlaskClient
@@ -115,3 +118,33 @@ def wait_delivered(stack: Stack, user: str, message_ids: list[str], timeout: flo
         timeout,
         what=f"{len(want)} message(s) in {user}'s stream",
     )
+
+
+_SCAN = """
+import sys
+from pathlib import Path
+root, needles = Path(sys.argv[1]), [bytes.fromhex(h) for h in sys.argv[2:]]
+for path in sorted(root.rglob("*")):
+    if path.is_file():
+        blob = path.read_bytes()
+        for n in needles:
+            if n in blob:
+                print(f"{path.relative_to(root)}: {n!r}")
+"""
+
+
+def files_containing(root: Path, needles: list[bytes]) -> list[str]:
+    """Files under `root` holding any needle, read by a child process.
+
+    Not in this process: it holds SQLite connections to the database in the data dir, and
+    closing any descriptor of that file (or its -wal/-shm) would drop SQLite's POSIX locks —
+    a worker could then reset shared memory this process still maps (SIGBUS, or corruption).
+    """
+    out = subprocess.run(
+        [sys.executable, "-c", _SCAN, str(root), *(n.hex() for n in needles)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return out.stdout.splitlines()

@@ -10,7 +10,6 @@ import os
 import re
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
@@ -25,7 +24,7 @@ from domain import attachments as atts
 from domain.pagination import encode_cursor
 from models import Attachment, Message, Outbox
 from tests.conftest import ROOT, RedisServer, Stack, Worker, wait_for
-from tests.factories import Api, stream_events, uid, wait_delivered
+from tests.factories import Api, files_containing, stream_events, uid, wait_delivered
 from tests.test_storage import s3_client, start_moto
 
 MB = 1024 * 1024
@@ -125,15 +124,6 @@ def stored_keys(stack: Stack) -> set[str]:
 
 def fetch(api: Api, url: str, headers: dict[str, str] | None = None) -> TestResponse:
     return api.client.get(url, headers=headers or {})
-
-
-def files_containing(root: Path, needles: list[bytes]) -> list[str]:
-    hits = []
-    for path in root.rglob("*"):
-        if path.is_file():
-            blob = path.read_bytes()
-            hits += [f"{path.relative_to(root)}: {n!r}" for n in needles if n in blob]
-    return hits
 
 
 def pg_rows_containing(stack: Stack, needles: list[bytes]) -> list[str]:

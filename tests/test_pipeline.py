@@ -19,7 +19,14 @@ from sqlalchemy import select, text
 
 from models import Message, Notification, Outbox
 from tests.conftest import ROOT, Stack, wait_for
-from tests.factories import Api, delivered_ids, stream_events, uid, wait_delivered
+from tests.factories import (
+    Api,
+    delivered_ids,
+    files_containing,
+    stream_events,
+    uid,
+    wait_delivered,
+)
 
 
 def _state(stack: Stack, mid: str) -> str:
@@ -241,9 +248,11 @@ def test_no_plaintext_in_the_database_data_dir_or_redis(api: Api, live: Stack) -
     )
     assert CANARY in api.get(f"/v1/messages/{mid}", user=b).get_json()["text"]
     needle = CANARY.encode()
-    for path in live.data_dir.rglob("*"):  # SQLite db, its WAL, keys, logs
-        if path.is_file() and path.suffix != ".log":
-            assert needle not in path.read_bytes(), f"plaintext in {path}"
+    # the SQLite db, its WAL, keys; read from a child process (see files_containing)
+    hits = [
+        h for h in files_containing(live.data_dir, [needle]) if not h.split(":")[0].endswith(".log")
+    ]
+    assert hits == [], f"plaintext in {hits}"
     if live.name == "postgres":
         with live.svc.engine.connect() as conn:
             tables = (
@@ -307,13 +316,19 @@ def test_the_request_id_and_stage_timings_follow_a_message_into_the_worker(
     a, b = uid(), uid()
     cid = api.conversation(a, b)
     rid = "trace-" + uid("r")
-    resp = api.post(f"/v1/conversations/{cid}/messages", user=a, json={"text": "traced"},
-                    headers={"X-Request-ID": rid})
+    resp = api.post(
+        f"/v1/conversations/{cid}/messages",
+        user=a,
+        json={"text": "traced"},
+        headers={"X-Request-ID": rid},
+    )
     wait_delivered(live, b, [resp.get_json()["id"]])
 
     def traced_stage() -> bool:
-        return any("stage tasks.moderate.moderate_message" in line and f"request_id={rid}" in line
-                   for line in live.worker.log().splitlines())
+        return any(
+            "stage tasks.moderate.moderate_message" in line and f"request_id={rid}" in line
+            for line in live.worker.log().splitlines()
+        )
 
     wait_for(traced_stage, 30, what="a timed moderate stage carrying the request id")
     assert "traced" not in "".join(
