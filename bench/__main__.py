@@ -1,9 +1,11 @@
 """`make bench` / `python -m bench`: run every benchmark in turn, each in its own process.
 
-Each benchmark starts what it needs (a private Redis, a data dir, workers, web processes),
-prints a table of figures with the baseline measured in the same run and the ratio, and writes
-its JSON to bench/out/. `python -m bench NAME...` runs only those; `--quick` passes each its
-small settings, for a smoke run.
+Each benchmark starts what it needs (a private Redis, a data dir, and Parley's processes from
+the Procfile's command lines), prints its figures with the baseline measured in the same run,
+the ratio and the target, and writes its JSON to bench/out/. At the end the figures of every
+benchmark run go into bench/out/report.json and one table (bench/report.py).
+`python -m bench NAME...` runs only those; `--quick` passes each its small settings, for a
+smoke run (its figures are not comparable with the targets).
 """
 
 from __future__ import annotations
@@ -14,14 +16,17 @@ import sys
 import time
 from pathlib import Path
 
+from bench import report
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # name: (module, full-size arguments, quick arguments)
 BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "moderation": ("bench.moderation", [], []),
     "pipeline": ("bench.pipeline", [], ["--messages", "200", "--seconds", "3"]),
-    "ws": ("bench.ws", [], ["--sockets", "500", "--members", "200"]),
-    "thumbnails": ("bench.thumbnails", [], []),
+    "ingest": ("bench.ingest", [], ["--seconds", "3"]),
+    "ws": ("bench.ws", [], ["--sockets", "500", "--members", "200", "--messages", "5"]),
+    "thumbnails": ("bench.thumbnails", [], ["--images", "2", "--rounds", "1"]),
 }
 
 
@@ -39,7 +44,7 @@ def main() -> int:
     unknown = sorted(set(names) - set(BENCHMARKS))
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
-    failed = []
+    failed, ran = [], []
     for i, name in enumerate(names, 1):
         module, full, quick = BENCHMARKS[name]
         if not (ROOT / (module.replace(".", "/") + ".py")).exists():
@@ -56,7 +61,11 @@ def main() -> int:
         )
         if code:
             failed.append(name)
-    print(f"\nreports: {ROOT / 'bench' / 'out'}")
+        else:
+            ran.append(name)
+    print()
+    path = report.combine(ran)
+    print(f"\nreport: {path}")
     if failed:
         print(f"failed: {', '.join(failed)}")
     return 1 if failed else 0

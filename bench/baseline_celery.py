@@ -1,4 +1,5 @@
-"""The bare baseline for bench/pipeline.py: a Celery chain of three no-op tasks.
+"""The bare baselines for bench/pipeline.py: a Celery chain of three no-op tasks, and a task
+that only says when it started (send → task-start latency).
 
 Shaped like Parley's pipeline: stage 1 (moderate) → stage 2 (fan-out, where the message counts
 as delivered: it signals) → stage 3 (push intent, off the delivery path).
@@ -44,3 +45,8 @@ def stage2(token: str) -> None:
 @app.task(name="baseline.stage3")
 def stage3(token: str) -> None:
     return None
+
+
+@app.task(name="baseline.started")
+def started(token: str) -> None:
+    _redis.xadd("baseline:started", {"token": token})

