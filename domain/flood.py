@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from collections.abc import Sequence
 
 import redis
 
@@ -26,17 +27,28 @@ def _fingerprint(svc: Services, text: str) -> str:
     return hmac.new(key, normal.encode(), hashlib.sha256).hexdigest()[:32]
 
 
-def record_and_check(svc: Services, sender: str, text: str, conversation_id: str) -> bool:
-    """Record this post; True when the same text reached the flood threshold of conversations."""
+def record_and_check(svc: Services, posts: Sequence[tuple[str | None, str, str]]) -> list[bool]:
+    """Record (sender, text, conversation) posts in order, in one round trip; for each, True
+    when the same text from that sender reached the flood threshold of conversations."""
     settings = svc.settings
-    if settings.flood_conversations <= 0 or not text.strip():
-        return False
-    key = f"{PREFIX}{sender}:{_fingerprint(svc, text)}"
+    checked = (
+        [i for i, (sender, text, _) in enumerate(posts) if sender and text.strip()]
+        if settings.flood_conversations > 0
+        else []
+    )
+    flooded = [False] * len(posts)
+    if not checked:
+        return flooded
     now = time.time()
     pipe: redis.client.Pipeline = svc.redis.pipeline(transaction=True)
-    pipe.zadd(key, {conversation_id: now})
-    pipe.zremrangebyscore(key, 0, now - settings.flood_window_s)
-    pipe.zcard(key)
-    pipe.expire(key, settings.flood_window_s)
-    _, _, count, _ = pipe.execute()
-    return int(count) >= settings.flood_conversations
+    for i in checked:
+        sender, text, conversation_id = posts[i]
+        key = f"{PREFIX}{sender}:{_fingerprint(svc, text)}"
+        pipe.zadd(key, {conversation_id: now})
+        pipe.zremrangebyscore(key, 0, now - settings.flood_window_s)
+        pipe.zcard(key)
+        pipe.expire(key, settings.flood_window_s)
+    replies = pipe.execute()
+    for n, i in enumerate(checked):
+        flooded[i] = int(replies[4 * n + 2]) >= settings.flood_conversations
+    return flooded

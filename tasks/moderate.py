@@ -1,5 +1,9 @@
 """Stage 1: moderate a posted message, then run the fan-out stage for its conversation.
 
+Messages are moderated in per-conversation batches: the first task of a burst moderates every
+message of its conversation still waiting, and the tasks of the others find their verdict
+made and their fan-out done, and end after one read.
+
 Fan-out runs in the same task execution (one broker hop per message instead of two); it is
 still its own stage in tasks/fanout.py, with its own task for re-runs and for messages that
 become ready while another is being moderated.
@@ -16,7 +20,7 @@ from core import metrics
 from core.services import services
 from domain import flood
 from domain.messages import message_aad
-from models import Conversation, Message
+from models import Conversation, DeliveryCursor, Message
 from moderation import moderate, policy_for
 from tasks.fanout import drain
 from tasks.retry import PIPELINE
@@ -24,6 +28,7 @@ from tasks.retry import PIPELINE
 logger = logging.getLogger(__name__)
 
 NAME = "tasks.moderate.moderate_message"
+BATCH = 100  # messages moderated in one transaction
 
 
 def masked_spans(text: str, masked: str) -> list[list[int]]:
@@ -43,28 +48,75 @@ def masked_spans(text: str, masked: str) -> list[list[int]]:
 
 @celery_app.task(name=NAME, **PIPELINE)
 def moderate_message(message_id: str) -> None:
-    """Record the verdict once; a re-run (redelivery, sweeper) skips straight to fan-out."""
+    """Record verdicts once, then fan out. A task finding its message already moderated (a
+    burst's earlier task took it, a redelivery, the sweeper) and fanned out ends after one
+    read that takes no write lock."""
     svc = services()
-    verdict_made: tuple[str, list[str]] | None = None
-    with svc.Session.begin() as s:
-        msg = s.get(Message, message_id)
-        if msg is None:
+    with svc.ReadSession() as s:
+        row = s.execute(
+            select(Message.conversation_id, Message.seq, Message.moderation_action).where(
+                Message.id == message_id
+            )
+        ).first()
+        if row is None:
             logger.warning("moderate: message gone", extra={"message_id": message_id})
             return
-        conversation_id = msg.conversation_id
-        if msg.moderation_action is None:
-            conv_type = s.scalar(
-                select(Conversation.type).where(Conversation.id == conversation_id)
+        conversation_id, seq, action = row
+        if action is not None:
+            fanned = s.scalar(
+                select(DeliveryCursor.fanout_seq).where(
+                    DeliveryCursor.conversation_id == conversation_id
+                )
             )
-            text = ""
-            if msg.text_ct is not None and msg.key_id is not None:
-                text = svc.keyring.open_text(msg.key_id, msg.text_ct, message_aad(msg.id))
-            verdict = moderate(
-                text, policy_for(conv_type or "group", svc.settings.moderation_overrides)
+            if fanned is not None and fanned >= seq:
+                return
+    if action is None:
+        moderate_waiting(conversation_id, message_id)
+    drain(conversation_id)
+
+
+def moderate_waiting(conversation_id: str, message_id: str) -> None:
+    """Moderate every message of the conversation still waiting (up to BATCH, in seq order,
+    always including `message_id`) in one transaction: under a burst each task would
+    otherwise take the write lock for one message, and the fan-out walk stops at the first
+    unmoderated one anyway."""
+    svc = services()
+    verdicts: list[tuple[str, list[str]]] = []
+    with svc.Session.begin() as s:
+        batch = list(
+            s.scalars(
+                select(Message)
+                .where(
+                    Message.conversation_id == conversation_id,
+                    Message.moderation_action.is_(None),
+                )
+                .order_by(Message.seq)
+                .limit(BATCH)
             )
+        )
+        if message_id not in {m.id for m in batch}:
+            own = s.get(Message, message_id)
+            if own is not None and own.moderation_action is None:
+                batch.append(own)
+        if not batch:
+            return
+        conv_type = s.scalar(select(Conversation.type).where(Conversation.id == conversation_id))
+        policy = policy_for(conv_type or "group", svc.settings.moderation_overrides)
+        texts = [
+            svc.keyring.open_text(m.key_id, m.text_ct, message_aad(m.id))
+            if m.text_ct is not None and m.key_id is not None
+            else ""
+            for m in batch
+        ]
+        flooded = flood.record_and_check(
+            svc,
+            [(m.sender_id, text, conversation_id) for m, text in zip(batch, texts, strict=True)],
+        )
+        for msg, text, is_flood in zip(batch, texts, flooded, strict=True):
+            verdict = moderate(text, policy)
             action, reason = verdict.action, verdict.reason
             labels: list[str] = list(verdict.labels)
-            if msg.sender_id and flood.record_and_check(svc, msg.sender_id, text, conversation_id):
+            if is_flood:
                 labels.append(flood.LABEL)
                 if action in ("allow", "mask"):
                     action, reason = "hold", "the same text was sent to many conversations"
@@ -77,9 +129,8 @@ def moderate_message(message_id: str) -> None:
             logger.info(
                 "moderated %s",
                 action,
-                extra={"message_id": message_id, "conversation_id": conversation_id},
+                extra={"message_id": msg.id, "conversation_id": conversation_id},
             )
-            verdict_made = (action, msg.moderation_labels)
-    if verdict_made is not None:  # counted once committed, so a retried run counts once
+            verdicts.append((action, msg.moderation_labels))
+    for verdict_made in verdicts:  # counted once committed, so a retried run counts once
         metrics.moderation_verdict(*verdict_made)
-    drain(conversation_id)
