@@ -376,6 +376,9 @@ def view(
     return out
 
 
+_CACHE = "parley_attachments"  # session.info: message id → its attachments, loaded or known
+
+
 def for_message(svc: Services, msg: Message) -> list[dict[str, Any]]:
     """Attachments of a message, as embedded in it (no URLs: the message shape is the same
     for every viewer; URLs come from GET /v1/attachments/{id}).
@@ -389,7 +392,7 @@ def for_message(svc: Services, msg: Message) -> list[dict[str, Any]]:
                 select(Attachment).where(Attachment.message_id == msg.id).order_by(Attachment.id)
             ).all()
             return [_embedded(svc, a) for a in rows]
-    cache: dict[str, list[Attachment]] = session.info.setdefault("parley_attachments", {})
+    cache: dict[str, list[Attachment]] = session.info.setdefault(_CACHE, {})
     if msg.id not in cache:
         ids = {
             obj.id
@@ -505,9 +508,13 @@ def check_attachable(
 
 
 def attach_to_message(session: Session, rows: Iterable[Attachment], message_id: str) -> None:
-    """Give the attachments to the message, each once (compare-and-set on message_id)."""
+    """Give the attachments to the message, each once (compare-and-set on message_id).
+    Rendering the new message in the same session then needs no query for them."""
+    rows = sorted(rows, key=lambda a: a.id)
     ids = [a.id for a in rows]
+    cache: dict[str, list[Attachment]] = session.info.setdefault(_CACHE, {})
     if not ids:
+        cache[message_id] = []
         return
     done = session.execute(
         update(Attachment)
@@ -524,7 +531,7 @@ def attach_to_message(session: Session, rows: Iterable[Attachment], message_id: 
             "an attachment was used by another message at the same time",
             {"attachments": ["already used"]},
         )
-    session.info.get("parley_attachments", {}).pop(message_id, None)
+    cache[message_id] = rows
 
 
 # --- signed download URLs ---------------------------------------------------------------------

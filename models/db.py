@@ -21,7 +21,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         engine = create_engine(
             url,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
-            pool_size=5,
+            # Kept open: a gevent web process runs dozens of requests at once, and overflow
+            # connections (opened, PRAGMAs run, closed per request) cost more than the query.
+            pool_size=20,
             max_overflow=20,
             **kwargs,
         )
