@@ -89,8 +89,20 @@ PRESENCE_PREFIX = "parley:presence:"
 
 
 def is_online(client: redis.Redis, user_id: str) -> bool:
-    """A user is online while a web node keeps their presence key alive (see web/ws)."""
+    """A user is online while a web node keeps their presence key alive (see web/live)."""
     return bool(client.exists(PRESENCE_PREFIX + user_id))
+
+
+def online_among(client: redis.Redis, user_ids: Iterable[str], chunk: int = 1000) -> set[str]:
+    """Those of `user_ids` who are online: a web node keeps their presence key alive (see
+    web/live/presence.py). One MGET per `chunk` users."""
+    users = list(dict.fromkeys(user_ids))
+    online: set[str] = set()
+    for i in range(0, len(users), chunk):
+        part = users[i : i + chunk]
+        found: Any = client.mget([PRESENCE_PREFIX + u for u in part])
+        online.update(u for u, v in zip(part, found, strict=True) if v is not None)
+    return online
 
 
 # --- live (web hub) helpers: added for web/hub.py; the functions above are the pipeline's ---

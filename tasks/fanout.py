@@ -11,12 +11,14 @@ not move.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from celery_config import celery_app
-from core.events import EventLog
+from core.events import EventLog, online_among
 from core.ids import utcnow
 from core.services import services
 from domain import outbox
@@ -42,9 +44,12 @@ def fanout_conversation(conversation_id: str) -> None:
     drain(conversation_id)
 
 
-def drain(conversation_id: str) -> None:
+def drain(conversation_id: str, first: Callable[[Session], None] | None = None) -> None:
     """Fan out every message that is ready, in seq order (called by the task and, inline, by
-    the moderate stage so a message needs one task hop, not two)."""
+    the moderate stage so a message needs one task hop, not two).
+
+    `first` runs in the same transaction once the conversation's fan-out lock is held: the
+    moderate stage records its verdicts there, so a message costs one write transaction."""
     svc = services()
     log = _event_log()
     pushes: list[tuple[str, list[str]]] = []  # (message id, users to consider for a push)
@@ -56,6 +61,8 @@ def drain(conversation_id: str) -> None:
         if cursor is None:
             logger.warning("fan-out: conversation gone", extra={"conversation_id": conversation_id})
             return
+        if first is not None:
+            first(s)
         conv = s.get(Conversation, conversation_id)
         assert conv is not None
         members = [p for p in conv.participants if p.left_at is None]
@@ -94,6 +101,10 @@ def drain(conversation_id: str) -> None:
             len(member_ids),
             extra={"conversation_id": conversation_id, "seq": cursor.fanout_seq},
         )
+    # Who is online now gets the message live: only the others are worth a push task (which
+    # checks presence again before it records anything).
+    online = online_among(svc.redis, (u for _, users in pushes for u in users))
+    pushes = [(mid, [u for u in users if u not in online]) for mid, users in pushes]
     pushes = [(mid, users) for mid, users in pushes if users]
     if pushes:
         outbox.send(PUSH_TASK, [pushes])  # one push-intent task per batch

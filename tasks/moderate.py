@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from celery_config import celery_app
 from core import metrics
@@ -70,67 +71,74 @@ def moderate_message(message_id: str) -> None:
             )
             if fanned is not None and fanned >= seq:
                 return
-    if action is None:
-        moderate_waiting(conversation_id, message_id)
-    drain(conversation_id)
-
-
-def moderate_waiting(conversation_id: str, message_id: str) -> None:
-    """Moderate every message of the conversation still waiting (up to BATCH, in seq order,
-    always including `message_id`) in one transaction: under a burst each task would
-    otherwise take the write lock for one message, and the fan-out walk stops at the first
-    unmoderated one anyway."""
-    svc = services()
     verdicts: list[tuple[str, list[str]]] = []
-    with svc.Session.begin() as s:
-        batch = list(
-            s.scalars(
-                select(Message)
-                .where(
-                    Message.conversation_id == conversation_id,
-                    Message.moderation_action.is_(None),
-                )
-                .order_by(Message.seq)
-                .limit(BATCH)
-            )
+    if action is None:
+        drain(
+            conversation_id,
+            lambda s: verdicts.extend(moderate_waiting(s, conversation_id, message_id)),
         )
-        if message_id not in {m.id for m in batch}:
-            own = s.get(Message, message_id)
-            if own is not None and own.moderation_action is None:
-                batch.append(own)
-        if not batch:
-            return
-        conv_type = s.scalar(select(Conversation.type).where(Conversation.id == conversation_id))
-        policy = policy_for(conv_type or "group", svc.settings.moderation_overrides)
-        texts = [
-            svc.keyring.open_text(m.key_id, m.text_ct, message_aad(m.id))
-            if m.text_ct is not None and m.key_id is not None
-            else ""
-            for m in batch
-        ]
-        flooded = flood.record_and_check(
-            svc,
-            [(m.sender_id, text, conversation_id) for m, text in zip(batch, texts, strict=True)],
-        )
-        for msg, text, is_flood in zip(batch, texts, flooded, strict=True):
-            verdict = moderate(text, policy)
-            action, reason = verdict.action, verdict.reason
-            labels: list[str] = list(verdict.labels)
-            if is_flood:
-                labels.append(flood.LABEL)
-                if action in ("allow", "mask"):
-                    action, reason = "hold", "the same text was sent to many conversations"
-            msg.moderation_action = action
-            msg.moderation_labels = sorted(labels)
-            msg.moderation_spans = masked_spans(text, verdict.masked)
-            if action in ("hold", "reject"):
-                msg.state = "held" if action == "hold" else "rejected"
-                msg.moderation_reason = reason[:300]
-            logger.info(
-                "moderated %s",
-                action,
-                extra={"message_id": msg.id, "conversation_id": conversation_id},
-            )
-            verdicts.append((action, msg.moderation_labels))
+    else:
+        drain(conversation_id)
     for verdict_made in verdicts:  # counted once committed, so a retried run counts once
         metrics.moderation_verdict(*verdict_made)
+
+
+def moderate_waiting(
+    s: Session, conversation_id: str, message_id: str
+) -> list[tuple[str, list[str]]]:
+    """Moderate every message of the conversation still waiting (up to BATCH, in seq order,
+    always including `message_id`), in the caller's transaction: under a burst each task
+    would otherwise take the write lock for one message, and the fan-out walk stops at the
+    first unmoderated one anyway. Returns the verdicts (action, labels) made."""
+    svc = services()
+    verdicts: list[tuple[str, list[str]]] = []
+    batch = list(
+        s.scalars(
+            select(Message)
+            .where(
+                Message.conversation_id == conversation_id,
+                Message.moderation_action.is_(None),
+            )
+            .order_by(Message.seq)
+            .limit(BATCH)
+        )
+    )
+    if message_id not in {m.id for m in batch}:
+        own = s.get(Message, message_id)
+        if own is not None and own.moderation_action is None:
+            batch.append(own)
+    if not batch:
+        return verdicts
+    conv_type = s.scalar(select(Conversation.type).where(Conversation.id == conversation_id))
+    policy = policy_for(conv_type or "group", svc.settings.moderation_overrides)
+    texts = [
+        svc.keyring.open_text(m.key_id, m.text_ct, message_aad(m.id))
+        if m.text_ct is not None and m.key_id is not None
+        else ""
+        for m in batch
+    ]
+    flooded = flood.record_and_check(
+        svc,
+        [(m.sender_id, text, conversation_id) for m, text in zip(batch, texts, strict=True)],
+    )
+    for msg, text, is_flood in zip(batch, texts, flooded, strict=True):
+        verdict = moderate(text, policy)
+        action, reason = verdict.action, verdict.reason
+        labels: list[str] = list(verdict.labels)
+        if is_flood:
+            labels.append(flood.LABEL)
+            if action in ("allow", "mask"):
+                action, reason = "hold", "the same text was sent to many conversations"
+        msg.moderation_action = action
+        msg.moderation_labels = sorted(labels)
+        msg.moderation_spans = masked_spans(text, verdict.masked)
+        if action in ("hold", "reject"):
+            msg.state = "held" if action == "hold" else "rejected"
+            msg.moderation_reason = reason[:300]
+        logger.info(
+            "moderated %s",
+            action,
+            extra={"message_id": msg.id, "conversation_id": conversation_id},
+        )
+        verdicts.append((action, msg.moderation_labels))
+    return verdicts

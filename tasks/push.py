@@ -18,7 +18,7 @@ from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from celery_config import celery_app
-from core.events import is_online
+from core.events import online_among
 from core.ids import utcnow
 from core.services import Services, services
 from domain import notifications, outbox
@@ -43,7 +43,7 @@ KEEP_DEAD = timedelta(days=30)
 def notify_offline(items: list[list[Any]]) -> None:
     """`items`: [message id, [user ids]] pairs from one fan-out batch, oldest first."""
     svc = services()
-    online: dict[str, bool] = {}
+    online = online_among(svc.redis, (uid for _, user_ids in items for uid in user_ids))
     now = utcnow()
     planned: list[tuple[str, float]] = []
     with svc.Session.begin() as s:
@@ -51,9 +51,6 @@ def notify_offline(items: list[list[Any]]) -> None:
             msg = s.get(Message, message_id)
             if msg is None:
                 continue
-            for uid in user_ids:
-                if uid not in online:
-                    online[uid] = is_online(svc.redis, uid)
             parts = {p.user_id: p for p in members_of(s, msg.conversation_id)}
             text: list[str | None] = []
 
@@ -65,7 +62,7 @@ def notify_offline(items: list[list[Any]]) -> None:
             away = [
                 uid
                 for uid in user_ids
-                if not online[uid] and skip_reason(parts.get(uid), msg, text_of, now) is None
+                if uid not in online and skip_reason(parts.get(uid), msg, text_of, now) is None
             ]
             notes = notifications.record(s, msg, away)
             planned += plan_notify(svc, s, notes, msg, now)
