@@ -104,7 +104,7 @@ def post(
         state="pending",
     )
     session.add(msg)
-    outbox.add(session, MODERATE_TASK, [mid], ref_id=mid)
+    outbox.add(session, MODERATE_TASK, [mid, cid], ref_id=mid)
     try:
         session.flush()
     except IntegrityError:

@@ -86,7 +86,7 @@ def drain(conversation_id: str, first: Callable[[Session], None] | None = None) 
                         f"msg:{msg.id}:{msg.state}", "message.updated", data, [msg.sender_id]
                     )
             else:
-                log.append_once(f"msg:{msg.id}:new", "message.new", data, member_ids)
+                log.append_once(new_event_key(msg.id), "message.new", data, member_ids)
                 msg.state = "delivered"
                 conv.last_message_id = msg.id
                 pushes.append((msg.id, _push_candidates(msg, members)))
@@ -110,6 +110,11 @@ def drain(conversation_id: str, first: Callable[[Session], None] | None = None) 
         outbox.send(PUSH_TASK, [pushes])  # one push-intent task per batch
     if more:
         outbox.send(FANOUT_TASK, [conversation_id])
+
+
+def new_event_key(message_id: str) -> str:
+    """The key under which a message's `message.new` is appended once per member."""
+    return f"msg:{message_id}:new"
 
 
 def _push_candidates(msg: Message, members: list[Participant]) -> list[str]:

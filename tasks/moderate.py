@@ -18,12 +18,13 @@ from sqlalchemy.orm import Session
 
 from celery_config import celery_app
 from core import metrics
+from core.events import DONE_PREFIX
 from core.services import services
 from domain import flood
 from domain.messages import message_aad
 from models import Conversation, DeliveryCursor, Message
 from moderation import moderate, policy_for
-from tasks.fanout import drain
+from tasks.fanout import drain, new_event_key
 from tasks.retry import PIPELINE
 
 logger = logging.getLogger(__name__)
@@ -48,11 +49,16 @@ def masked_spans(text: str, masked: str) -> list[list[int]]:
 
 
 @celery_app.task(name=NAME, **PIPELINE)
-def moderate_message(message_id: str) -> None:
-    """Record verdicts once, then fan out. A task finding its message already moderated (a
-    burst's earlier task took it, a redelivery, the sweeper) and fanned out ends after one
-    read that takes no write lock."""
+def moderate_message(message_id: str, conversation_id: str | None = None) -> None:
+    """Record verdicts once, then fan out. A fresh message (no fan-out record in Redis) goes
+    straight to the write transaction; a task finding its message already fanned out (a
+    burst's earlier task took it, a redelivery, the sweeper) ends after a read that takes no
+    write lock. Tasks queued before `conversation_id` was passed look it up."""
     svc = services()
+    if conversation_id is not None and not svc.redis.exists(
+        DONE_PREFIX + new_event_key(message_id)
+    ):
+        return _moderate_and_drain(conversation_id, message_id)
     with svc.ReadSession() as s:
         row = s.execute(
             select(Message.conversation_id, Message.seq, Message.moderation_action).where(
@@ -61,7 +67,7 @@ def moderate_message(message_id: str) -> None:
         ).first()
         if row is None:
             logger.warning("moderate: message gone", extra={"message_id": message_id})
-            return
+            return None
         conversation_id, seq, action = row
         if action is not None:
             fanned = s.scalar(
@@ -70,15 +76,16 @@ def moderate_message(message_id: str) -> None:
                 )
             )
             if fanned is not None and fanned >= seq:
-                return
+                return None
+    return _moderate_and_drain(conversation_id, message_id)
+
+
+def _moderate_and_drain(conversation_id: str, message_id: str) -> None:
+    """Verdicts for the conversation's waiting messages and their fan-out: one transaction."""
     verdicts: list[tuple[str, list[str]]] = []
-    if action is None:
-        drain(
-            conversation_id,
-            lambda s: verdicts.extend(moderate_waiting(s, conversation_id, message_id)),
-        )
-    else:
-        drain(conversation_id)
+    drain(
+        conversation_id, lambda s: verdicts.extend(moderate_waiting(s, conversation_id, message_id))
+    )
     for verdict_made in verdicts:  # counted once committed, so a retried run counts once
         metrics.moderation_verdict(*verdict_made)
 
