@@ -107,11 +107,13 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=2, help="load processes")
     parser.add_argument("--threads", type=int, default=8, help="connections per load process")
     parser.add_argument("--conversations", type=int, default=8)
+    parser.add_argument("--web-processes", type=int, default=1, help="gunicorn workers")
     parser.add_argument("--keep", action="store_true", help="keep the tmp dir with the logs")
+    parser.add_argument("--postgres", action="store_true", help="PostgreSQL, not SQLite")
     parser.add_argument("--profile", action="store_true", help="py-spy the web process")
     args = parser.parse_args()
-    with services(args.keep) as stack:
-        port, web_pid = stack.web("web")
+    with services(args.keep, args.postgres) as stack:
+        port, web_pid = stack.web("web", processes=args.web_processes)
         paths = []
         for i in range(args.conversations):
             tok = stack.token(f"bench-s{i}")
@@ -126,7 +128,7 @@ def main() -> None:
             profiler.attach(web_pid, "ingest-web")
         parley = blast(port, paths, args.clients, args.threads, args.seconds)
         profiler.stop()
-        bare_port, _ = stack.web("bare", "bench.ingest:bare_app()")
+        bare_port, _ = stack.web("bare", "bench.ingest:bare_app()", processes=args.web_processes)
         print(f"  bare Flask: same load, {args.seconds:g} s", flush=True)
         bare = blast(bare_port, [("/messages", "")], args.clients, args.threads, args.seconds)
     if parley["errors"] or bare["errors"]:
@@ -134,7 +136,8 @@ def main() -> None:
     figures = [
         report.Figure(
             "ingest",
-            "POST /messages on one gunicorn worker",
+            f"POST /messages, {args.web_processes} web process(es), "
+            + ("PostgreSQL" if args.postgres else "SQLite"),
             "req/s",
             parley["requests_per_s"],
             bare["requests_per_s"],

@@ -245,12 +245,14 @@ def progress(line: str) -> None:
     print(f"  {time.strftime('%H:%M:%S')} {line}", flush=True)
 
 
-def figures(parley: dict[str, Any], base: dict[str, Any], workers: int) -> list[report.Figure]:
+def figures(
+    parley: dict[str, Any], base: dict[str, Any], workers: int, db: str
+) -> list[report.Figure]:
     scenario = "pipeline"
     return [
         report.Figure(
             scenario,
-            f"throughput, {workers} worker children",
+            f"throughput, {workers} worker children, {db}",
             "msgs/s",
             parley["burst"]["per_s"],
             base["burst"]["per_s"],
@@ -284,9 +286,10 @@ def main() -> None:
     parser.add_argument("--conversations", type=int, default=8)
     parser.add_argument("--senders", type=int, default=4, help="POSTing threads")
     parser.add_argument("--keep", action="store_true", help="keep the tmp dir with the logs")
+    parser.add_argument("--postgres", action="store_true", help="PostgreSQL, not SQLite")
     parser.add_argument("--profile", action="store_true", help="py-spy the throughput phase")
     args = parser.parse_args()
-    with services(args.keep) as stack:
+    with services(args.keep, args.postgres) as stack:
         os.environ.update({k: v for k, v in stack.env.items() if k != "PYTHONPATH"})
         parley = run_parley(stack, args)
         base = run_baseline(stack, args)
@@ -295,7 +298,7 @@ def main() -> None:
         print(f"WARNING: {lost} message(s) not received within the timeout", file=sys.stderr)
     report.write(
         "pipeline",
-        figures(parley, base, args.workers),
+        figures(parley, base, args.workers, "PostgreSQL" if args.postgres else "SQLite"),
         {"args": vars(args), "parley": parley, "baseline": base},
     )
 

