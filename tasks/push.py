@@ -18,6 +18,7 @@ from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from celery_config import celery_app
+from core import metrics
 from core.events import online_among
 from core.ids import utcnow
 from core.services import Services, services
@@ -92,6 +93,7 @@ def deliver(delivery_id: str) -> None:
     except Exception as exc:  # a provider bug must not retry forever: record it as permanent
         logger.exception("push provider %s failed on delivery %s", job.provider, delivery_id)
         result = Result(Outcome.PERMANENT, reason=f"provider error: {type(exc).__name__}")
+    metrics.push_result(job.provider, result.outcome.value)
     with svc.Session.begin() as s:
         wait = finish(svc, s, job, result, utcnow())
     if wait is not None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from flask.testing import FlaskClient
+from prometheus_client.parser import text_string_to_metric_families
 from werkzeug.test import TestResponse
 
 from core.events import EventLog
@@ -148,3 +149,29 @@ def files_containing(root: Path, needles: list[bytes]) -> list[str]:
         check=True,
     )
     return out.stdout.splitlines()
+
+
+# --- metrics ------------------------------------------------------------------------------------
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(text: str) -> Samples:
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
+
+
+def scrape(api: Api, **kw: Any) -> Samples:
+    resp = api.get("/metrics", **kw)
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    assert resp.content_type.startswith("text/plain")
+    return parse(resp.get_data(as_text=True))

@@ -22,39 +22,15 @@ from typing import Any
 import jwt
 import pytest
 from flask import Flask
-from prometheus_client.parser import text_string_to_metric_families
 
 from core import metrics
 from core.ids import utcnow
 from tests.conftest import JWT_SECRET, ROOT, Stack, wait_for
-from tests.factories import Api, delivered_ids, uid, wait_delivered
+from tests.factories import Api, Samples, delivered_ids, parse, scrape, uid, value, wait_delivered
 
 # Edge behaviour (HTTP, counters in Redis, tokens, logging) does not depend on the database, so
 # those tests run on SQLite only; what touches delivery and the outbox runs on both.
 ONE_DATABASE = pytest.mark.parametrize("stack", ["sqlite"], indirect=True)
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def parse(text: str) -> Samples:
-    out: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """Sum of the samples of `name` whose labels include `labels`."""
-    want = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
-
-
-def scrape(api: Api, **kw: Any) -> Samples:
-    resp = api.get("/metrics", **kw)
-    assert resp.status_code == 200, resp.get_data(as_text=True)
-    assert resp.content_type.startswith("text/plain")
-    return parse(resp.get_data(as_text=True))
 
 
 @pytest.fixture

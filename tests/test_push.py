@@ -21,7 +21,7 @@ from core.config import with_overrides
 from core.ids import utcnow
 from models import Notification, PushDelivery, PushSubscription
 from tests.conftest import SERVICES, RedisServer, Stack, _make_stack, free_port, wait_for
-from tests.factories import Api, stream_events, uid, wait_delivered
+from tests.factories import Api, scrape, stream_events, uid, value, wait_delivered
 from tests.push_receivers import Browser, HttpReceiver, SmtpSink, signature_ok, verify_vapid
 
 PLATFORM_SECRET = "platform-secret-for-tests-0123456789"
@@ -204,11 +204,14 @@ def test_a_failing_endpoint_is_retried_with_backoff_then_kept_as_a_dead_letter(
     a, b = uid(), uid()
     browser = _subscribe_browser(api, http, b)
     http.always[browser.path] = (500, {})
+    retried = value(scrape(api), "parley_push_results_total", provider="webpush", outcome="retry")
     cid = api.conversation(a, b)
     api.send(a, cid, "into the void")
     row = _final(push, b)[0]
     got = http.requests(browser.path)
     assert row.state == "dead" and row.attempts == 3 and len(got) == 3
+    now = value(scrape(api), "parley_push_results_total", provider="webpush", outcome="retry")
+    assert now - retried == 3  # every attempt counted by the worker, seen on /metrics
     assert "gave up after 3 attempts" in (row.reason or "")
     assert got[1].at - got[0].at >= 0.1 and got[2].at - got[1].at >= 0.25  # backed off
     key = api.api_key()
