@@ -160,9 +160,8 @@ class Stack:
         first worker's pid)."""
         port = free_port()
         env = {**self.env, "PORT": str(port), "WEB_CONCURRENCY": str(processes)}
-        argv = procfile_argv("web", env)
+        argv = procfile_argv("web", {**env, "WEB_CONNECTIONS": str(connections)})
         argv[-1] = app
-        argv[-1:-1] = ["--worker-connections", str(connections)]
         master = self.spawn(name, argv)
 
         def worker_pid() -> int | None:

@@ -29,6 +29,7 @@ import io
 import logging
 import multiprocessing
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -377,6 +378,18 @@ def run_procfile(env: dict[str, str], output: IO[str], spare: set[int]) -> int:
     return manager.returncode or 1
 
 
+def raise_open_files_limit(env: dict[str, str]) -> None:
+    """Let each web process hold WEB_CONNECTIONS sockets: the soft open-files limit (often
+    1,024) up to the hard limit, inherited by every child."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    wanted = int(env.get("WEB_CONNECTIONS") or 10_000) * int(env.get("WEB_CONCURRENCY") or 1)
+    if soft != resource.RLIM_INFINITY and soft < wanted + 100:
+        logger.warning("open-files limit %d is below what WEB_CONNECTIONS asks: raise it", soft)
+
+
 def main() -> int:
     _setup_logging()
     for signum in STOP_SIGNALS:
@@ -384,6 +397,7 @@ def main() -> int:
     if not become_subreaper():
         logger.warning("cannot become a child subreaper; orphaned processes go to init")
     env = build_env()
+    raise_open_files_limit(env)
     data_dir = Path(env["PARLEY_DATA_DIR"])
     redis_server: EmbeddedRedis | None = None
     try:
