@@ -32,7 +32,7 @@ from core.filecrypt import SealedFile
 from core.ids import utcnow
 from core.services import Services
 from domain import events, outbox
-from domain.conversations import membership, readable
+from domain.conversations import membership, readable, unexpired
 from domain.errors import Conflict, DomainError, Forbidden, Invalid, NotFound
 from domain.keys import conversation_key
 from domain.pagination import decode_cursor, encode_cursor
@@ -430,6 +430,7 @@ def list_page(
             Attachment.conversation_id == cid,
             Attachment.state == "ready",
             Message.deleted_at.is_(None),
+            unexpired(),
         )
     )
     if part.role != "moderator":

@@ -59,6 +59,8 @@ def skip_reason(
         return "not a member"
     if msg.deleted_at is not None:
         return "deleted"
+    if msg.expired_at is not None:
+        return "expired"  # hidden by retention
     if msg.state != "delivered":
         return "not delivered"
     if part.user_id == msg.sender_id:

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from core.ids import utcnow
 from core.services import Services
 from domain import audit, events
-from domain.conversations import load
+from domain.conversations import load, unexpired
 from domain.errors import Conflict, Forbidden, NotFound
 from domain.keys import conversation_key
 from domain.messages import edit_aad, message_aad
@@ -43,7 +43,7 @@ def queue(
 ) -> tuple[list[Message], dict[str, int], str | None]:
     """Messages waiting for a moderator, oldest first, with their open report counts."""
     require_moderator(who)
-    stmt = select(Message)
+    stmt = select(Message).where(unexpired())  # retention hid it: nothing left to review
     if kind == "held":
         stmt = stmt.where(Message.state == "held")
     elif kind == "reported":

@@ -196,6 +196,10 @@ def test_expired_messages_vanish_from_every_read_at_once_and_cursors_stay_whole(
     assert conv["unread_count"] == 1  # seq 3 was unread and is hidden; seq 4 is left
     assert conv["last_message"]["id"] == sc.new["id"]
     assert api.get(f"/v1/attachments/{sc.file}", user=sc.b).status_code == 404
+    media = api.get(f"/v1/conversations/{sc.cid}/attachments", user=sc.b).get_json()["items"]
+    assert media == []  # the hidden file message's attachment left the media list too
+    queue = api.get("/v1/moderation/queue?kind=reported&limit=200", key=key).get_json()["items"]
+    assert sc.old[2]["id"] not in {m["id"] for m in queue}  # reported, then hidden
     events = [
         e["data"]
         for e in stream_events(ret, sc.b, "conversation.updated")
