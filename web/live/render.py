@@ -4,7 +4,8 @@ Streams hold ids only; the message a `message.new` / `message.updated` frame car
 decrypted and rendered here exactly as `GET /v1/messages/{mid}` renders it for that viewer.
 A wake-up for a 1,000-member conversation renders one message for 1,000 users: the messages,
 their conversations' members and the reactions are read once for the whole batch, and viewers
-who would get identical JSON share one rendering (see `_view_key`).
+who would get identical JSON share one rendering (see `_view_key`): per viewer there is a
+membership lookup, a dict lookup and the frame's envelope (its `id` is the viewer's own).
 """
 
 from __future__ import annotations
@@ -12,15 +13,14 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.services import Services
 from domain.messages import can_see, reactions_for
-from domain.principals import Principal
+from domain.principals import MODERATOR_ROLES, Principal
 from domain.render import render_message
 from models import Message, Participant, Reaction
 from web.live import protocol
@@ -40,8 +40,7 @@ MEMBER_COLUMNS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
+class Outgoing(NamedTuple):
     """What one viewer gets for one entry: a frame, or None when the entry is not for them
     (the cursor still moves past it). `delivered` is (conversation, seq) for message.new."""
 
@@ -73,8 +72,9 @@ def render(
         cids = {m.conversation_id for m in messages.values()}
         members: dict[str, list[Participant]] = defaultdict(list)
         # Plain rows, not ORM objects: a 1,000-member group would otherwise build 1,000
-        # instances per wake-up. render_message and can_see only read these attributes.
-        for p in s.execute(
+        # instances per wake-up (and Core rows skip the ORM's row processing too).
+        # render_message and can_see only read these attributes.
+        for p in s.connection().execute(
             select(*MEMBER_COLUMNS).where(
                 Participant.conversation_id.in_(cids), Participant.left_at.is_(None)
             )
@@ -82,12 +82,13 @@ def render(
             members[p.conversation_id].append(cast(Participant, p))
         shared = reactions_for(s, list(messages), None)
         mine: dict[tuple[str, str], set[str]] = defaultdict(set)  # (user, message) → emojis
-        for mid, emoji, user in s.execute(
+        for mid, emoji, user in s.execute(  # filtered here: `IN` 1,000 viewers costs more
             select(Reaction.message_id, Reaction.emoji, Reaction.user_id).where(
-                Reaction.message_id.in_(list(messages)), Reaction.user_id.in_(users)
+                Reaction.message_id.in_(list(messages))
             )
         ):
-            mine[(user, mid)].add(emoji)
+            if user in users:
+                mine[(user, mid)].add(emoji)
         views = _Views(svc, messages, members, shared, mine)
         return {v: [views.outgoing(v, e) for e in entries] for v, entries in wants.items()}
 
@@ -113,8 +114,9 @@ class _Views:
         self.parts = {(p.conversation_id, p.user_id): p for ps in members.values() for p in ps}
         self.shared = shared
         self.mine = mine
-        self.cache: dict[tuple[Any, ...], str] = {}
-        self.principals: dict[Viewer, Principal] = {}
+        # view key → the rendered data, or None when such viewers may not see the message
+        self.cache: dict[tuple[Any, ...], str | None] = {}
+        self.moderators: dict[frozenset[str], bool] = {}
 
     def outgoing(self, viewer: Viewer, e: Entry) -> Outgoing:
         if e.type not in MESSAGE_EVENTS:
@@ -123,40 +125,55 @@ class _Views:
         if msg is None:  # purged or erased since: nothing to show
             return Outgoing(e.sid, None)
         user, roles = viewer
-        who = self.principals.get(viewer)
-        if who is None:
-            who = self.principals[viewer] = Principal(user_id=user, roles=roles)
+        moderator = self.moderators.get(roles)
+        if moderator is None:
+            moderator = self.moderators[roles] = bool(roles & MODERATOR_ROLES)
         part = self.parts.get((msg.conversation_id, user))
-        if part is None and not who.is_moderator:
+        if part is None and not moderator:
             return Outgoing(e.sid, None)  # GET /v1/messages/{mid} would answer 404
         # Fan-out appends message.new just before committing state=delivered: a still-pending
         # row behind a message.new is a delivered message whose commit is in flight.
         forced = e.type == "message.new" and msg.state == "pending"
-        if not forced and not can_see(msg, who, part):
-            return Outgoing(e.sid, None)  # held/rejected: only its sender and moderators
-        emojis = frozenset(self.mine.get((user, msg.id), ()))
-        key = (msg.id, forced, *_view_key(msg, who, part), emojis)
-        data_json = self.cache.get(key)
+        mine = self.mine.get((user, msg.id))
+        emojis = frozenset(mine) if mine else _NONE
+        key = (msg.id, forced, _view_key(msg, user, moderator, part), emojis)
+        if key in self.cache:
+            data_json = self.cache[key]
+        else:
+            data_json = self.cache[key] = self._render(msg, viewer, part, forced, emojis)
         if data_json is None:
-            try:
-                data = render_message(
-                    self.svc,
-                    msg,
-                    who,
-                    part,
-                    self.members.get(msg.conversation_id, []),
-                    {msg.id: self._reactions(msg.id, emojis)},
-                )
-            except Exception:  # one unreadable message must not stop everyone's batch
-                logger.exception(
-                    "cannot render a message; event skipped", extra={"message_id": msg.id}
-                )
-                return Outgoing(e.sid, None)
-            if forced:
-                data["state"] = "delivered"
-            data_json = self.cache[key] = protocol.dumps(data)
+            return Outgoing(e.sid, None)
         delivered = (msg.conversation_id, msg.seq) if e.type == "message.new" else None
         return Outgoing(e.sid, protocol.durable(e.type, e.id, data_json), delivered)
+
+    def _render(
+        self,
+        msg: Message,
+        viewer: Viewer,
+        part: Participant | None,
+        forced: bool,
+        emojis: frozenset[str],
+    ) -> str | None:
+        """The data of `msg` as `viewer` (and everyone with the same view key) sees it, or
+        None when they may not see it."""
+        who = Principal(user_id=viewer[0], roles=viewer[1])
+        if not forced and not can_see(msg, who, part):
+            return None  # held/rejected: only its sender and moderators
+        try:
+            data = render_message(
+                self.svc,
+                msg,
+                who,
+                part,
+                self.members.get(msg.conversation_id, []),
+                {msg.id: self._reactions(msg.id, emojis)},
+            )
+        except Exception:  # one unreadable message must not stop everyone's batch
+            logger.exception("cannot render a message; event skipped", extra={"message_id": msg.id})
+            return None
+        if forced:
+            data["state"] = "delivered"
+        return protocol.dumps(data)
 
     def _reactions(self, mid: str, emojis: frozenset[str]) -> list[dict[str, Any]]:
         base = self.shared.get(mid, [])
@@ -165,12 +182,16 @@ class _Views:
         return [{**r, "me": r["emoji"] in emojis} for r in base]
 
 
-def _view_key(msg: Message, who: Principal, part: Participant | None) -> tuple[Any, ...]:
+_NONE: frozenset[str] = frozenset()
+
+
+def _view_key(msg: Message, user: str, moderator: bool, part: Participant | None) -> Any:
     """Everything besides the message and the viewer's own reactions that render_message's
-    output depends on: the sender sees their own fields (status, client_msg_id), privileged
-    viewers (moderators) see the moderation verdict, everyone else sees the same thing.
-    Keep in step with domain/render.py."""
-    if msg.sender_id is not None and msg.sender_id == who.user_id:
-        return ("sender", who.user_id, who.is_moderator)
-    privileged = who.is_moderator or (part is not None and part.role == "moderator")
-    return ("privileged",) if privileged else ("plain",)
+    output and can_see's verdict depend on: the sender sees their own fields (status,
+    client_msg_id), privileged viewers (moderators) see the moderation verdict and held
+    messages, everyone else sees the same thing. Keep in step with domain/render.py and
+    domain.messages.can_see."""
+    if msg.sender_id is not None and msg.sender_id == user:
+        return ("sender", user, moderator)
+    privileged = moderator or (part is not None and part.role == "moderator")
+    return "privileged" if privileged else "plain"
