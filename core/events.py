@@ -5,6 +5,12 @@ resume from. Entries carry ids only (message, conversation, seq) — never text:
 loads and decrypts at send time. A done-set per event key makes a re-run of the same stage add
 nothing, and the wake-up for the web hubs is published in the same script, so one round trip
 does append + dedupe + wake for a whole batch of recipients.
+
+The wake-up (`parley:wake`) is a JSON object: each woken user id → [id of the entry before the
+new one ("0-0" if none), id of the new entry], and under the empty key the event itself
+({"type", "data"}: what the entry holds). A hub whose socket is positioned at (or past) that
+previous id has nothing to read: the script appended the new entry right after it. Iterating the
+object yields the user ids, which is all that older hubs read from it.
 """
 
 from __future__ import annotations
@@ -24,16 +30,19 @@ DONE_TTL_S = 7 * 24 * 3600
 _APPEND_ONCE = """
 local maxlen, ttl, etype, data = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local woken = {}
+local wake = {[''] = {type = etype, data = data}}
 for i = 2, #KEYS do
   local uid = ARGV[i + 3]
   if redis.call('SADD', KEYS[1], uid) == 1 then
-    redis.call('XADD', KEYS[i], 'MAXLEN', '~', maxlen, '*', 'type', etype, 'data', data)
+    local last = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1)
+    local id = redis.call('XADD', KEYS[i], 'MAXLEN', '~', maxlen, '*', 'type', etype, 'data', data)
     woken[#woken + 1] = uid
+    wake[uid] = {last[1] and last[1][1] or '0-0', id}
   end
 end
 redis.call('EXPIRE', KEYS[1], ttl)
 if #woken > 0 then
-  redis.call('PUBLISH', ARGV[#ARGV], cjson.encode(woken))
+  redis.call('PUBLISH', ARGV[#ARGV], cjson.encode(wake))
 end
 return woken
 """

@@ -1,10 +1,15 @@
 """The hub: ONE Redis subscriber per web process feeding every WebSocket that process holds.
 
-The pipeline appends events to per-user streams and publishes the user ids on `parley:wake`
-(core/events.py). The hub listens there and on `parley:live` (ephemeral typing/presence), and
-for each woken user with local sockets reads the stream ONCE, after the lowest cursor among that
-user's sockets, renders the entries per viewer (web/live/render.py) and queues to each socket
-only what lies past its own cursor. No socket polls and none has a Redis connection of its own.
+The pipeline appends events to per-user streams and publishes, on `parley:wake`, each user's
+new entry id with the id before it (core/events.py). The hub listens there and on `parley:live`
+(ephemeral typing/presence). For each woken user with local sockets it takes the new entries
+from the wake-up itself when every live socket of the user is at or past the id before them (the
+common case: nothing to read), and otherwise reads the stream ONCE, after the lowest cursor
+among that user's sockets; it renders the entries per viewer (web/live/render.py) and queues to
+each socket only what lies past its own cursor. No socket polls and none has a Redis connection
+of its own. The collector is paused while a round runs: its temporaries die by reference count
+instead of being promoted, so full collections (which scan every socket's objects and stall
+them all) stay rare.
 
 A socket that resumes (`since`) replays its backlog in its own greenlet, paced by its send
 queue; while it does, the hub only marks it `dirty`, and the replay reads again until it has
@@ -27,8 +32,8 @@ import signal
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Iterable
-from contextlib import suppress
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import gevent
@@ -47,7 +52,7 @@ from web.live.presence import PresenceStore
 from web.live.protocol import Close, StreamId
 from web.live.render import Outgoing, Viewer, render
 from web.live.settings import LiveSettings
-from web.live.streams import Entry, StreamReader
+from web.live.streams import Entry, StreamReader, parse_wake
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +61,7 @@ REPLAY_STALL_S = 30.0  # a replay waiting this long for queue room closes the so
 DELIVERED_FLUSH_S = 0.25
 MEMBERS_CACHE_S = 5.0
 REDIS_POOL = 32  # shared by all sockets of the process; the subscriber holds one of them
+LATER_S = 0.02  # an event whose database commit is in flight is rendered again after this
 
 
 class Hub:
@@ -77,6 +83,9 @@ class Hub:
         self.by_user: dict[str, set[Connection]] = {}
         self.stopping = False
         self._pending: set[str] = set()
+        # Pending users whose new entries came with their wake-up: (id before them, entries in
+        # order, each right after the one before). Only ever a subset of _pending.
+        self._known: dict[str, tuple[StreamId, list[Entry]]] = {}
         self._wake = Event()
         self.ready = Event()
         self._presence_dirty: set[str] = set()
@@ -96,6 +105,8 @@ class Hub:
         # it out of the collector's full passes, which otherwise stall all sockets for 100+ ms
         # under a fan-out's allocations.
         gc.freeze()
+        if logger.isEnabledFor(logging.DEBUG):
+            gc.callbacks.append(_log_gc)
         for loop in (
             self._subscribe_loop,
             self._dispatch_loop,
@@ -225,11 +236,15 @@ class Hub:
                     logger.exception("replay failed", extra={"user_id": conn.user_id})
                     conn.close(Close.INTERNAL, "internal error: reconnect with since=<last id>")
                     return
+                later = False
                 for o in out:
                     if conn.generation != gen or conn.closing is not None:
                         break
                     if o.sid <= conn.cursor:
                         continue
+                    if o.later:
+                        later = True
+                        break
                     if o.frame is not None:
                         if not conn.wait_for_room(1, REPLAY_STALL_S):
                             conn.close(Close.TOO_SLOW, "too slow: resume with since=<last id>")
@@ -238,7 +253,9 @@ class Hub:
                             break
                         conn.offer(o.frame, o.delivered)
                     conn.cursor = o.sid
-                if conn.generation == gen and len(entries) < page and not conn.dirty:
+                if later:
+                    gevent.sleep(LATER_S)
+                elif conn.generation == gen and len(entries) < page and not conn.dirty:
                     conn.catching_up = False
                     return
         finally:
@@ -273,6 +290,10 @@ class Hub:
                     ps.close()
 
     def _on_message(self, msg: dict[str, Any]) -> None:
+        with _collector_paused():  # a wake-up's entries live until their round: not promoted
+            self._handle_message(msg)
+
+    def _handle_message(self, msg: dict[str, Any]) -> None:
         channel = msg["channel"]
         channel = channel.decode() if isinstance(channel, bytes) else channel
         try:
@@ -281,7 +302,10 @@ class Hub:
             logger.warning("undecodable message on %s", channel)
             return
         if channel == WAKE_CHANNEL:
-            self._wake_users(str(u) for u in payload)
+            if isinstance(payload, dict):
+                self._wake_with_entries(payload)
+            else:  # a bare list of user ids (publishers before core/events.py's wake format)
+                self._wake_users(str(u) for u in payload)
         elif channel == LIVE_CHANNEL and isinstance(payload, dict):
             frame = protocol.ephemeral(str(payload.get("type")), payload.get("data"))
             for user in payload.get("to") or ():
@@ -289,9 +313,30 @@ class Hub:
                     c.offer_ephemeral(frame)
 
     def _wake_users(self, users: Iterable[str]) -> None:
+        """Wake users to read their streams (what is new there is not known)."""
         local = [u for u in users if u in self.by_user]
         if local:
+            for u in local:
+                self._known.pop(u, None)
             self._pending.update(local)
+            self._wake.set()
+
+    def _wake_with_entries(self, payload: dict[str, Any]) -> None:
+        """A wake-up that names each user's new entry and the id before it: chain the entry
+        to what is already known for the user, or fall back to a read."""
+        entries = parse_wake(payload, self.by_user)
+        self._wake_users(u for u in payload if u and u not in entries)
+        limit = self.settings.hub_page
+        for u, (prev, entry) in entries.items():
+            known = self._known.get(u)
+            if known is not None and known[1][-1].sid == prev and len(known[1]) < limit:
+                known[1].append(entry)
+            elif known is None and u not in self._pending:
+                self._known[u] = (prev, [entry])
+            else:  # a read is due anyway, or the chain broke: read
+                self._known.pop(u, None)
+            self._pending.add(u)
+        if entries:
             self._wake.set()
 
     def _dispatch_loop(self) -> None:
@@ -303,7 +348,8 @@ class Hub:
                     self._pending.pop() for _ in range(min(DISPATCH_USERS, len(self._pending)))
                 ]
                 try:
-                    self._deliver(users)
+                    with _collector_paused():
+                        self._deliver(users)
                 except (redis.RedisError, SQLAlchemyError):
                     logger.warning("dispatch failed; retrying", exc_info=True)
                     self._pending.update(users)
@@ -318,7 +364,11 @@ class Hub:
 
     def _deliver(self, users: list[str]) -> None:
         page = self.settings.hub_page
-        starts: dict[str, StreamId] = {}
+        started, t0, cpu0 = time.time(), time.perf_counter(), time.process_time()
+        known = {u: k for u in users if (k := self._known.pop(u, None)) is not None}
+        starts: dict[str, StreamId] = {}  # sockets behind this when frames are queued re-read
+        to_read: dict[str, StreamId] = {}
+        read: dict[str, list[Entry]] = {}
         for u in users:
             cursors = []
             for c in self.by_user.get(u, ()):
@@ -328,21 +378,33 @@ class Hub:
                     c.dirty = True
                 else:
                     cursors.append(c.cursor)
-            if cursors:
-                starts[u] = min(cursors)
+            if not cursors:
+                continue
+            low = min(cursors)
+            k = known.get(u)
+            if k is not None and low >= k[0]:  # nothing lies between: no read
+                starts[u], read[u] = k
+            else:
+                starts[u] = to_read[u] = low
         if not starts:
             return
-        read = self.streams.read_many(starts, page)
+        if to_read:
+            got = self.streams.read_many(to_read, page)
+            for u, entries in got.items():
+                if len(entries) == page:  # there may be more: another round after the others
+                    self._pending.add(u)
+                    self._wake.set()
+            read.update(got)
         wants: dict[Viewer, list[Entry]] = {}
         for u, entries in read.items():
-            if len(entries) == page:  # there may be more: another round after the others
-                self._pending.add(u)
-                self._wake.set()
             for c in self.by_user.get(u, ()):
                 wants.setdefault((u, c.roles), entries)
         if not read:
             return
+        t1 = time.perf_counter()
         frames = self._render(wants)
+        t2 = time.perf_counter()
+        later: set[str] = set()
         for u in read:
             for c in list(self.by_user.get(u, ())):
                 if c.closing is not None:
@@ -354,7 +416,22 @@ class Hub:
                 if c.cursor < starts[u] or out is None:
                     self.catch_up(c)  # went live after this round began: let it read itself
                     continue
-                _queue(c, out)
+                if not _queue(c, out):
+                    later.add(u)
+        for u in later:  # read again from the cursors, which stayed before the event
+            gevent.spawn_later(LATER_S, self._wake_users, [u])
+        if logger.isEnabledFor(logging.DEBUG):  # the stages bench/ws.py --profile reports
+            t3 = time.perf_counter()
+            logger.debug(
+                "hub round: %d user(s), started %.3f, read %.1f ms, render %.1f ms, queued %.1f ms"
+                ", CPU %.1f ms",
+                len(read),
+                started,
+                (t1 - t0) * 1000,
+                (t2 - t1) * 1000,
+                (t3 - t2) * 1000,
+                (time.process_time() - cpu0) * 1000,
+            )
 
     # --- heartbeat, presence, delivered cursors -----------------------------------------------
 
@@ -517,13 +594,43 @@ class Hub:
         publish_ephemeral(self.redis, "typing", data, [m for m in members if m != conn.user_id])
 
 
-def _queue(conn: Connection, out: list[Outgoing]) -> None:
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No automatic collection while a dispatch round runs (see the module docstring)."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+_gc_started = [0.0]
+
+
+def _log_gc(phase: str, info: dict[str, int]) -> None:
+    """DEBUG: how long each collection of the older generations stalled every socket."""
+    if phase == "start":
+        _gc_started[0] = time.perf_counter()
+    elif info["generation"] == 2:
+        took = (time.perf_counter() - _gc_started[0]) * 1000
+        logger.debug("gc: full collection, %.1f ms, %d collected", took, info["collected"])
+
+
+def _queue(conn: Connection, out: list[Outgoing]) -> bool:
+    """Queue what lies past the socket's cursor; False when an event must be rendered again
+    later (nothing from it on is queued)."""
     for o in out:
         if o.sid <= conn.cursor:
             continue  # already sent (or skipped) to this socket
+        if o.later:
+            return False
         if o.frame is not None and not conn.offer(o.frame, o.delivered):
-            return  # queue full: the socket is closing with 4008
+            return True  # queue full: the socket is closing with 4008
         conn.cursor = o.sid
+    return True
 
 
 def _resume_problem(

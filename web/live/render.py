@@ -11,6 +11,7 @@ membership lookup, a dict lookup and the frame's envelope (its `id` is the viewe
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, cast
@@ -30,6 +31,10 @@ from web.live.streams import Entry
 logger = logging.getLogger(__name__)
 
 MESSAGE_EVENTS = frozenset({"message.new", "message.updated"})
+# Fan-out appends a held or rejected message's message.updated before the transaction that
+# records the verdict commits: a row still pending behind a message.updated this young is a
+# verdict in flight, and its viewer waits for it rather than get the message as pending.
+IN_FLIGHT_MS = 2000
 MEMBER_COLUMNS = (
     Participant.conversation_id,
     Participant.user_id,
@@ -42,11 +47,14 @@ MEMBER_COLUMNS = (
 
 class Outgoing(NamedTuple):
     """What one viewer gets for one entry: a frame, or None when the entry is not for them
-    (the cursor still moves past it). `delivered` is (conversation, seq) for message.new."""
+    (the cursor still moves past it). `delivered` is (conversation, seq) for message.new.
+    `later`: the database does not show the event yet; send nothing from here on and render
+    again shortly (the cursor stays before it)."""
 
     sid: StreamId
     frame: str | None
     delivered: tuple[str, int] | None = None
+    later: bool = False
 
 
 Viewer = tuple[str, frozenset[str]]  # (user id, token roles): roles change what a render shows
@@ -117,6 +125,7 @@ class _Views:
         # view key → the rendered data, or None when such viewers may not see the message
         self.cache: dict[tuple[Any, ...], str | None] = {}
         self.moderators: dict[frozenset[str], bool] = {}
+        self.now_ms = time.time() * 1000  # stream ids start with Redis's clock in ms
 
     def outgoing(self, viewer: Viewer, e: Entry) -> Outgoing:
         if e.type not in MESSAGE_EVENTS:
@@ -134,6 +143,8 @@ class _Views:
         # Fan-out appends message.new just before committing state=delivered: a still-pending
         # row behind a message.new is a delivered message whose commit is in flight.
         forced = e.type == "message.new" and msg.state == "pending"
+        if msg.state == "pending" and not forced and abs(self.now_ms - e.sid[0]) < IN_FLIGHT_MS:
+            return Outgoing(e.sid, None, later=True)
         mine = self.mine.get((user, msg.id))
         emojis = frozenset(mine) if mine else _NONE
         key = (msg.id, forced, _view_key(msg, user, moderator, part), emojis)

@@ -1,17 +1,19 @@
-"""Reading many users' event streams in one round trip.
+"""Reading many users' event streams in one round trip, or not at all.
 
-A message to a 1,000-member group wakes 1,000 streams at once. A pipeline of 1,000 XRANGEs
-costs more in redis-py's pure-Python reply parsing than everything else the hub does, so one
-Lua script reads them all and returns a single JSON document (decoded by the C json module).
-Fan-out gives every recipient the same `data`, so each distinct payload is decoded once.
+A message to a 1,000-member group wakes 1,000 streams at once. Its wake-up names, per user, the
+new entry's id and the id before it (core/events.py), so a socket already at that previous id
+needs no read: `parse_wake` turns the wake-up into the entries themselves. Others (behind,
+resuming, or woken by an older publisher) read: a pipeline of 1,000 XRANGEs costs more in
+redis-py's pure-Python reply parsing than everything else the hub does, so one Lua script reads
+them all and returns a single JSON document (decoded by the C json module). Fan-out gives every
+recipient the same `data`, so each distinct payload is decoded once.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Container, Mapping
+from typing import Any, NamedTuple
 
 import redis
 
@@ -41,14 +43,43 @@ return cjson.encode(out)
 """
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One stream entry."""
+class Entry(NamedTuple):
+    """One stream entry (a tuple: a fan-out builds one per recipient)."""
 
     sid: StreamId
     id: str
     type: str
     data: dict[str, Any]
+
+
+def parse_wake(
+    payload: Mapping[str, Any], users: Container[str]
+) -> dict[str, tuple[StreamId, Entry]]:
+    """The entries a wake-up announces to `users`: user → (id of the entry before it, entry).
+    Users it names without a well-formed pair are left out (they are woken to read)."""
+    event = payload.get("")
+    if not isinstance(event, dict):
+        return {}
+    etype, data = str(event.get("type", "")), _decode_data(str(event.get("data", "{}")))
+    out: dict[str, tuple[StreamId, Entry]] = {}
+    for user, ids in payload.items():
+        if user not in users or not isinstance(ids, list) or len(ids) != 2:
+            continue
+        if not all(isinstance(i, str) for i in ids):
+            continue
+        try:
+            prev, sid = _sid(ids[0]), _sid(ids[1])
+        except ValueError:
+            continue
+        if prev < sid:
+            out[user] = (prev, Entry(sid, ids[1], etype, data))
+    return out
+
+
+def _sid(eid: str) -> StreamId:
+    """An id as Redis generates it ('<ms>-<seq>'); ValueError otherwise."""
+    ms, _, seq = eid.partition("-")
+    return int(ms), int(seq)
 
 
 class StreamReader:
@@ -76,8 +107,7 @@ class StreamReader:
                 data = payloads.get(data_raw)
                 if data is None:
                     data = payloads[data_raw] = _decode_data(data_raw)
-                ms, _, seq = eid.partition("-")
-                entries.append(Entry((int(ms), int(seq or 0)), eid, etype, data))
+                entries.append(Entry(_sid(eid), eid, etype, data))
             out[user] = entries
         return out
 
