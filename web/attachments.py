@@ -21,7 +21,13 @@ from domain.errors import Forbidden, Invalid, NotFound
 from web.auth import current, require_auth
 from web.errors import problem
 from web.http import doc, query_args
-from web.schemas import AttachmentListQuery, AttachmentPageSchema, AttachmentSchema, DownloadQuery
+from web.schemas import (
+    AttachmentListQuery,
+    AttachmentPageSchema,
+    AttachmentSchema,
+    AttachmentUploadForm,
+    DownloadQuery,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +44,8 @@ FORM_FIELDS = ("conversation_id",)
 
 @api.post("/attachments")
 @doc(
-    "Upload a file (multipart: file, conversation_id; 202: processing)",
+    "Upload a file (multipart: conversation_id, then file; 202: processing)",
+    form=AttachmentUploadForm,
     responses={202: AttachmentSchema},
     tag="attachments",
 )

@@ -16,17 +16,20 @@ def doc(
     summary: str,
     *,
     body: type[Schema] | None = None,
+    form: type[Schema] | None = None,
     query: type[Schema] | None = None,
     responses: dict[int, type[Schema] | None] | None = None,
     auth: bool = True,
     tag: str | None = None,
 ) -> Callable[[F], F]:
-    """Attach what web/openapi.py needs to describe this view."""
+    """Attach what web/openapi.py needs to describe this view (`body`: a JSON body; `form`:
+    a multipart/form-data one)."""
 
     def wrap(fn: F) -> F:
         fn._apidoc = {  # type: ignore[attr-defined]
             "summary": summary,
             "body": body,
+            "form": form,
             "query": query,
             "responses": responses or {200: None},
             "auth": auth,

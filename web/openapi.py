@@ -72,6 +72,11 @@ def _operation(meta: dict[str, Any], path_params: list[dict[str, Any]]) -> dict[
             "required": True,
             "content": {"application/json": {"schema": meta["body"]}},
         }
+    if meta.get("form") is not None:
+        op["requestBody"] = {
+            "required": True,
+            "content": {"multipart/form-data": {"schema": meta["form"]}},
+        }
     for status, schema in meta["responses"].items():
         content = {"application/json": {"schema": schema}} if schema is not None else None
         op["responses"][str(status)] = {

@@ -375,6 +375,20 @@ class AuditPageSchema(Schema):
 # --- attachments ------------------------------------------------------------------------------
 
 
+class AttachmentUploadForm(Schema):
+    """The multipart/form-data body of an upload (documented; the view streams it itself)."""
+
+    conversation_id = fields.String(required=True, metadata={"description": "field before file"})
+    file = fields.Raw(
+        required=True,
+        metadata={
+            "type": "string",
+            "format": "binary",
+            "description": "the file; its type is sniffed from the bytes, not the name",
+        },
+    )
+
+
 class AttachmentVariantSchema(Schema):
     content_type = fields.String()
     size = fields.Integer()
