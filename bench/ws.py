@@ -131,10 +131,15 @@ class ClientGroup:
             opened += int(rest)
         return opened
 
-    def await_mark(self, mark: int) -> None:
+    def await_mark(self, *marks: int) -> None:
+        """Until every socket got each of `marks` (in any order)."""
         for proc in self.procs:
-            kind, rest = self._line(proc)
-            assert kind == "mark" and int(rest) == mark, (kind, rest)
+            seen = set()
+            for _ in marks:
+                kind, rest = self._line(proc)
+                assert kind == "mark", (kind, rest)
+                seen.add(int(rest))
+            assert seen == set(marks), (seen, marks)
 
     def close(self) -> list[tuple[int, float]]:
         samples: list[tuple[int, float]] = []
@@ -282,11 +287,16 @@ def fanout(
     opened = group.ready()
     # Not measured: the first messages also pay for first use (each Celery child builds its
     # app on its first task, SQL statements compile once): a cold start would be the p99.
-    for k in range(messages, messages + WARMUP):
-        send(k)
-        if watch is not None:
-            watch()
-        group.await_mark(k)
+    # Sent two at a time, so that the second task finds the first child busy and warms the
+    # other one (one at a time, the same child would take them all).
+    warm = range(messages, messages + WARMUP)
+    for k in warm[::2]:
+        pair = [m for m in (k, k + 1) if m in warm]
+        for m in pair:
+            send(m)
+        group.await_mark(*pair)
+    if watch is not None:
+        watch(rewind=True)
     pids = {**(servers or {}), **{f"client-{i}": p.pid for i, p in enumerate(group.procs)}}
     profiler = Profiler()
     for name, pid in (profile or {}).items():
@@ -384,12 +394,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         watcher = redis.Redis.from_url(stack.env["REDIS_URL"])
         watched = STREAM_PREFIX + f"bench-{args.members - 1}"
-        newest = watcher.xrevrange(watched, count=1)
-        last_seen: list[Any] = [newest[0][0] if newest else "0-0"]
+        last_seen: list[Any] = ["0-0"]
 
-        def appended() -> float:
+        def appended(rewind: bool = False) -> float:
             """When the last member's stream got the message: Parley's pipeline alone (an
-            upper bound when the append beat this XREAD)."""
+            upper bound when the append beat this XREAD). `rewind`: start after its newest
+            entry (the warm-up's messages are not waited for here)."""
+            if rewind:
+                newest = watcher.xrevrange(watched, count=1)
+                last_seen[0] = newest[0][0] if newest else "0-0"
+                return time.time()
             reply: Any = watcher.xread({watched: last_seen[0]}, block=30_000)
             now = time.time()
             last_seen[0] = reply[0][1][-1][0]
