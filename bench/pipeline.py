@@ -248,32 +248,14 @@ def progress(line: str) -> None:
 def figures(
     parley: dict[str, Any], base: dict[str, Any], workers: int, db: str
 ) -> list[report.Figure]:
-    scenario = "pipeline"
+    rows = [  # (figure, unit, phase, key, target)
+        (f"throughput, {workers} worker children, {db}", "msgs/s", "burst", "per_s", "throughput"),
+        ("POST → socket p50 vs send → task start", "ms", "steady", "p50_ms", "p50"),
+        ("POST → socket p99 vs send → task start", "ms", "steady", "p99_ms", "p99"),
+    ]
     return [
-        report.Figure(
-            scenario,
-            f"throughput, {workers} worker children, {db}",
-            "msgs/s",
-            parley["burst"]["per_s"],
-            base["burst"]["per_s"],
-            TARGETS["throughput"],
-        ),
-        report.Figure(
-            scenario,
-            "POST → socket p50 vs send → task start",
-            "ms",
-            parley["steady"]["p50_ms"],
-            base["steady"]["p50_ms"],
-            TARGETS["p50"],
-        ),
-        report.Figure(
-            scenario,
-            "POST → socket p99 vs send → task start",
-            "ms",
-            parley["steady"]["p99_ms"],
-            base["steady"]["p99_ms"],
-            TARGETS["p99"],
-        ),
+        report.Figure("pipeline", name, unit, parley[ph][key], base[ph][key], TARGETS[target])
+        for name, unit, ph, key, target in rows
     ]
 
 
