@@ -11,10 +11,10 @@ not move.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
 from celery_config import celery_app
@@ -65,7 +65,16 @@ def drain(conversation_id: str, first: Callable[[Session], None] | None = None) 
             first(s)
         conv = s.get(Conversation, conversation_id)
         assert conv is not None
-        members = [p for p in conv.participants if p.left_at is None]
+        # Plain rows: a 1,000-member group would otherwise build 1,000 ORM objects per batch.
+        members = list(
+            s.execute(
+                select(
+                    Participant.user_id, Participant.notification_level, Participant.muted_until
+                ).where(
+                    Participant.conversation_id == conversation_id, Participant.left_at.is_(None)
+                )
+            )
+        )
         member_ids = [p.user_id for p in members]
         batch = list(
             s.scalars(
@@ -117,7 +126,7 @@ def new_event_key(message_id: str) -> str:
     return f"msg:{message_id}:new"
 
 
-def _push_candidates(msg: Message, members: list[Participant]) -> list[str]:
+def _push_candidates(msg: Message, members: Sequence[Row[str, str, datetime | None]]) -> list[str]:
     """Recipients who asked to hear about messages now; who is offline is decided at push time."""
     now: datetime = utcnow()
     return [
