@@ -11,11 +11,10 @@ not move.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import Row, select
-from sqlalchemy.orm import Session
 
 from celery_config import celery_app
 from core.events import EventLog, online_among
@@ -44,12 +43,9 @@ def fanout_conversation(conversation_id: str) -> None:
     drain(conversation_id)
 
 
-def drain(conversation_id: str, first: Callable[[Session], None] | None = None) -> None:
+def drain(conversation_id: str) -> None:
     """Fan out every message that is ready, in seq order (called by the task and, inline, by
-    the moderate stage so a message needs one task hop, not two).
-
-    `first` runs in the same transaction once the conversation's fan-out lock is held: the
-    moderate stage records its verdicts there, so a message costs one write transaction."""
+    the moderate stage so a message needs one task hop, not two)."""
     svc = services()
     log = _event_log()
     pushes: list[tuple[str, list[str]]] = []  # (message id, users to consider for a push)
@@ -61,8 +57,6 @@ def drain(conversation_id: str, first: Callable[[Session], None] | None = None) 
         if cursor is None:
             logger.warning("fan-out: conversation gone", extra={"conversation_id": conversation_id})
             return
-        if first is not None:
-            first(s)
         conv = s.get(Conversation, conversation_id)
         assert conv is not None
         # Plain rows: a 1,000-member group would otherwise build 1,000 ORM objects per batch.

@@ -2,7 +2,8 @@
 
 Messages are moderated in per-conversation batches: the first task of a burst moderates every
 message of its conversation still waiting, and the tasks of the others find their verdict
-made and their fan-out done, and end after one read.
+made and their fan-out done, and end after one read. Verdicts commit before the fan-out
+appends anything: a hub may render the message before the fan-out's own commit.
 
 Fan-out runs in the same task execution (one broker hop per message instead of two); it is
 still its own stage in tasks/fanout.py, with its own task for re-runs and for messages that
@@ -81,13 +82,17 @@ def moderate_message(message_id: str, conversation_id: str | None = None) -> Non
 
 
 def _moderate_and_drain(conversation_id: str, message_id: str) -> None:
-    """Verdicts for the conversation's waiting messages and their fan-out: one transaction."""
-    verdicts: list[tuple[str, list[str]]] = []
-    drain(
-        conversation_id, lambda s: verdicts.extend(moderate_waiting(s, conversation_id, message_id))
-    )
+    """Verdicts for the conversation's waiting messages, committed, then their fan-out.
+
+    Two transactions on purpose: the hubs render a `message.new` as soon as it is in the
+    streams, which is before the fan-out commits, so the verdict (and the spans to mask) must
+    already be committed when the fan-out appends it."""
+    svc = services()
+    with svc.Session.begin() as s:
+        verdicts = moderate_waiting(s, conversation_id, message_id)
     for verdict_made in verdicts:  # counted once committed, so a retried run counts once
         metrics.moderation_verdict(*verdict_made)
+    drain(conversation_id)
 
 
 def moderate_waiting(
@@ -96,22 +101,23 @@ def moderate_waiting(
     """Moderate every message of the conversation still waiting (up to BATCH, in seq order,
     always including `message_id`), in the caller's transaction: under a burst each task
     would otherwise take the write lock for one message, and the fan-out walk stops at the
-    first unmoderated one anyway. Returns the verdicts (action, labels) made."""
+    first unmoderated one anyway. Rows another task is moderating right now are skipped
+    (PostgreSQL row locks; SQLite's BEGIN IMMEDIATE serializes the tasks anyway). Returns
+    the verdicts (action, labels) made."""
     svc = services()
     verdicts: list[tuple[str, list[str]]] = []
-    batch = list(
-        s.scalars(
-            select(Message)
-            .where(
-                Message.conversation_id == conversation_id,
-                Message.moderation_action.is_(None),
-            )
-            .order_by(Message.seq)
-            .limit(BATCH)
-        )
+    waiting = (
+        select(Message)
+        .where(Message.conversation_id == conversation_id, Message.moderation_action.is_(None))
+        .order_by(Message.seq)
     )
+    own_stmt = select(Message).where(Message.id == message_id)
+    if svc.dialect != "sqlite":
+        waiting = waiting.with_for_update(skip_locked=True)
+        own_stmt = own_stmt.with_for_update(skip_locked=True)
+    batch = list(s.scalars(waiting.limit(BATCH)))
     if message_id not in {m.id for m in batch}:
-        own = s.get(Message, message_id)
+        own = s.scalar(own_stmt)
         if own is not None and own.moderation_action is None:
             batch.append(own)
     if not batch:

@@ -130,6 +130,23 @@ def test_message_new_carries_the_full_message_as_the_recipient_gets_it_over_rest
     )
 
 
+def test_live_messages_arrive_masked_however_fast_the_hub_is(
+    api: Api, live: Stack, node: WebNode, connect: Any
+) -> None:
+    """The hub renders a message.new as soon as the fan-out appends it, before the fan-out
+    commits: the verdict's spans must be committed by then, or a phone number goes out."""
+    a, b = uid(), uid()
+    cid = api.conversation(a, b)
+    bob = connect(node, b)
+    _ready(bob)
+    mids = [api.send(a, cid, f"call me on 415 555 01{i:02d} tonight")["id"] for i in range(30)]
+    _wait_messages(bob, mids)
+    texts = [m["data"]["text"] for m in bob.messages()]
+    assert len(texts) == 30
+    assert not [t for t in texts if "555" in t], texts
+    assert all(t.startswith("call me on ") and t.endswith(" tonight") for t in texts)
+
+
 def test_resume_with_since_replays_exactly_the_missed_events_with_no_duplicate_at_the_seam(
     api: Api, live: Stack, node: WebNode, connect: Any
 ) -> None:
