@@ -2,11 +2,16 @@
 
 Secrets are sealed under a data key per subscription (associated data names the row), so a
 copied ciphertext does not open elsewhere and deleting a subscription shreds its secret. A
-webhook's signing secret is shown once, in the creation response, and never again.
+webhook's signing secret is shown once, in the creation response, and never again. An e-mail
+address gets nothing but a confirmation code until its owner enters that code (double opt-in:
+nobody can subscribe someone else's mailbox to digests).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import logging
 import secrets
@@ -18,8 +23,9 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from core.config import Settings
-from core.ids import new_id
+from core.ids import new_id, utcnow
 from core.services import Services
+from domain import outbox
 from domain.errors import Conflict, Forbidden, Invalid, NotFound
 from domain.keys import create_data_key
 from domain.pagination import decode_cursor, encode_cursor
@@ -32,6 +38,9 @@ from push.targets import UnsafeTarget, check_email, check_url
 logger = logging.getLogger(__name__)
 
 MAX_SUBSCRIPTIONS = 20
+VERIFY_TASK = "tasks.push.send_email_code"
+VERIFY_MAX_WRONG = 10  # wrong codes per subscription and hour (a code has 40 bits)
+VERIFY_TRIES_PREFIX = "parley:verify:"
 ADDRESS_FIELD = {"webpush": "endpoint", "webhook": "url", "email": "address"}
 
 
@@ -76,6 +85,8 @@ def subscribe(
             )
         )
         if found is not None and kind == "email":
+            if found.verified_at is None:  # subscribing again mails the code again
+                outbox.add(session, VERIFY_TASK, [found.id], ref_id=found.id)
             return found, False, None
         if found is not None:
             raise Conflict(
@@ -91,6 +102,10 @@ def subscribe(
         raise Conflict(f"at most {MAX_SUBSCRIPTIONS} push subscriptions per user; delete one")
     sub = PushSubscription(id=new_id(), user_id=user_id, kind=kind, target=target)
     session.add(sub)
+    if kind == "email":  # nothing is mailed to the address until its owner enters the code
+        outbox.add(session, VERIFY_TASK, [sub.id], ref_id=sub.id)
+    else:  # a browser endpoint or a webhook URL is proven by being given to us
+        sub.verified_at = utcnow()
     secret = None
     if kind == "webpush":
         _seal(svc, session, sub, {"p256dh": body["keys"]["p256dh"], **_auth(body)})
@@ -129,6 +144,41 @@ def list_for(session: Session, user_id: str) -> list[PushSubscription]:
     )
 
 
+def email_code(svc: Services, sub: PushSubscription) -> str:
+    """The code mailed to an e-mail subscription's address: 8 characters (40 bits) from an
+    HMAC of the subscription and the address, so nothing is stored and a code made for one
+    address proves nothing for another."""
+    master = svc.keyring.master.get(svc.keyring.master.current_kid)
+    key = hmac.new(master, b"parley-email-verification", hashlib.sha256).digest()
+    mac = hmac.new(key, f"{sub.id}:{sub.target}".encode(), hashlib.sha256).digest()
+    return base64.b32encode(mac[:5]).decode()
+
+
+def verify_email(
+    svc: Services, session: Session, user_id: str, subscription_id: str, code: str
+) -> PushSubscription:
+    """Confirm an e-mail subscription with the code mailed to it."""
+    sub = session.get(PushSubscription, subscription_id)
+    if sub is None or sub.user_id != user_id:
+        raise NotFound(f"push subscription {subscription_id} does not exist")
+    if sub.kind != "email":
+        raise Conflict("only e-mail subscriptions are confirmed with a code")
+    if sub.verified_at is None:
+        tries = f"{VERIFY_TRIES_PREFIX}{sub.id}"
+        if int(svc.redis.get(tries) or 0) >= VERIFY_MAX_WRONG:
+            raise Conflict("too many wrong codes for this subscription: try again in an hour")
+        given = code.strip().upper().replace("-", "").replace(" ", "")
+        if not hmac.compare_digest(given, email_code(svc, sub)):
+            pipe = svc.redis.pipeline()
+            pipe.incr(tries)
+            pipe.expire(tries, 3600)
+            pipe.execute()
+            raise Invalid("the code does not match", {"code": ["does not match"]})
+        sub.verified_at = utcnow()
+        logger.info("e-mail subscription confirmed", extra={"user_id": user_id})
+    return sub
+
+
 def unsubscribe(svc: Services, session: Session, user_id: str, subscription_id: str) -> None:
     sub = session.get(PushSubscription, subscription_id)
     if sub is None or sub.user_id != user_id:
@@ -161,6 +211,7 @@ def render_subscription(sub: PushSubscription, secret: str | None = None) -> dic
         ADDRESS_FIELD[sub.kind]: sub.target,
         "created_at": _iso(sub.created_at),
         "last_success_at": _iso(sub.last_success_at),
+        "verified": sub.verified_at is not None,
     }
     if secret is not None:
         out["secret"] = secret

@@ -78,7 +78,9 @@ def plan_notify(
         return []
     users = {n.user_id for n in notes}
     subs: dict[str, list[PushSubscription]] = {}
-    stmt = select(PushSubscription).where(PushSubscription.user_id.in_(users))
+    stmt = select(PushSubscription).where(
+        PushSubscription.user_id.in_(users), PushSubscription.verified_at.is_not(None)
+    )
     for found in session.scalars(stmt):
         subs.setdefault(found.user_id, []).append(found)
     platform = bool(settings.platform_webhook_url)

@@ -43,6 +43,9 @@ class PushSubscription(Base):
     last_success_at: Mapped[datetime | None]
     # E-mail digests: messages created up to here were already mailed.
     digest_watermark: Mapped[datetime | None]
+    # When the owner proved the target is theirs: set at creation for Web Push and webhooks,
+    # by the code mailed to the address for e-mail (nothing is mailed before that).
+    verified_at: Mapped[datetime | None]
 
 
 class PushPreference(Base):

@@ -25,10 +25,18 @@ from core.services import Services, services
 from domain import notifications, outbox
 from domain.messages import members_of
 from domain.notifications import skip_reason
-from domain.push_delivery import DELIVER_TASK, MAX_COUNTDOWN_S, finish, plan_notify, prepare
+from domain.push import VERIFY_TASK, email_code
+from domain.push_delivery import (
+    DELIVER_TASK,
+    MAX_COUNTDOWN_S,
+    backoff,
+    finish,
+    plan_notify,
+    prepare,
+)
 from domain.render import message_text
-from models import Message, PushDelivery
-from push.base import Outcome, Provider, Result
+from models import Message, PushDelivery, PushSubscription
+from push.base import Digest, Outcome, Provider, Result, Target
 from tasks.retry import PIPELINE, TEMPORARY
 
 logger = logging.getLogger(__name__)
@@ -98,6 +106,32 @@ def deliver(delivery_id: str) -> None:
         wait = finish(svc, s, job, result, utcnow())
     if wait is not None:
         _schedule(svc, delivery_id, wait)
+
+
+@celery_app.task(name=VERIFY_TASK, bind=True, **PIPELINE)
+def send_email_code(self: Any, subscription_id: str) -> None:
+    """Mail an e-mail subscription its confirmation code (the only mail it gets until then)."""
+    svc = services()
+    with svc.ReadSession() as s:
+        sub = s.get(PushSubscription, subscription_id)
+    if sub is not None and sub.verified_at is None:
+        code = email_code(svc, sub)
+        mail = Digest(
+            subject=f"Your confirmation code: {code[:4]}-{code[4:]}",
+            body=(
+                f"Enter {code[:4]}-{code[4:]} in the app to get message digests at this "
+                "address.\n\nIf you did not ask for this, ignore this mail: nothing else will "
+                "be sent here."
+            ),
+        )
+        result = providers(svc)["email"].send(Target("email", sub.target), mail)
+        metrics.push_result("email", result.outcome.value)
+        if result.outcome is Outcome.RETRY:
+            raise self.retry(countdown=backoff(svc, self.request.retries + 1))
+        if result.outcome is not Outcome.OK:
+            logger.warning("confirmation mail refused: %s", result.reason)
+    with svc.Session.begin() as s:
+        outbox.mark_done(s, [subscription_id], VERIFY_TASK)
 
 
 @celery_app.task(name="tasks.push.sweep", **PIPELINE)

@@ -390,33 +390,75 @@ def test_the_platform_webhook_hears_every_offline_push_signed_with_its_secret(
     assert json.loads(got[0].body)["data"]["message_id"] == mid
 
 
+def _confirmed_email(api: Api, smtp: SmtpSink, user: str, address: str) -> str:
+    """Subscribe `address` and enter the code from its confirmation mail; the subscription id."""
+    resp = api.post("/v1/push/subscriptions", user=user, json={"kind": "email", "address": address})
+    assert resp.status_code == 201 and resp.get_json()["verified"] is False
+    sid = resp.get_json()["id"]
+    mail = smtp.wait(address)[-1]
+    code = mail["Subject"].rsplit(" ", 1)[-1]
+    assert code in mail.get_content()
+    done = api.post(f"/v1/push/subscriptions/{sid}/verify", user=user, json={"code": code})
+    assert done.status_code == 200 and done.get_json()["verified"] is True
+    return str(sid)
+
+
+def test_an_email_address_gets_nothing_but_its_code_until_the_code_is_entered(
+    api: Api, push: Stack, smtp: SmtpSink
+) -> None:
+    a, b, mallory = uid(), uid(), uid()
+    address = f"{b}@example.test"
+    # Someone else subscribes b's address: b gets a code mail, never a digest of their messages.
+    resp = api.post(
+        "/v1/push/subscriptions", user=mallory, json={"kind": "email", "address": address}
+    )
+    assert resp.status_code == 201 and resp.get_json()["verified"] is False
+    sid = resp.get_json()["id"]
+    code_mail = smtp.wait(address)[0]
+    assert "confirmation code" in code_mail["Subject"]
+    cid = api.conversation(a, mallory)
+    api.send(a, cid, "the gate code is 4711")
+    wrong = api.post(f"/v1/push/subscriptions/{sid}/verify", user=mallory, json={"code": "AAAA"})
+    assert wrong.status_code == 422 and wrong.content_type == "application/problem+json"
+    code = code_mail["Subject"].rsplit(" ", 1)[-1]
+    stolen = api.post(f"/v1/push/subscriptions/{sid}/verify", user=b, json={"code": code})
+    assert stolen.status_code == 404  # a code only works for the subscription's own user
+    with push.svc.ReadSession() as s:
+        planned = s.scalars(select(PushDelivery).where(PushDelivery.target == sid)).all()
+    assert planned == []  # an unconfirmed address is not a push target
+    time.sleep(push.svc.settings.push_delay_s + 1)
+    assert len(smtp.to(address)) == 1  # the code mail, nothing else
+    listed = api.get("/v1/push/subscriptions", user=mallory).get_json()["items"]
+    assert [x["verified"] for x in listed if x["id"] == sid] == [False]
+
+
 def test_email_digest_sends_one_mail_per_window_not_one_per_message(
     api: Api, push: Stack, smtp: SmtpSink
 ) -> None:
     a, b = uid(), uid()
     address = f"{b}@example.test"
-    resp = api.post("/v1/push/subscriptions", user=b, json={"kind": "email", "address": address})
-    assert resp.status_code == 201
+    sid = _confirmed_email(api, smtp, b, address)
     same = api.post("/v1/push/subscriptions", user=b, json={"kind": "email", "address": address})
-    assert same.status_code == 200 and same.get_json()["id"] == resp.get_json()["id"]
+    assert same.status_code == 200 and same.get_json()["id"] == sid
+    assert same.get_json()["verified"] is True
     c1 = api.conversation(a, b, subject="Boat trip")
     c2 = api.conversation(a, b, subject="Invoices")
     api.send(a, c1, "bring the life jackets")
     api.send(a, c2, "invoice 42 is ready")
     api.send(a, c1, "and sunscreen")
-    first = smtp.wait(address)[0]
+    first = smtp.wait(address, 2)[1]
     assert first["Subject"] == "3 unread messages in 2 conversations"
     body = first.get_content()
     assert "2 new messages" in body and "Boat trip" in body and "invoice 42 is ready" in body
     started = time.monotonic()
     api.send(a, c2, "invoice 43 too")
-    second = smtp.wait(address, 2)[1]
+    second = smtp.wait(address, 3)[2]
     window = push.svc.settings.push_email_digest_s
     assert time.monotonic() - started >= window - 1  # waited for the digest window
     assert "invoice 43 too" in second.get_content()
     assert "bring the life jackets" not in second.get_content()  # already mailed
     time.sleep(1)
-    assert len(smtp.to(address)) == 2
+    assert len(smtp.to(address)) == 3  # the code, then two digests
 
 
 # --- payload privacy ---------------------------------------------------------------------------

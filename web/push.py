@@ -13,6 +13,7 @@ from web.auth import current, require_auth
 from web.http import doc, json_body, query_args
 from web.push_schemas import (
     DeadLetterPageSchema,
+    EmailCodeSchema,
     PageQuery,
     PushPreferencesPatchSchema,
     PushPreferencesSchema,
@@ -70,6 +71,22 @@ def create_subscription() -> tuple[dict[str, Any], int]:
     with svc.Session.begin() as s:
         sub, created, secret = push.subscribe(svc, s, user, body)
         return push.render_subscription(sub, secret), 201 if created else 200
+
+
+@bp.post("/subscriptions/<sid>/verify")
+@doc(
+    "Confirm an e-mail subscription with the code mailed to it",
+    body=EmailCodeSchema,
+    responses={200: PushSubscriptionSchema},
+    tag="push",
+)
+def verify_subscription(sid: str) -> dict[str, Any]:
+    """Digests go to an address only once its owner has entered the mailed code."""
+    body = json_body(EmailCodeSchema())
+    svc = services()
+    user = current().require_user()
+    with svc.Session.begin() as s:
+        return push.render_subscription(push.verify_email(svc, s, user, sid, body["code"]))
 
 
 @bp.get("/subscriptions")

@@ -79,8 +79,22 @@ class PushSubscriptionSchema(Schema):
     address = fields.String(metadata={"description": "email"})
     created_at = fields.DateTime()
     last_success_at = fields.DateTime(allow_none=True)
+    verified = fields.Boolean(
+        metadata={
+            "description": "e-mail: false until the code mailed to the address is entered "
+            "(POST .../verify); nothing else is mailed before that"
+        }
+    )
     secret = fields.String(
         metadata={"description": "webhook only, in the creation response only: sign checks"}
+    )
+
+
+class EmailCodeSchema(StrictSchema):
+    code = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=32),
+        metadata={"description": "the code from the confirmation mail (dashes optional)"},
     )
 
 
