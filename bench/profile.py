@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bench.report import OUT
 
-ROOT = OUT.parents[1]
+ROOT = Path(__file__).resolve().parents[1]
 
 TOP = 25
 

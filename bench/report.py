@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-OUT = Path(__file__).resolve().parent / "out"
+# PARLEY_BENCH_OUT redirects the JSON (the test suite's smoke runs write to a temp dir).
+OUT = Path(os.environ.get("PARLEY_BENCH_OUT") or Path(__file__).resolve().parent / "out")
 _COMPARE = {"<=": operator.le, ">=": operator.ge}
 
 

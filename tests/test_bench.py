@@ -1,0 +1,56 @@
+"""The benchmark suite itself: its report's arithmetic, and a smoke run of a service benchmark
+(the real Procfile web process, a private Redis, the bare baseline) so `make bench` cannot rot.
+The figures of a smoke run are not checked against targets: timing is not a test."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.report import Figure, table
+from tests.conftest import ROOT
+
+
+@pytest.mark.parametrize(
+    ("figure", "ratio", "met"),
+    [
+        (Figure("s", "f", "x", 50.0, 100.0, "ratio >= 0.4"), 0.5, True),
+        (Figure("s", "f", "x", 30.0, 100.0, "ratio >= 0.4"), 0.3, False),
+        (Figure("s", "f", "ms", 9.0, 2.0, "ratio <= 4"), 4.5, False),
+        (Figure("s", "f", "msgs/s", 25_000.0, None, "value >= 20000"), None, True),
+        (Figure("s", "f", "KB", 48.0, 38.0), 48.0 / 38.0, None),
+        (Figure("s", "f", "ms", 9.0, 0.0, "ratio <= 4"), None, False),  # no baseline: not met
+    ],
+)
+def test_a_figure_is_judged_against_its_target(
+    figure: Figure, ratio: float | None, met: bool | None
+) -> None:
+    assert figure.ratio == pytest.approx(ratio) if ratio is not None else figure.ratio is None
+    assert figure.met is met
+    row = table([figure]).splitlines()[-1]
+    assert {True: "yes", False: "MISSED", None: ""}[met] in row
+
+
+def test_the_ingest_bench_runs_the_procfile_web_process_and_reports(tmp_path: Path) -> None:
+    env = {**os.environ, "PARLEY_BENCH_OUT": str(tmp_path)}
+    argv = ["--seconds", "1", "--clients", "1", "--threads", "2", "--conversations", "2"]
+    subprocess.run(
+        [sys.executable, "-m", "bench.ingest", *argv],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=240,
+        capture_output=True,
+    )
+    doc = json.loads((tmp_path / "ingest.json").read_text())
+    figure = doc["figures"][0]
+    assert figure["scenario"] == "ingest" and figure["target"] == "ratio >= 0.4"
+    assert figure["value"] > 0 and figure["baseline"] > 0
+    assert figure["ratio"] == pytest.approx(figure["value"] / figure["baseline"])
+    assert doc["parley"]["errors"] == 0 and doc["bare"]["errors"] == 0
+    assert doc["parley"]["ok"] > 0
