@@ -74,7 +74,7 @@ def list_messages(cid: str) -> dict[str, Any]:
     q = query_args(MessageListQuery())
     svc = services()
     who = current()
-    with svc.ReadSession() as s:  # a read: no SQLite write lock, never waits on a POST
+    with svc.Session.begin() as s:
         _, part, rows, next_cursor = msgs.list_page(
             s,
             who,
