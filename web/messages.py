@@ -74,7 +74,7 @@ def list_messages(cid: str) -> dict[str, Any]:
     q = query_args(MessageListQuery())
     svc = services()
     who = current()
-    with svc.Session.begin() as s:
+    with svc.Session.begin() as s:  # a write: fetching moves the reader's delivered cursor
         _, part, rows, next_cursor = msgs.list_page(
             s,
             who,
