@@ -120,6 +120,9 @@ def make_celery(broker_url: str | None) -> Celery:
         },
         worker_send_task_events=False,
         worker_hijack_root_logger=False,
+        # Each pool child builds the Flask app at start (`_warm_up`, ~1 s, more on a loaded
+        # box): give it longer than Celery's 4 s before the child counts as failed to start.
+        worker_proc_alive_timeout=30.0,
         # Shutdown (docs/operations.md): SIGTERM is a warm shutdown, running tasks finish and
         # reserved ones go back to the queue. A lost broker connection cancels running tasks:
         # their acks could not be sent anyway, so they are redelivered rather than run twice.
