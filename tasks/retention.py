@@ -146,8 +146,7 @@ _forgetter_pid: int | None = None
 @signals.task_prerun.connect
 def _follow_shredded_keys(**_: Any) -> None:
     """Each worker process drops keys other processes shred from its key cache: the listener
-    starts with the process's first task (not at fork, where building the app could outlast
-    the pool's start-up timeout)."""
+    starts with the process's first task, in the app the task runs in."""
     global _forgetter_pid
     if _forgetter_pid == os.getpid():
         return

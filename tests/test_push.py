@@ -432,6 +432,28 @@ def test_an_email_address_gets_nothing_but_its_code_until_the_code_is_entered(
     assert [x["verified"] for x in listed if x["id"] == sid] == [False]
 
 
+def test_subscribing_again_resends_the_code_and_ten_wrong_codes_lock_the_subscription(
+    api: Api, push: Stack, smtp: SmtpSink
+) -> None:
+    b = uid()
+    address = f"{b}@example.test"
+    body = {"kind": "email", "address": address}
+    sid = api.post("/v1/push/subscriptions", user=b, json=body).get_json()["id"]
+    first = smtp.wait(address)[0]
+    again = api.post("/v1/push/subscriptions", user=b, json=body)
+    assert again.status_code == 200 and again.get_json()["id"] == sid
+    second = smtp.wait(address, 2)[1]
+    assert second["Subject"] == first["Subject"]  # the same code, mailed again
+    code = first["Subject"].rsplit(" ", 1)[-1]
+    path = f"/v1/push/subscriptions/{sid}/verify"
+    for _ in range(10):
+        assert api.post(path, user=b, json={"code": "ZZZZ-ZZZZ"}).status_code == 422
+    locked = api.post(path, user=b, json={"code": code})
+    assert locked.status_code == 409 and locked.content_type == "application/problem+json"
+    push.redis.delete(f"parley:verify:{sid}")  # the hour has passed
+    assert api.post(path, user=b, json={"code": code.replace("-", "")}).status_code == 200
+
+
 def test_email_digest_sends_one_mail_per_window_not_one_per_message(
     api: Api, push: Stack, smtp: SmtpSink
 ) -> None:
