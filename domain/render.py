@@ -1,4 +1,4 @@
-"""Public JSON shapes of conversations and messages, as API.md fixes them.
+"""Public JSON shapes of conversations and messages, as docs/api.md fixes them.
 
 Decryption happens here, at the edge, per viewer: recipients get text as moderation left it
 (masked spans), while the sender and moderators get the original with the `moderation` object.

@@ -1,4 +1,4 @@
-"""Push subscriptions (API.md, fixed), preview preferences, the VAPID key and dead letters."""
+"""Push subscriptions (docs/api.md, stable), preview preferences, the VAPID key and dead letters."""
 
 from __future__ import annotations
 
