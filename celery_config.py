@@ -118,7 +118,8 @@ def make_celery(broker_url: str | None) -> Celery:
                 "options": {"expires": retention_s},
             },
         },
-        worker_send_task_events=False,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
         worker_hijack_root_logger=False,
         # Each pool child builds the Flask app at start (`_warm_up`, ~1 s, more on a loaded
         # box): give it longer than Celery's 4 s before the child counts as failed to start.
