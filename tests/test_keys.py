@@ -1,15 +1,19 @@
-"""Encryption at rest: envelope keys, master-key rotation with re-encryption, via a real worker."""
+"""Encryption at rest: envelope keys, master-key rotation with re-encryption via a real worker,
+and signed links across a master-key rotation."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
 from core.crypto import MasterKeys, MissingKeyError, open_sealed, seal
+from core.ids import utcnow
+from domain.signed_urls import ExpiredLink, InvalidLink, UrlSigner, expiry
 from models import DataKey, Job, Message
 from tests.conftest import RedisServer, Stack, _make_stack, wait_for
 from tests.factories import Api, uid, wait_delivered
@@ -100,3 +104,41 @@ def test_rotation_rewraps_and_reencrypts_while_reads_and_writes_continue(
         st.svc.keyring.forget(dk)
         with pytest.raises(MissingKeyError):
             st.svc.keyring.data_key(dk)
+
+
+def test_signed_links_outlive_a_master_key_rotation_until_the_old_key_is_dropped() -> None:
+    """The newest key signs and every listed key verifies: a link signed before a rotation
+    still works after it, and stops working once its key leaves the list."""
+    old, new = bytes(range(32)), bytes(range(1, 33))
+    expires = expiry(300)
+    before = UrlSigner([old], "export").sign("job-1", expires=expires)
+    rotated = UrlSigner([new, old], "export")
+    rotated.check("job-1", expires=expires, sig=before)
+    after = rotated.sign("job-1", expires=expires)
+    assert after != before  # signed with the newest key...
+    UrlSigner([new], "export").check("job-1", expires=expires, sig=after)
+    with pytest.raises(InvalidLink):  # ...which the old key alone does not verify
+        UrlSigner([old], "export").check("job-1", expires=expires, sig=after)
+    with pytest.raises(InvalidLink):  # the old key retired: its links end
+        UrlSigner([new], "export").check("job-1", expires=expires, sig=before)
+
+
+def test_a_signed_link_grants_exactly_what_it_names_until_it_expires() -> None:
+    signer = UrlSigner([bytes(range(32))], "export")
+    expires = expiry(300)
+    sig = signer.sign("job-1", 7, expires=expires)
+    assert signer.query("job-1", 7, expires=expires) == f"exp={expires}&sig={sig}"
+    signer.check("job-1", 7, expires=expires, sig=sig)
+    for grant, exp, bad in [
+        (("job-2", 7), expires, sig),  # another job
+        (("job-1", 8), expires, sig),  # another value
+        (("job-1", 7), expires + 3600, sig),  # a longer life
+        (("job-1", 7), expires, sig + "=="),  # the same signature, padded
+        (("job-1", 7), expires, "é" * 10),  # not base64url at all
+    ]:
+        with pytest.raises(InvalidLink):
+            signer.check(*grant, expires=exp, sig=bad)
+    with pytest.raises(InvalidLink):  # another purpose's key
+        UrlSigner([bytes(range(32))], "attachment").check("job-1", 7, expires=expires, sig=sig)
+    with pytest.raises(ExpiredLink):
+        signer.check("job-1", 7, expires=expires, sig=sig, now=utcnow() + timedelta(seconds=301))
