@@ -1,5 +1,5 @@
 """Encryption at rest: envelope keys, master-key rotation with re-encryption via a real worker,
-and signed links across a master-key rotation."""
+the rotation job's claim, and signed links across a master-key rotation."""
 
 from __future__ import annotations
 
@@ -9,12 +9,15 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from core.crypto import MasterKeys, MissingKeyError, open_sealed, seal
 from core.ids import utcnow
+from domain import outbox
+from domain.jobs import STALE_CLAIM
+from domain.rotation import ROTATION
 from domain.signed_urls import ExpiredLink, InvalidLink, UrlSigner, expiry
-from models import DataKey, Job, Message
+from models import DataKey, Job, Message, Outbox
 from tests.conftest import RedisServer, Stack, _make_stack, wait_for
 from tests.factories import Api, uid, wait_delivered
 
@@ -73,7 +76,7 @@ def test_rotation_rewraps_and_reencrypts_while_reads_and_writes_continue(
     with st.svc.Session() as s:
         old_keys = set(s.scalars(select(Message.key_id).where(Message.conversation_id == cid)))
     with st.app.app_context():
-        from tasks.rotation import start_rotation
+        from domain.rotation import start_rotation
 
         job_id = start_rotation(reencrypt=True, actor="test")
     during = [api.send(b, cid, f"during rotation {i}")["id"] for i in range(10)]
@@ -104,6 +107,47 @@ def test_rotation_rewraps_and_reencrypts_while_reads_and_writes_continue(
         st.svc.keyring.forget(dk)
         with pytest.raises(MissingKeyError):
             st.svc.keyring.data_key(dk)
+
+
+def test_a_rotation_job_held_by_a_live_worker_runs_once_and_a_stale_claim_is_taken_over(
+    live: Stack,
+) -> None:
+    """A rotation job another worker is running (its claim fresh) is left alone by a duplicate
+    delivery; once that worker stopped reporting progress for STALE_CLAIM, a delivery takes the
+    job over and finishes it."""
+    with live.app.app_context(), live.svc.Session.begin() as s:
+        job = Job(kind=ROTATION.name, params={"reencrypt": False}, created_by="test")
+        job.state = "running"  # as if a worker had claimed it a moment ago
+        s.add(job)
+        s.flush()
+        job_id = job.id
+        outbox.add(s, ROTATION.task, [job_id], ref_id=job_id)  # sent after the commit
+
+    def delivered() -> bool:
+        with live.svc.Session() as s:
+            row = s.scalar(select(Outbox).where(Outbox.ref_id == job_id))
+            return row is not None and row.done_at is not None
+
+    wait_for(delivered, 30, 0.1, "the worker to receive the rotation job")
+    with live.svc.Session() as s:
+        held = s.get(Job, job_id)
+        assert held is not None
+        assert (held.state, held.done, held.total) == ("running", 0, 0)
+
+    with live.svc.Session.begin() as s:  # the holder died: no progress for STALE_CLAIM
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(updated_at=utcnow() - STALE_CLAIM - timedelta(seconds=1))
+        )
+    live.svc.tasks.send_task(ROTATION.task, [job_id])
+
+    def finished() -> Job | None:
+        with live.svc.Session() as s:
+            row = s.get(Job, job_id)
+            return row if row is not None and row.state == "done" else None
+
+    assert wait_for(finished, 30, 0.1, "the stale rotation job to be taken over").error is None
 
 
 def test_signed_links_outlive_a_master_key_rotation_until_the_old_key_is_dropped() -> None:

@@ -74,7 +74,8 @@ def register_cli(app: Flask) -> None:
     @click.option("--wait/--no-wait", default=True, help="Follow progress until done.")
     def keys_rotate(reencrypt: bool, wait: bool) -> None:
         """Re-wrap data keys under the newest master key (and optionally re-encrypt text)."""
-        from tasks.rotation import follow, start_rotation
+        from domain.jobs import follow
+        from domain.rotation import start_rotation
 
         job_id = start_rotation(reencrypt=reencrypt, actor="cli")
         click.echo(f"rotation job {job_id} queued")
