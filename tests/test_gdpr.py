@@ -20,8 +20,10 @@ from sqlalchemy.orm import Session
 
 from core.crypto import Keyring, MissingKeyError
 from core.ids import utcnow
-from domain import gdpr, retention
+from domain.gdpr import stored_exports
 from domain.messages import edit_aad, message_aad
+from domain.retention.conversation_purge import purge_conversation
+from domain.retention.key_forgetter import KeyForgetter
 from models import (
     AuditEntry,
     Base,
@@ -111,7 +113,7 @@ def test_export_is_a_zip_of_the_users_data_sealed_at_rest_behind_a_signed_url(
     with live.app.app_context():
         from domain.attachments import storage_for
 
-        raw = b"".join(storage_for(live.svc).open(gdpr.export_object(job_id)))
+        raw = b"".join(storage_for(live.svc).open(stored_exports.export_object(job_id)))
     for plain in (b"PK\x03\x04", b"first of mine", file_body, a.encode(), b"messages.jsonl"):
         assert plain not in raw
 
@@ -144,15 +146,15 @@ def test_export_is_a_zip_of_the_users_data_sealed_at_rest_behind_a_signed_url(
     assert api.client.get(forged).status_code == 403
     expired_at = int(utcnow().timestamp()) - 1
     with live.app.app_context():
-        stale = gdpr.download_url(live.svc, job_id, expired_at)
+        stale = stored_exports.download_url(live.svc, job_id, expired_at)
     assert api.client.get(stale).status_code == 403
     assert api.client.get(f"{parts.path}?exp={q['exp']}").status_code == 422
 
     # after PARLEY_EXPORT_KEEP_S the zip and its key are gone
     key_id = job_key(live, job_id)
     with live.app.app_context():
-        assert gdpr.expire_exports(live.svc, utcnow() + timedelta(days=2)) >= 1
-        assert not storage_for(live.svc).exists(gdpr.export_object(job_id))
+        assert stored_exports.expire_exports(live.svc, utcnow() + timedelta(days=2)) >= 1
+        assert not storage_for(live.svc).exists(stored_exports.export_object(job_id))
     with live.svc.Session() as s:
         assert s.get(DataKey, key_id) is None
     assert api.get(f"/v1/privacy/jobs/{job_id}", user=a).get_json()["state"] == "expired"
@@ -241,7 +243,7 @@ def test_erasure_leaves_no_plaintext_and_no_trace_of_the_user(api: Api, live: St
         )
         assert entry is not None and entry.actor.startswith("apikey:")
     assert not [k for k in stored(live, f"attachments/{group}/") if aid in k]
-    assert not stored(live, gdpr.export_object(export))
+    assert not stored(live, stored_exports.export_object(export))
     assert not live.redis.exists(f"parley:stream:{a}")
 
     # and no row anywhere names them (once the events queued before erasure are sent)
@@ -287,7 +289,7 @@ def test_deleting_a_conversation_shreds_its_keys_at_once_everywhere_then_purges_
 
     elsewhere = replace(live.svc, keyring=Keyring(live.svc.keyring.master, loader))
     assert elsewhere.keyring.open_text(key_id, blob, aad) == "doomed words"
-    forgetter = retention.KeyForgetter(elsewhere, poll_s=0.1).start()
+    forgetter = KeyForgetter(elsewhere, poll_s=0.1).start()
     try:
         assert forgetter.ready.wait(10)
         assert api.delete(f"/v1/conversations/{cid}", user=b).status_code == 403
@@ -340,4 +342,4 @@ def test_deleting_a_conversation_shreds_its_keys_at_once_everywhere_then_purges_
     assert stored(live, f"attachments/{cid}/") == set()
     assert api.get(f"/v1/messages/{other['id']}", user=b).get_json()["text"] == "surviving words"
     with live.app.app_context():  # running the purge again finds nothing and does not fail
-        assert retention.purge_conversation(live.svc, cid, lambda n: None) == 0
+        assert purge_conversation(live.svc, cid, lambda n: None) == 0

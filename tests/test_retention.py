@@ -23,7 +23,8 @@ from werkzeug.test import encode_multipart
 
 from core.config import with_overrides
 from core.ids import utcnow
-from domain import retention
+from domain.retention.purge import LOCK_KEY, PurgeReport, purge_lock
+from domain.retention.purge import run as run_purge
 from models import Attachment, Message, MessageEdit, Notification, Reaction, Report
 from tests.conftest import (
     PG_ADMIN_URL,
@@ -82,9 +83,9 @@ def api(ret: Stack) -> Api:
     return Api(ret)
 
 
-def purge(st: Stack, now: datetime, **kw: Any) -> retention.PurgeReport:
+def purge(st: Stack, now: datetime, **kw: Any) -> PurgeReport:
     with st.app.app_context():
-        return retention.run(st.svc, now=now, **kw)
+        return run_purge(st.svc, now=now, **kw)
 
 
 def upload_text(api: Api, user: str, cid: str, body: bytes, name: str = "notes.txt") -> str:
@@ -345,9 +346,9 @@ def test_the_global_default_applies_where_no_override_is_set(api: Api, ret: Stac
     }
 
 
-def _race(st: Stack, now: datetime, runs: int = 4) -> list[retention.PurgeReport]:
+def _race(st: Stack, now: datetime, runs: int = 4) -> list[PurgeReport]:
     """`runs` purges at once, without the lock, over batches of 5 rows."""
-    results: list[retention.PurgeReport] = []
+    results: list[PurgeReport] = []
     errors: list[BaseException] = []
 
     def one() -> None:
@@ -386,7 +387,7 @@ def test_purges_running_at_once_neither_double_delete_nor_crash(api: Api, ret: S
     assert count(ret, Message, Message.id.in_(ids), Message.expired_at.is_not(None)) == len(ids)
     assert sum(r.purged for r in _race(ret, hide_at + GRACE * 2)) == len(ids)
     assert count(ret, Message, Message.id.in_(ids)) == 0
-    with retention.purge_lock(ret.svc) as held:
+    with purge_lock(ret.svc) as held:
         assert held is not None
         assert purge(ret, utcnow()).skipped is True
     assert purge(ret, utcnow()).skipped is False  # released
@@ -415,12 +416,12 @@ def test_the_beat_task_runs_on_the_worker_and_the_cli_prints_what_it_did(
             return row is not None and row.expired_at is not None
 
     wait_for(hidden, 30, 0.1, "the worker's purge to hide the message")
-    wait_for(lambda: not ret.redis.exists(retention.LOCK_KEY), 30, 0.1, "the purge to finish")
+    wait_for(lambda: not ret.redis.exists(LOCK_KEY), 30, 0.1, "the purge to finish")
     runner = ret.app.test_cli_runner()
     out = runner.invoke(args=["retention", "run"])
     assert out.exit_code == 0, out.output
     assert out.output.startswith("hid ") and "tombstone" in out.output
-    with retention.purge_lock(ret.svc) as held:
+    with purge_lock(ret.svc) as held:
         assert held is not None
         busy = runner.invoke(args=["retention", "run"])
     assert busy.exit_code == 1 and "another purge" in busy.output
