@@ -3,29 +3,63 @@
 One frozen object built from defaults, then the environment (and `.env`), then an explicit
 mapping (tests). Web and worker read the same variables, so a worker started by hand with the
 same environment as the web node behaves the same.
+
+Setting `name` is read from `PARLEY_NAME`, typed and validated by pydantic-settings, except the
+three URLs every deployment tool already names: DATABASE_URL, REDIS_URL, CELERY_BROKER_URL.
+Flags take 1/true/yes/on or 0/false/no/off; a value that does not parse stops start-up with
+the variable's name.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from dotenv import load_dotenv
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+ENV_FILE = Path(__file__).resolve().parent.parent / ".env"
+DEFAULT_DATA_DIR = Path("var")
+
+# Set by code only (the caller of create_app, tests), never from a variable: PARLEY_TESTING must
+# not be a way to switch rate limits off in production.
+CODE_ONLY = frozenset({"testing", "extra", "page_limit_default", "page_limit_max"})
 
 
-def _data_dir(env: Mapping[str, str]) -> Path:
-    return Path(env.get("PARLEY_DATA_DIR") or "var").resolve()
+class _Environment(EnvSettingsSource):
+    """The environment variables, for every setting except the code-only ones."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        if field_name in CODE_ONLY:
+            return None, field_name, False
+        return super().get_field_value(field, field_name)
 
 
-@dataclass(frozen=True)
-class Settings:
-    data_dir: Path
-    database_url: str
-    redis_url: str
-    broker_url: str
+class Settings(BaseSettings):
+    """Build it with `load_settings`, which first puts `.env` below the real environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PARLEY_",
+        env_ignore_empty=True,  # `PARLEY_X=` means the default, as an unset variable does
+        frozen=True,
+        extra="forbid",  # a misspelt override fails instead of being dropped
+        validate_by_name=True,
+    )
+
+    data_dir: Path = Field(DEFAULT_DATA_DIR, validate_default=True)
+    # Read from their conventional variables (validate_by_name: overrides use the setting's
+    # name). Empty here: derived by the validators below unless given.
+    database_url: str = Field("", validation_alias="DATABASE_URL", validate_default=True)
+    redis_url: str = Field("", validation_alias="REDIS_URL", validate_default=True)
+    broker_url: str = Field("", validation_alias="CELERY_BROKER_URL", validate_default=True)
     env: str = "development"
     jwt_secret: str = ""
     jwt_public_key: str = ""
@@ -35,7 +69,7 @@ class Settings:
     max_text_length: int = 4000
     max_body_bytes: int = 256 * 1024
     max_members: int = 1000
-    page_limit_default: int = 50
+    page_limit_default: int = 50  # code-only (CODE_ONLY), like testing and extra
     page_limit_max: int = 200
     storage: str = "local"
     s3_bucket: str = ""
@@ -96,7 +130,7 @@ class Settings:
     limit_conversation_ip: str = "300/minute"
     limit_failed_auth_ip: str = "30/minute"
     testing: bool = False
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    extra: Mapping[str, Any] = Field(default_factory=dict)
 
     @property
     def is_sqlite(self) -> bool:
@@ -111,105 +145,71 @@ class Settings:
             parse_policy_overrides(self.moderation_policies) if self.moderation_policies else None
         )
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Overrides, then the environment. No dotenv source: load_settings has already loaded
+        # `.env` into os.environ, where a variable set in the real environment, even set empty,
+        # keeps the file's value out; pydantic's own reading would let it through.
+        return init_settings, _Environment(settings_cls)
 
-_ENV_NAMES = {
-    "database_url": "DATABASE_URL",
-    "redis_url": "REDIS_URL",
-    "broker_url": "CELERY_BROKER_URL",
-    "env": "PARLEY_ENV",
-    "jwt_secret": "PARLEY_JWT_SECRET",
-    "jwt_public_key": "PARLEY_JWT_PUBLIC_KEY",
-    "jwt_leeway_s": "PARLEY_JWT_LEEWAY_S",
-    "master_keys": "PARLEY_MASTER_KEYS",
-    "edit_window_s": "PARLEY_EDIT_WINDOW_S",
-    "max_text_length": "PARLEY_MAX_TEXT_LENGTH",
-    "max_body_bytes": "PARLEY_MAX_BODY_BYTES",
-    "max_members": "PARLEY_MAX_MEMBERS",
-    "storage": "PARLEY_STORAGE",
-    "s3_bucket": "PARLEY_S3_BUCKET",
-    "s3_prefix": "PARLEY_S3_PREFIX",
-    "s3_endpoint_url": "PARLEY_S3_ENDPOINT_URL",
-    "s3_region": "PARLEY_S3_REGION",
-    "s3_access_key_id": "PARLEY_S3_ACCESS_KEY_ID",
-    "s3_secret_access_key": "PARLEY_S3_SECRET_ACCESS_KEY",
-    "max_file_bytes": "PARLEY_MAX_FILE_BYTES",
-    "max_image_bytes": "PARLEY_MAX_IMAGE_BYTES",
-    "max_image_pixels": "PARLEY_MAX_IMAGE_PIXELS",
-    "download_ttl_s": "PARLEY_DOWNLOAD_TTL_S",
-    "outbox_sweep_s": "PARLEY_OUTBOX_SWEEP_S",
-    "outbox_stale_s": "PARLEY_OUTBOX_STALE_S",
-    "stream_maxlen": "PARLEY_STREAM_MAXLEN",
-    "rotation_batch": "PARLEY_ROTATION_BATCH",
-    "moderation_policies": "PARLEY_MODERATION_POLICIES",
-    "push_delay_s": "PARLEY_PUSH_DELAY_S",
-    "push_ttl_s": "PARLEY_PUSH_TTL_S",
-    "push_preview": "PARLEY_PUSH_PREVIEW",
-    "push_max_attempts": "PARLEY_PUSH_MAX_ATTEMPTS",
-    "push_retry_base_s": "PARLEY_PUSH_RETRY_BASE_S",
-    "push_retry_max_s": "PARLEY_PUSH_RETRY_MAX_S",
-    "push_timeout_s": "PARLEY_PUSH_TIMEOUT_S",
-    "push_sweep_s": "PARLEY_PUSH_SWEEP_S",
-    "push_email_digest_s": "PARLEY_PUSH_EMAIL_DIGEST_S",
-    "push_allow_private_targets": "PARLEY_PUSH_ALLOW_PRIVATE_TARGETS",
-    "vapid_private_key": "PARLEY_VAPID_PRIVATE_KEY",
-    "vapid_subject": "PARLEY_VAPID_SUBJECT",
-    "smtp_url": "PARLEY_SMTP_URL",
-    "smtp_from": "PARLEY_SMTP_FROM",
-    "platform_webhook_url": "PARLEY_PLATFORM_WEBHOOK_URL",
-    "platform_webhook_secret": "PARLEY_PLATFORM_WEBHOOK_SECRET",
-    "reports_auto_hold": "PARLEY_REPORTS_AUTO_HOLD",
-    "flood_conversations": "PARLEY_FLOOD_CONVERSATIONS",
-    "flood_window_s": "PARLEY_FLOOD_WINDOW_S",
-    "retention_days": "PARLEY_RETENTION_DAYS",
-    "retention_grace_s": "PARLEY_RETENTION_GRACE_S",
-    "retention_interval_s": "PARLEY_RETENTION_INTERVAL_S",
-    "retention_batch": "PARLEY_RETENTION_BATCH",
-    "export_keep_s": "PARLEY_EXPORT_KEEP_S",
-    "jwt_audience": "PARLEY_JWT_AUDIENCE",
-    "jwt_issuer": "PARLEY_JWT_ISSUER",
-    "metrics_token": "PARLEY_METRICS_TOKEN",
-    "cors_origins": "PARLEY_CORS_ORIGINS",
-    "hsts_seconds": "PARLEY_HSTS_SECONDS",
-    "trusted_proxies": "PARLEY_TRUSTED_PROXIES",
-    "access_log": "PARLEY_ACCESS_LOG",
-    "rate_limits": "PARLEY_RATE_LIMITS",
-    "limit_post_user": "PARLEY_LIMIT_POST_USER",
-    "limit_post_ip": "PARLEY_LIMIT_POST_IP",
-    "limit_upload_user": "PARLEY_LIMIT_UPLOAD_USER",
-    "limit_upload_ip": "PARLEY_LIMIT_UPLOAD_IP",
-    "limit_conversation_user": "PARLEY_LIMIT_CONVERSATION_USER",
-    "limit_conversation_ip": "PARLEY_LIMIT_CONVERSATION_IP",
-    "limit_failed_auth_ip": "PARLEY_LIMIT_FAILED_AUTH_IP",
-}
+    # Derived defaults, validated in field order: data_dir first, then what follows from it.
+    # A value given for any of them wins.
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, data_dir: Path) -> Path:
+        return data_dir.resolve()
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_in_data_dir(cls, url: str, info: ValidationInfo) -> str:
+        return url or f"sqlite:///{info.data['data_dir'] / 'parley.db'}"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_announced(cls, url: str, info: ValidationInfo) -> str:
+        url = url or _announced_redis(info.data["data_dir"])
+        if not url:
+            raise RuntimeError(
+                "REDIS_URL is not set and no embedded Redis is running. Start the service with "
+                "`make run` (it starts one), or export REDIS_URL (e.g. redis://127.0.0.1:6379/0)."
+            )
+        return url
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_is_redis(cls, url: str, info: ValidationInfo) -> str:
+        return url or info.data["redis_url"]
 
 
-def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
-    """Build settings: defaults < environment (.env does not override real env) < overrides."""
-    load_dotenv(override=False)
-    env = os.environ
-    overrides = dict(overrides or {})
-    data_dir = Path(overrides.pop("data_dir", None) or _data_dir(env)).resolve()
-    redis_url = overrides.get("redis_url") or env.get("REDIS_URL") or _announced_redis(data_dir)
-    values: dict[str, Any] = {
-        "data_dir": data_dir,
-        "database_url": f"sqlite:///{data_dir / 'parley.db'}",
-        "redis_url": redis_url,
-        "broker_url": redis_url,
-    }
-    types = {f.name: f.type for f in fields(Settings)}
-    for name, var in _ENV_NAMES.items():
-        raw = env.get(var)
-        if raw not in (None, ""):
-            values[name] = _coerce(raw, types[name])
-    values.update(overrides)
-    if not values.get("broker_url"):
-        values["broker_url"] = values["redis_url"]
-    if not values["redis_url"]:
-        raise RuntimeError(
-            "REDIS_URL is not set and no embedded Redis is running. Start the service with "
-            "`make run` (it starts one), or export REDIS_URL (e.g. redis://127.0.0.1:6379/0)."
-        )
-    return Settings(**values)
+def load_settings(
+    overrides: Mapping[str, Any] | None = None, *, env_file: Path | None = ENV_FILE
+) -> Settings:
+    """Build settings: defaults < environment (.env does not override real env) < overrides.
+
+    `.env` is loaded into os.environ, not only into Settings, because LOG_LEVEL, LOG_FORMAT,
+    PROMETHEUS_MULTIPROC_DIR and celery beat's periods are read from there.
+    """
+    if env_file is not None:
+        load_dotenv(env_file, override=False)
+    try:
+        return Settings(**dict(overrides or {}))
+    except ValidationError as exc:
+        raise ValueError(_explain(exc)) from None
+
+
+def with_overrides(settings: Settings, **changes: Any) -> Settings:
+    """A copy with `changes`, validated like overrides; the environment is not read again."""
+    try:
+        return Settings.model_validate({**dict(settings), **changes})
+    except ValidationError as exc:
+        raise ValueError(_explain(exc)) from None
 
 
 def _announced_redis(data_dir: Path) -> str:
@@ -219,16 +219,22 @@ def _announced_redis(data_dir: Path) -> str:
     return path.read_text().strip() if path.exists() else ""
 
 
-def _coerce(raw: str, annotation: object) -> Any:
-    kind = str(annotation)
-    if kind == "int":
-        return int(raw)
-    if kind == "float":
-        return float(raw)
-    if kind == "bool":
-        return raw.lower() in {"1", "true", "yes", "on"}
-    return raw
+def _variable(name: str) -> str | None:
+    alias = Settings.model_fields[name].validation_alias
+    if isinstance(alias, str):
+        return alias
+    return None if name in CODE_ONLY else f"PARLEY_{name.upper()}"
 
 
-def with_overrides(settings: Settings, **changes: Any) -> Settings:
-    return replace(settings, **changes)
+def _explain(exc: ValidationError) -> str:
+    """One line per bad value, naming the variable to fix (pydantic names only the field)."""
+    problems = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else ""
+        if name not in Settings.model_fields:
+            problems.append(f"unknown setting {name!r}")
+            continue
+        variable = _variable(name)
+        where = f"{variable} (setting {name})" if variable else f"setting {name}"
+        problems.append(f"{where} = {error['input']!r}: {error['msg']}")
+    return "invalid configuration: " + "; ".join(problems)
