@@ -55,6 +55,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         logs.clear()
         logs.bind(request_id=g.request_id)
 
+    from web import http
+
+    http.install(app)  # NUL, surrogates, non-UTF-8 in the URL or token: 400 before any query
+
     @app.after_request
     def _headers(resp: Response) -> Response:
         resp.headers["X-Request-ID"] = g.get("request_id", "")

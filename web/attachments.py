@@ -20,7 +20,7 @@ from domain import attachments as atts
 from domain.errors import Forbidden, Invalid, NotFound
 from web.auth import current, require_auth
 from web.errors import problem
-from web.http import doc, query_args
+from web.http import doc, form_field, query_args
 from web.schemas import (
     AttachmentListQuery,
     AttachmentPageSchema,
@@ -155,7 +155,7 @@ def _file_pieces(
                             f"form field {part.name!r} is too long", {part.name: ["too long"]}
                         )
                     if not event.more_data:
-                        text = value.decode("utf-8", "replace").strip()
+                        text = form_field(part.name, bytes(value))  # before on_field queries
                         form[part.name] = text
                         on_field(part.name, text)
                 event = decoder.next_event()

@@ -18,6 +18,7 @@ from domain import apikeys
 from domain.errors import Unauthorized
 from domain.principals import Principal
 from domain.users import MAX_USER_ID, upsert_from_claims
+from web.http import json_faults, text_fault
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,15 @@ class TokenCodec:
         roles = claims.get("roles", [])
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise Unauthorized("the token's roles claim must be a list of strings")
+        # Stored in users: text no database can take is refused here, as in any input
+        # (web/http.py); sub is an id, so control characters too.
+        stored = {k: claims[k] for k in ("name", "avatar", "roles") if k in claims}
+        faults = {path.split(".")[0]: whys[0] for path, whys in json_faults(stored).items()}
+        if why := text_fault(sub, ident=True):
+            faults["sub"] = why
+        if faults:
+            name, reason = min(faults.items())
+            raise Unauthorized(f"the token's {name} claim {reason}")
         return claims
 
     @property

@@ -11,7 +11,6 @@ from marshmallow import (
     Schema,
     ValidationError,
     fields,
-    pre_load,
     validate,
     validates_schema,
 )
@@ -36,33 +35,12 @@ def _small_json(value: dict[str, Any]) -> None:
         raise ValidationError(f"metadata must be at most {MAX_METADATA_BYTES} bytes of JSON")
 
 
-def _nul_fields(data: Any, path: str = "") -> list[str]:
-    """The fields of JSON input holding a NUL character (in a value or a key)."""
-    if isinstance(data, str):
-        return [path or "_body"] if "\x00" in data else []
-    if isinstance(data, dict):
-        found = [path or "_body"] if any("\x00" in str(k) for k in data) else []
-        for key, value in data.items():
-            found += _nul_fields(value, f"{path}.{key}" if path else str(key))
-        return found
-    if isinstance(data, list):
-        return [
-            f for i, v in enumerate(data) for f in _nul_fields(v, f"{path}.{i}" if path else str(i))
-        ]
-    return []
-
-
 class StrictSchema(Schema):
+    """Request input: unknown fields are errors. (Text no database can store, such as NUL, is
+    refused before any schema runs: web/http.py.)"""
+
     class Meta:
         unknown = RAISE
-
-    @pre_load
-    def _refuse_nul(self, data: Any, **_: Any) -> Any:
-        """PostgreSQL text and JSON cannot hold NUL: a 422 here, not a 500 at the INSERT."""
-        bad = _nul_fields(data)
-        if bad:
-            raise ValidationError({name: ["must not contain NUL characters"] for name in bad})
-        return data
 
 
 # --- requests ---------------------------------------------------------------------------------
