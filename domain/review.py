@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.ids import utcnow
@@ -38,18 +38,31 @@ def _unresolved_reports() -> Any:
     return exists().where(Report.message_id == Message.id, Report.resolved_at.is_(None))
 
 
+def _waiting(kind: str) -> Any:
+    """What puts a message in the queue under `kind`."""
+    if kind == "held":  # by policy, flood or reports: not delivered until a moderator decides
+        return Message.state == "held"
+    if kind == "reported":  # open reports, whether still delivered or held after them
+        return _unresolved_reports()
+    if kind == "flagged":  # delivered with something masked
+        return and_(Message.state == "delivered", Message.moderation_action == "mask")
+    raise ValueError(f"unknown queue kind {kind!r}")
+
+
 def queue(
-    session: Session, who: Principal, kind: str, cursor: str | None, limit: int
+    session: Session, who: Principal, kind: str | None, cursor: str | None, limit: int
 ) -> tuple[list[Message], dict[str, int], str | None]:
-    """Messages waiting for a moderator, oldest first, with their open report counts."""
+    """Messages waiting for a moderator, oldest first, with their open report counts.
+
+    Without a `kind`, every kind: one query over their union, so a message that is both held
+    and reported comes once, and the id cursor pages across kinds with nothing skipped.
+    """
     require_moderator(who)
-    stmt = select(Message).where(unexpired())  # retention hid it: nothing left to review
-    if kind == "held":
-        stmt = stmt.where(Message.state == "held")
-    elif kind == "reported":
-        stmt = stmt.where(_unresolved_reports())
-    else:  # flagged: delivered with something masked
-        stmt = stmt.where(Message.state == "delivered", Message.moderation_action == "mask")
+    kinds = QUEUE_KINDS if kind is None else (kind,)
+    stmt = select(Message).where(
+        unexpired(),  # retention hid it: nothing left to review
+        or_(*(_waiting(k) for k in kinds)),
+    )
     if cursor:
         (last_id,) = decode_cursor(cursor, ("id",))
         stmt = stmt.where(Message.id > last_id)  # ULIDs: oldest first, stable under inserts

@@ -46,6 +46,77 @@ def test_a_held_message_is_queued_and_approval_delivers_it(api: Api, live: Stack
     ]
 
 
+def _queue_page(api: Api, mod: str, query: str, cursor: str | None, limit: int) -> dict:
+    url = f"/v1/moderation/queue?limit={limit}{query}" + (f"&cursor={cursor}" if cursor else "")
+    resp = api.get(url, user=mod, roles=MOD)
+    assert resp.status_code == 200, resp.get_json()
+    page: dict = resp.get_json()
+    return page
+
+
+def _whole_queue(api: Api, mod: str, query: str = "") -> list[dict]:
+    """Every page of the queue (the database is shared with the session's other tests)."""
+    items: list[dict] = []
+    cursor = None
+    while True:
+        page = _queue_page(api, mod, query, cursor, 200)
+        items += page["items"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return items
+
+
+def _cursor_just_before(api: Api, mod: str, mid: str) -> str | None:
+    """The cursor whose next page (no filter) starts with `mid`."""
+    cursor = None
+    while True:
+        page = _queue_page(api, mod, "", cursor, 200)
+        ids = [i["id"] for i in page["items"]]
+        if mid in ids:
+            at = ids.index(mid)
+            return cursor if at == 0 else _queue_page(api, mod, "", cursor, at)["next_cursor"]
+        cursor = page["next_cursor"]
+        assert cursor is not None, f"{mid} is not in the queue"
+
+
+def test_the_queue_without_a_kind_shows_every_kind_and_pages_across_them(
+    api: Api, live: Stack
+) -> None:
+    """One held, one reported (once: still delivered) and one flagged (masked) message: no
+    filter lists all three, oldest first, one page each with limit=1; each kind only its own."""
+    a, b, mod = uid(), uid(), uid("mod")
+    held = _held(api, live, a, api.conversation(a, b, ctype="support"), "mail me at jo@example.com")
+    direct = api.conversation(a, b)
+    reported = api.send(a, direct, "see you at noon")["id"]
+    flagged = api.send(a, direct, "my mail is jo@example.com")["id"]
+    wait_delivered(live, b, [reported, flagged])
+    report = api.post(f"/v1/messages/{reported}/reports", user=b, json={"reason": "abuse"})
+    assert report.status_code == 201, report.get_json()
+
+    everything = _whole_queue(api, mod)
+    ids = [i["id"] for i in everything]
+    assert {held, reported, flagged} <= set(ids)
+    assert ids == sorted(set(ids)), "oldest first, each message once"
+    by_id = {i["id"]: i for i in everything}
+    assert by_id[held]["state"] == "held" and by_id[held]["open_reports"] == 0
+    assert by_id[reported]["state"] == "delivered" and by_id[reported]["open_reports"] == 1
+    assert by_id[flagged]["moderation"]["action"] == "mask"
+
+    cursor = _cursor_just_before(api, mod, held)
+    paged = []
+    for _ in range(3):
+        page = _queue_page(api, mod, "", cursor, 1)
+        paged += [i["id"] for i in page["items"]]
+        cursor = page["next_cursor"]
+    assert paged == [held, reported, flagged]
+
+    mine = {held, reported, flagged}
+    for kind, expected in (("held", held), ("reported", reported), ("flagged", flagged)):
+        listed = {i["id"] for i in _whole_queue(api, mod, f"&kind={kind}")}
+        assert listed & mine == {expected}, kind
+    assert api.get("/v1/moderation/queue?kind=all", user=mod, roles=MOD).status_code == 422
+
+
 def test_edit_and_approve_delivers_the_moderators_text(api: Api, live: Stack) -> None:
     a, b = uid(), uid()
     cid = api.conversation(a, b, ctype="support")

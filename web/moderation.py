@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint
+from marshmallow import fields, validate
 
 from core.services import services
 from domain import review
@@ -30,6 +31,22 @@ bp = Blueprint("moderation", __name__, url_prefix="/v1/moderation")
 bp.before_request(require_auth)
 
 
+class ModerationQueueQuery(QueueQuery):
+    """The queue's filter: `kind` narrows it; without one, every kind is listed."""
+
+    kind = fields.String(
+        validate=validate.OneOf(review.QUEUE_KINDS),
+        metadata={
+            "description": (
+                "Only one kind of waiting message: `held` (held by policy, flood or reports; "
+                "not delivered), `reported` (open reports, delivered or held), `flagged` "
+                "(delivered with something masked). Omitted: everything waiting, every kind, "
+                "each message once, oldest first; `cursor` pages across the kinds."
+            )
+        },
+    )
+
+
 def _iso(value: Any) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
@@ -52,16 +69,16 @@ def _user(user: User) -> dict[str, Any]:
 @bp.get("/queue")
 @doc(
     "Messages waiting for a moderator",
-    query=QueueQuery,
+    query=ModerationQueueQuery,
     responses={200: QueuePageSchema},
     tag="moderation",
 )
 def review_queue() -> dict[str, Any]:
-    """List held, reported or flagged messages, oldest first, with open report counts."""
-    q = query_args(QueueQuery())
+    """List waiting messages (every kind, or one `kind`), oldest first, with open report counts."""
+    q = query_args(ModerationQueueQuery())
     with services().ReadSession() as s:
         rows, counts, next_cursor = review.queue(
-            s, current(), q["kind"], q.get("cursor"), q["limit"]
+            s, current(), q.get("kind"), q.get("cursor"), q["limit"]
         )
         items = [{**_render(s, m), "open_reports": counts.get(m.id, 0)} for m in rows]
     return {"items": items, "next_cursor": next_cursor}
