@@ -7,7 +7,10 @@ server speaking the S3 protocol, driven by the real boto3 client), not against s
 from __future__ import annotations
 
 import io
+import json
 import os
+import subprocess
+import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,7 +51,7 @@ from storage.sniff import (
     Sniffer,
     confirm,
 )
-from tests.conftest import free_port, wait_for
+from tests.conftest import ROOT, free_port, wait_for
 
 KEY = bytes(range(32))
 
@@ -342,3 +345,80 @@ def test_an_unreachable_s3_is_a_temporary_storage_error_not_a_missing_object() -
         with pytest.raises(StorageUnavailable) as caught:
             call()
         assert isinstance(caught.value, OSError) and not isinstance(caught.value, ObjectMissing)
+
+
+# --- local storage under concurrency ----------------------------------------------------------
+
+# One side of the race, run in its own interpreter: store an object under the shared prefix,
+# read it back, delete it (so the directory empties and is pruned, as a deleted upload's is),
+# every 25th time keep an object outside that prefix, to be checked at the end, and list the
+# keys (walking the directories the other process prunes).
+_CHURN = """
+import json, sys, time
+from pathlib import Path
+from storage.local import LocalStorage
+
+root, who, count, go = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
+store = LocalStorage(root)
+(go.parent / f"ready-{who}").touch()
+while not go.exists():
+    time.sleep(0.001)
+failures, kept = [], set()
+for n in range(count):
+    key, data, step = f"uploads/c1/{who}-{n}", f"{who}:{n}:".encode() * 50, "put"
+    try:
+        store.put(key, [data[:100], data[100:]])
+        step = "open"
+        if b"".join(store.open(key)) != data:
+            failures.append(f"{key} read back wrong bytes")
+        step = "delete"
+        store.delete(key)
+        step = "keep"
+        if n % 25 == 0:
+            store.put(f"kept/{who}/{n}", [data])
+            kept.add(f"kept/{who}/{n}")
+        step = "keys"
+        if not kept <= set(store.keys("kept/")):
+            failures.append(f"keys() after {key} misses kept objects")
+    except Exception as exc:
+        failures.append(f"{step} {key}: {exc!r}")
+print(json.dumps(failures))
+"""
+
+
+def test_local_stores_and_deletes_racing_in_two_processes_never_fail(tmp_path: Path) -> None:
+    """Issue #14: a delete prunes the directories it empties, up to the root, while another
+    process's put has just made that directory and is about to create its temp file in it.
+    Two real processes store and delete 2,000 objects each under one shared directory: no
+    store, delete or listing may fail, each object reads back whole while stored, none is left
+    over, and the objects kept outside the churn are all there with their bytes."""
+    root, go, count = tmp_path / "files", tmp_path / "go", 2000
+    procs = {
+        who: subprocess.Popen(
+            [sys.executable, "-c", _CHURN, str(root), who, str(count), str(go)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for who in ("a", "b")
+    }
+    failures: list[str] = []
+    try:
+        wait_for(lambda: all((tmp_path / f"ready-{w}").exists() for w in procs), 30, what="ready")
+        go.touch()  # both start together, so the two loops overlap the whole way
+        for who, proc in procs.items():
+            out, err = proc.communicate(timeout=240)
+            assert proc.returncode == 0, f"process {who} crashed: {err.decode()}"
+            failures += json.loads(out)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert failures == [], f"{len(failures)} of {2 * count} failed, e.g. {failures[:3]}"
+    store = LocalStorage(root)
+    kept = {f"kept/{w}/{n}": f"{w}:{n}:".encode() * 50 for w in procs for n in range(0, count, 25)}
+    assert sorted(store.keys()) == sorted(kept), "only the kept objects remain"
+    for key, data in kept.items():
+        assert b"".join(store.open(key)) == data
+    assert not [p for p in root.rglob(".tmp-*")], "no temp file is left behind"
