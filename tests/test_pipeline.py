@@ -1,8 +1,8 @@
 """The delivery pipeline against a real Celery worker, real Redis and both databases.
 
-Invariants 1-3 of docs/architecture.md: an accepted message is delivered exactly once per recipient, in
-seq order, even when a worker child is SIGKILLed or Redis loses everything; no plaintext is
-stored anywhere.
+Invariants 1-3 of docs/architecture.md: an accepted message is delivered exactly once per
+recipient, in seq order, even when a worker child is SIGKILLed or Redis loses everything; no
+plaintext is stored anywhere.
 """
 
 from __future__ import annotations

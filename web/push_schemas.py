@@ -1,8 +1,9 @@
 """marshmallow schemas of /v1/push and /v1/notifications (requests strict, responses documented).
 
-The subscription body is the browser's own PushSubscription JSON plus a `kind` (docs/api.md, stable),
-so `expirationTime` is accepted; the keys are checked to be a real P-256 point and a 16-byte
-auth secret, because a bad key would only fail later, in the worker, as a dead letter.
+The subscription body is the browser's own PushSubscription JSON plus a `kind`
+(docs/api.md, stable), so `expirationTime` is accepted; the keys are checked to be a real P-256
+point and a 16-byte auth secret, because a bad key would only fail later, in the worker, as a
+dead letter.
 """
 
 from __future__ import annotations
