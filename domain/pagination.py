@@ -26,7 +26,7 @@ def decode_cursor(cursor: str, keys: Sequence[str] | Mapping[str, type]) -> list
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         data = json.loads(raw)
-        values = [data[k] for k in keys]
+        values = [_storable(data[k]) for k in keys]
         if isinstance(keys, Mapping):
             values = [_typed(v, t) for v, t in zip(values, keys.values(), strict=True)]
         return values
@@ -34,6 +34,16 @@ def decode_cursor(cursor: str, keys: Sequence[str] | Mapping[str, type]) -> list
         raise Invalid(
             "the cursor is not valid; start again without it", {"cursor": ["invalid cursor"]}
         ) from exc
+
+
+def _storable(value: Any) -> Any:
+    """Cursors this server hands out hold only text a database takes: a NUL, or an unpaired
+    surrogate (UnicodeEncodeError, a ValueError), is a forged one (it would be a 500 at SQL)."""
+    if isinstance(value, str):
+        value.encode()
+        if "\x00" in value:
+            raise ValueError("a NUL in a cursor")
+    return value
 
 
 def _typed(value: Any, kind: type) -> Any:

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from werkzeug.test import TestResponse
 
 from core.ids import utcnow
+from domain.pagination import encode_cursor
 from models import (
     Attachment,
     AuditEntry,
@@ -153,6 +154,12 @@ def _raw_query(sc: Scene, v: str) -> TestResponse:
     return sc.api.get(url, user=sc.owner, environ_overrides=raw)
 
 
+def _cursor(sc: Scene, v: str) -> TestResponse:
+    """Text inside a cursor (base64 JSON): well-formed and well-typed, but forged."""
+    cursor = encode_cursor({"t": "2026-01-01T00:00:00+00:00", "id": f"a{v}"})
+    return sc.api.get("/v1/conversations", user=sc.owner, query_string={"cursor": cursor})
+
+
 def _path(sc: Scene, v: str) -> TestResponse:
     url = f"/v1/conversations/{sc.cid}{v}/messages"
     return sc.api.post(url, user=sc.owner, json={"text": "hi"})
@@ -207,6 +214,7 @@ TEXT_CASES = [
     ("json escape", _json_raw, "\\ud83d", 422, "text", "lone surrogate"),
     *[("query", _query, v, 400, "sender_id", n) for n, v in {**URL_BAD, **URL_NOT_UTF8}.items()],
     *[("raw query", _raw_query, v, 400, "sender_id", n) for n, v in RAW_ANY.items()],
+    *[("cursor", _cursor, v, 422, "cursor", n) for n, v in JSON_BAD.items()],
     *[("path", _path, v, 400, "cid", n) for n, v in URL_BAD.items()],
     *[("raw path", _raw_path, v, 400, "_path", n) for n, v in RAW_NOT_UTF8.items()],
     *[("form field", _form, v, 422, "conversation_id", n) for n, v in RAW_ANY.items()],

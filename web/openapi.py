@@ -44,9 +44,9 @@ def build_spec(app: Flask) -> dict[str, Any]:
         if meta is None:
             continue
         path = _CONVERTER.sub(r"{\1}", rule.rule)
-        params = [
+        params = [  # in path order: rule.arguments is a set, whose order changes per process
             {"in": "path", "name": n, "required": True, "schema": {"type": "string"}}
-            for n in rule.arguments
+            for n in _CONVERTER.findall(rule.rule)
         ]
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             paths.setdefault(path, {})[method.lower()] = _operation(meta, params)
