@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
+import emoji as emoji_lib
 from sqlalchemy import case, delete, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -36,6 +37,7 @@ logger = logging.getLogger(__name__)
 MODERATE_TASK = "tasks.moderate.moderate_message"
 REPORT_REASONS = ("spam", "abuse", "harassment", "contact_details", "fraud", "other")
 MEDIA_TYPES = frozenset({"image", "file", "audio", "video"})
+MAX_EMOJI = 32  # reactions.emoji is String(32): the longest emoji sequence is 10 code points
 
 
 def message_aad(message_id: str) -> str:
@@ -338,7 +340,24 @@ def set_pinned(session: Session, who: Principal, mid: str, pinned: bool) -> Mess
     return msg
 
 
+def reaction_text(raw: str, adding: bool) -> str:
+    """A reaction is one emoji as Unicode defines it (skin tones, ZWJ sequences, flags and
+    keycaps included), checked with the `emoji` library; a 422 names anything else. Removing
+    takes any text up to the column's size, so reactions stored before this rule can go."""
+    if adding and not emoji_lib.is_emoji(raw):
+        raise Invalid(
+            "a reaction is one emoji, such as 👍 or 👍🏽; other text is refused",
+            {"emoji": ["must be exactly one emoji"]},
+        )
+    if not 0 < len(raw) <= MAX_EMOJI:
+        raise Invalid(
+            f"a reaction is 1-{MAX_EMOJI} characters", {"emoji": [f"1-{MAX_EMOJI} characters"]}
+        )
+    return raw
+
+
 def react(session: Session, who: Principal, mid: str, emoji: str, on: bool) -> Message:
+    emoji = reaction_text(emoji, adding=on)  # before any query: bad input costs nothing
     msg, conv, part = get_visible(session, who, mid)
     user = who.require_user()
     if part is None or part.role == "observer":

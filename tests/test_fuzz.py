@@ -82,9 +82,10 @@ def test_every_operation_answers_as_documented_and_never_5xx(
         {
             "generation": {"database": "none"},
             # Cross-field rules (`@validates_schema`: "either cursor or after_seq", "at least one
-            # of subject, status, metadata") and path parameter rules (an emoji is 1-32
-            # characters without spaces: 400) are beyond what the document states, so input
-            # valid by the document may still be refused with a problem; 5xx never.
+            # of subject, status, metadata") and path parameter rules (a reaction is one emoji:
+            # 422; no id holds a control character: 400) are beyond what the document's schemas
+            # state, so input valid by the document may still be refused with a problem; 5xx
+            # never.
             "checks": {
                 "positive_data_acceptance": {
                     "expected-statuses": ["2xx", "400", "401", "403", "404", "409", "422", "429"]

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy import func, select, update
 
 from core.ids import utcnow
-from models import Conversation, Message, MessageEdit
+from models import Conversation, Message, MessageEdit, Reaction
 from tests.conftest import Stack
 from tests.factories import Api, uid
 
@@ -325,3 +326,75 @@ def test_seq_is_gap_free_under_concurrent_posts(api: Api, stack: Stack) -> None:
         seqs = sorted(s.scalars(select(Message.seq).where(Message.conversation_id == cid)))
         assert seqs == list(range(1, 121))
         assert s.get(Conversation, cid).last_seq == 120
+
+
+EMOJI_ACCEPTED = [
+    "👍",
+    "👍🏽",  # with a skin tone
+    "👨\u200d👩\u200d👧",  # a ZWJ family
+    "🧑🏽\u200d💻",  # ZWJ and a skin tone
+    "🏳️\u200d🌈",  # a flag sequence with VS16
+    "🇫🇷",  # regional indicators
+    "1️⃣",  # a keycap
+    "❤",  # without, and with, its variation selector
+    "❤️",
+]
+EMOJI_REFUSED = ["hello", "a", "1", ":thumbsup:", "👍👍", "👍 ", " 👍", "\u200d", "x\u20e3", "👍x"]
+
+
+def _reactions(stack: Stack, mid: str) -> list[tuple[str, str]]:
+    with stack.svc.Session() as s:
+        rows = s.execute(select(Reaction.user_id, Reaction.emoji).where(Reaction.message_id == mid))
+        return sorted((user, text) for user, text in rows)
+
+
+def test_a_reaction_is_one_emoji_any_other_text_is_a_422_problem_and_changes_nothing(
+    api: Api, stack: Stack
+) -> None:
+    """One emoji, as Unicode defines it (the `emoji` library): sequences with skin tones, ZWJ,
+    flags and keycaps included; words, shortcodes, two emoji or padding are refused."""
+    a, b = uid(), uid()
+    cid = api.conversation(a, b)
+    mid = api.send(a, cid, "react to me")["id"]
+    _deliver(stack, mid)
+    for text in EMOJI_REFUSED:
+        resp = api.put(f"/v1/messages/{mid}/reactions/{quote(text)}", user=b)
+        assert resp.status_code == 422, (text, resp.get_json())
+        assert resp.content_type == "application/problem+json"
+        problem = resp.get_json()
+        assert "emoji" in problem["errors"] and "emoji" in problem["detail"]
+    assert _reactions(stack, mid) == []
+    for text in EMOJI_ACCEPTED:
+        resp = api.put(f"/v1/messages/{mid}/reactions/{quote(text)}", user=b)
+        assert resp.status_code == 200, (text, resp.get_json())
+    assert _reactions(stack, mid) == sorted((b, text) for text in EMOJI_ACCEPTED)
+    shown = api.get(f"/v1/messages/{mid}", user=a).get_json()["reactions"]
+    assert [r["emoji"] for r in shown] == EMOJI_ACCEPTED
+    for text in EMOJI_ACCEPTED:
+        assert api.delete(f"/v1/messages/{mid}/reactions/{quote(text)}", user=b).status_code == 200
+    assert _reactions(stack, mid) == []
+
+
+def test_a_reaction_stored_before_the_emoji_rule_can_still_be_taken_back(
+    api: Api, stack: Stack
+) -> None:
+    """Removing is not adding: text reactions saved by an older version must stay removable."""
+    a, b = uid(), uid()
+    cid = api.conversation(a, b)
+    mid = api.send(a, cid, "old reactions")["id"]
+    _deliver(stack, mid)
+    with stack.svc.Session.begin() as s:
+        s.add(Reaction(message_id=mid, user_id=b, emoji="+1"))
+    assert api.put(f"/v1/messages/{mid}/reactions/%2B1", user=b).status_code == 422
+    resp = api.delete(f"/v1/messages/{mid}/reactions/%2B1", user=b)
+    assert resp.status_code == 200 and resp.get_json()["reactions"] == []
+    assert _reactions(stack, mid) == []
+
+
+def test_the_document_says_a_reaction_is_one_emoji(api: Api) -> None:
+    paths = api.get("/openapi.json").get_json()["paths"]
+    operations = paths["/v1/messages/{mid}/reactions/{emoji}"]
+    for method, words in (("put", "One emoji"), ("delete", "an emoji")):
+        params = {p["name"]: p for p in operations[method]["parameters"]}
+        assert [p["name"] for p in operations[method]["parameters"]] == ["mid", "emoji"]
+        assert words in params["emoji"]["description"], params["emoji"]

@@ -48,12 +48,13 @@ def doc(
     body: type[Schema] | None = None,
     form: type[Schema] | None = None,
     query: type[Schema] | None = None,
+    path: dict[str, str] | None = None,
     responses: dict[int, type[Schema] | None] | None = None,
     auth: bool = True,
     tag: str | None = None,
 ) -> Callable[[F], F]:
     """Attach what web/openapi.py needs to describe this view (`body`: a JSON body; `form`:
-    a multipart/form-data one)."""
+    a multipart/form-data one; `path`: descriptions of path parameters, by name)."""
 
     def wrap(fn: F) -> F:
         fn._apidoc = {  # type: ignore[attr-defined]
@@ -61,6 +62,7 @@ def doc(
             "body": body,
             "form": form,
             "query": query,
+            "path": path or {},
             "responses": responses or {200: None},
             "auth": auth,
             "tag": tag,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint
-from werkzeug.exceptions import BadRequest
 
 from core.services import services
 from domain import messages as msgs
@@ -30,8 +29,6 @@ from web.schemas import (
 
 bp = Blueprint("messages", __name__, url_prefix="/v1")
 bp.before_request(require_auth)
-
-MAX_EMOJI = 32
 
 
 def _render(session: Any, msg: Message, *, fresh: bool = False) -> dict[str, Any]:
@@ -141,26 +138,35 @@ def unpin(mid: str) -> dict[str, Any]:
         return _render(s, msgs.set_pinned(s, current(), mid, False))
 
 
-def _emoji(raw: str) -> str:
-    if not raw or len(raw) > MAX_EMOJI or any(c.isspace() for c in raw):
-        raise BadRequest(f"the reaction must be 1-{MAX_EMOJI} characters without spaces")
-    return raw
+REACTION = (
+    "One emoji, percent-encoded in the path: 👍 (%F0%9F%91%8D), or a sequence such as 👍🏽"
+    " (skin tone), 👨\u200d👩\u200d👧 (joined with ZWJ), 🇫🇷 or 1️⃣. Words, shortcodes and two"
+    " emoji are refused with 422."
+)
 
 
 @bp.put("/messages/<mid>/reactions/<emoji>")
-@doc("Add my reaction", responses={200: MessageSchema}, tag="messages")
+@doc("Add my reaction", path={"emoji": REACTION}, responses={200: MessageSchema}, tag="messages")
 def add_reaction(mid: str, emoji: str) -> dict[str, Any]:
     """Add the caller's reaction (idempotent)."""
     with services().Session.begin() as s:
-        return _render(s, msgs.react(s, current(), mid, _emoji(emoji), True))
+        return _render(s, msgs.react(s, current(), mid, emoji, True))
 
 
 @bp.delete("/messages/<mid>/reactions/<emoji>")
-@doc("Remove my reaction", responses={200: MessageSchema}, tag="messages")
+@doc(
+    "Remove my reaction",
+    path={
+        "emoji": "The reaction to remove: an emoji, or the text of one stored before reactions"
+        " had to be emoji (1-32 characters)."
+    },
+    responses={200: MessageSchema},
+    tag="messages",
+)
 def remove_reaction(mid: str, emoji: str) -> dict[str, Any]:
     """Remove the caller's reaction (idempotent)."""
     with services().Session.begin() as s:
-        return _render(s, msgs.react(s, current(), mid, _emoji(emoji), False))
+        return _render(s, msgs.react(s, current(), mid, emoji, False))
 
 
 @bp.post("/messages/<mid>/reports")

@@ -44,8 +44,10 @@ def build_spec(app: Flask) -> dict[str, Any]:
         if meta is None:
             continue
         path = _CONVERTER.sub(r"{\1}", rule.rule)
+        described = meta.get("path") or {}
         params = [  # in path order: rule.arguments is a set, whose order changes per process
             {"in": "path", "name": n, "required": True, "schema": {"type": "string"}}
+            | ({"description": described[n]} if n in described else {})
             for n in _CONVERTER.findall(rule.rule)
         ]
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
