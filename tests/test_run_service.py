@@ -11,7 +11,7 @@ import json
 import os
 import re
 import signal
-import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -22,16 +22,12 @@ from pathlib import Path
 import pytest
 import redis
 
+from core.redis_server import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 90
 STOP_TIMEOUT_S = 30
 TASK_SUCCEEDED = re.compile(r"Task [\w.]+\[[0-9a-f-]+\] succeeded")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _venv_python() -> str:
@@ -118,15 +114,8 @@ def _kill_leftovers(processes: dict[int, str]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(180)
-def test_make_run_serves_readyz_then_sigterm_stops_every_process_with_exit_0(
-    tmp_path: Path,
-) -> None:
-    """With REDIS_URL unset, run.py starts an embedded Redis, migrates and runs web + worker +
-    beat until /readyz is 200; SIGTERM then stops all of it, exit code 0, no process left."""
-    data_dir = tmp_path / "data"
-    port = _free_port()
+def _newcomer_env(data_dir: Path, port: int) -> dict[str, str]:
+    """`make run` as a newcomer starts it: no REDIS_URL, no secrets, SQLite in the data dir."""
     env = dict(os.environ)
     env.update(
         PORT=str(port),
@@ -142,10 +131,13 @@ def test_make_run_serves_readyz_then_sigterm_stops_every_process_with_exit_0(
         # Beat's outbox sweep every second: soon a task goes beat → Redis → worker and back.
         PARLEY_OUTBOX_SWEEP_S="1",
     )
-    log_path = tmp_path / "run.log"
-    seen: dict[int, str] = {}
+    return env
+
+
+def _launch(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """scripts/run.py in its own session, stdout and stderr to log_path."""
     with open(log_path, "wb") as log:
-        launcher = subprocess.Popen(
+        return subprocess.Popen(
             [_venv_python(), "scripts/run.py"],
             cwd=ROOT,
             env=env,
@@ -154,7 +146,21 @@ def test_make_run_serves_readyz_then_sigterm_stops_every_process_with_exit_0(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    seen[launcher.pid] = _start_time(launcher.pid) or ""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_make_run_serves_readyz_then_sigterm_stops_every_process_with_exit_0(
+    tmp_path: Path,
+) -> None:
+    """With REDIS_URL unset, run.py starts an embedded Redis, migrates and runs web + worker +
+    beat until /readyz is 200; SIGTERM then stops all of it, exit code 0, no process left."""
+    data_dir = tmp_path / "data"
+    port = free_port()
+    env = _newcomer_env(data_dir, port)
+    log_path = tmp_path / "run.log"
+    launcher = _launch(env, log_path)
+    seen = {launcher.pid: _start_time(launcher.pid) or ""}
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
         status = None
@@ -211,6 +217,61 @@ def test_make_run_serves_readyz_then_sigterm_stops_every_process_with_exit_0(
         if launcher.poll() is None:
             launcher.kill()
             launcher.wait()
+        _kill_leftovers(seen)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_sigterm_during_start_up_exits_0_and_a_second_run_on_the_data_dir_is_refused(
+    tmp_path: Path,
+) -> None:
+    """The migration waits on a SQLite write lock this test holds. Meanwhile a second run.py on
+    the same data dir exits 1 and says why (two Redis servers on one append-only file corrupt
+    it). SIGTERM to the first: once the migration ends it stops, exit code 0, before anything
+    served; its Redis is stopped and no longer announced, and no process is left."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    env = _newcomer_env(data_dir, free_port())
+    blocker = sqlite3.connect(data_dir / "parley.db", isolation_level=None)
+    blocker.execute("PRAGMA journal_mode=WAL")
+    blocker.execute("BEGIN IMMEDIATE")
+    log_path = tmp_path / "first.log"
+    first = _launch(env, log_path)
+    seen = {first.pid: _start_time(first.pid) or ""}
+    try:
+        deadline = time.monotonic() + 60
+        while "migrating the database" not in log_path.read_text() and first.poll() is None:
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+        seen.update(_descendants(first.pid))
+        second = subprocess.run(
+            [_venv_python(), "scripts/run.py"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 1, second.stdout + second.stderr
+        assert f"Another Parley is already running with data dir {data_dir}" in second.stderr
+        assert "embedded Redis" not in second.stdout
+
+        seen.update(_descendants(first.pid))
+        assert first.poll() is None, log_path.read_text()
+        first.send_signal(signal.SIGTERM)
+        blocker.execute("ROLLBACK")
+        assert first.wait(STOP_TIMEOUT_S) == 0, log_path.read_text()
+        output = log_path.read_text()
+        assert "stopped on SIGTERM before the service was up" in output
+        assert "Parley on" not in output
+        assert not (data_dir / "redis.url").exists()
+        assert len(seen) >= 2, f"expected the launcher and its Redis; saw {seen}"
+        assert {pid: _cmdline(pid) for pid in _still_alive(seen)} == {}
+    finally:
+        blocker.close()
+        if first.poll() is None:
+            first.kill()
+            first.wait()
         _kill_leftovers(seen)
 
 
