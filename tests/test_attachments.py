@@ -21,6 +21,7 @@ from werkzeug.test import TestResponse, encode_multipart
 
 from core.ids import utcnow
 from domain import attachments as atts
+from domain.attachments import downloads, intake
 from domain.pagination import encode_cursor
 from models import Attachment, Message, Outbox
 from tests.conftest import ROOT, RedisServer, Stack, Worker, wait_for
@@ -510,7 +511,9 @@ def test_signed_urls_expire_and_any_change_to_them_is_refused(api: Api, live: St
         assert resp.status_code == 403, bad
         assert resp.content_type == "application/problem+json"
     with live.app.app_context():
-        expired = atts.download_url(live.svc, aid, "original", a, int(utcnow().timestamp()) - 1)
+        expired = downloads.download_url(
+            live.svc, aid, "original", a, int(utcnow().timestamp()) - 1
+        )
     resp = fetch(api, expired)
     assert resp.status_code == 403 and "expired" in resp.get_json()["detail"]
     assert fetch(api, path).status_code == 422  # no signature at all
@@ -770,4 +773,4 @@ def test_upload_filenames_are_sanitized() -> None:
         'quote".pdf': ("quote.pdf", PDF),
     }
     for raw, (want, ftype) in cases.items():
-        assert atts.sanitize_filename(raw, ftype) == want, raw
+        assert intake.sanitize_filename(raw, ftype) == want, raw

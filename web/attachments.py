@@ -16,7 +16,7 @@ from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDeco
 from core.filecrypt import CorruptFile, SealedFile, seal_stream
 from core.ids import new_id, utcnow
 from core.services import services
-from domain import attachments as atts
+from domain.attachments import access, downloads, intake, stored, views
 from domain.errors import Forbidden, Invalid, NotFound
 from web.auth import current, require_auth
 from web.errors import problem
@@ -60,40 +60,40 @@ def upload() -> tuple[dict[str, Any], int, dict[str, str]]:
         max(svc.settings.max_file_bytes, svc.settings.max_image_bytes) + FORM_OVERHEAD
     )
     att_id = new_id()
-    spool_key = atts.new_upload_key()
-    intake = atts.Intake(svc)
+    spool_key = intake.new_upload_key()
+    checks = intake.Intake(svc)
     form: dict[str, str] = {}
 
     def early_check(name: str, value: str) -> None:
         """Refuse a foreign conversation before its file streams in, when it comes first."""
         if name == "conversation_id":
             with svc.ReadSession() as s:
-                atts.uploadable(s, who, value)
+                intake.uploadable(s, who, value)
 
-    store = atts.storage_for(svc)
-    key = atts.upload_key(att_id)
-    context = atts.file_context(att_id, "upload")
+    store = stored.storage_for(svc)
+    key = stored.upload_key(att_id)
+    context = stored.file_context(att_id, "upload")
     try:
-        pieces = _file_pieces(request.stream, boundary, form, intake, early_check)
+        pieces = _file_pieces(request.stream, boundary, form, checks, early_check)
         store.put(key, seal_stream(spool_key, context, pieces))
         missing = {f: ["required"] for f in ("file", *FORM_FIELDS) if f not in form}
         if missing:
             raise Invalid(f"missing form fields: {', '.join(sorted(missing))}", missing)
-        found = intake.finish(lambda: atts.sealed(store, key, spool_key, context).reader())
+        found = checks.finish(lambda: stored.sealed(store, key, spool_key, context).reader())
         with svc.Session.begin() as s:
-            conv = atts.uploadable(s, who, form["conversation_id"])
-            att = atts.create(
+            conv = intake.uploadable(s, who, form["conversation_id"])
+            att = intake.create(
                 svc,
                 s,
                 who,
                 conv,
                 att_id,
                 found=found,
-                size=intake.size,
-                filename=atts.sanitize_filename(form["file"], found.type),
+                size=checks.size,
+                filename=intake.sanitize_filename(form["file"], found.type),
                 spool_key=spool_key,
             )
-            out = atts.view(svc, att)
+            out = views.view(svc, att)
     except BaseException:
         store.delete(key)  # bad input leaves nothing behind
         raise
@@ -113,11 +113,11 @@ def _file_pieces(
     stream: IO[bytes],
     boundary: bytes,
     form: dict[str, str],
-    intake: atts.Intake,
+    checks: intake.Intake,
     on_field: Callable[[str, str], None],
 ) -> Iterator[bytes]:
     """Parse the multipart body as it arrives, yielding the file's bytes (after the intake
-    checks) and collecting the small fields into `form` (form["file"] = the client's name).
+    `checks`) and collecting the small fields into `form` (form["file"] = the client's name).
 
     Werkzeug's own form parser would spool files to a plaintext temporary file; this one
     keeps only the current piece in memory and hands it straight to the sealer."""
@@ -146,7 +146,7 @@ def _file_pieces(
                     part, in_file, value = event, False, bytearray()
                 elif isinstance(event, Data) and in_file:
                     if event.data:
-                        intake.feed(event.data)
+                        checks.feed(event.data)
                         yield event.data
                 elif isinstance(event, Data) and part is not None:
                     value += event.data
@@ -176,8 +176,8 @@ def get_attachment(aid: str) -> dict[str, Any]:
     svc = services()
     who = current()
     with svc.ReadSession() as s:
-        att, _ = atts.visible(s, who.user_id, aid)
-        return atts.view(svc, att, urls_for=who.user_id)
+        att, _ = access.visible(s, who.user_id, aid)
+        return views.view(svc, att, urls_for=who.user_id)
 
 
 @api.get("/conversations/<cid>/attachments")
@@ -193,12 +193,12 @@ def list_attachments(cid: str) -> dict[str, Any]:
     svc = services()
     who = current()
     with svc.ReadSession() as s:
-        rows, next_cursor = atts.list_page(
+        rows, next_cursor = access.list_page(
             s, who, cid, kind=q.get("kind"), cursor=q.get("cursor"), limit=q["limit"]
         )
         now = int(utcnow().timestamp())
         items = [
-            {**atts.view(svc, a, urls_for=who.user_id, now=now), "seq": seq} for a, seq in rows
+            {**views.view(svc, a, urls_for=who.user_id, now=now), "seq": seq} for a, seq in rows
         ]
     return {"items": items, "next_cursor": next_cursor}
 
@@ -215,17 +215,17 @@ def download(aid: str, variant: str) -> Response:
     q = query_args(DownloadQuery())
     svc = services()
     user = q["u"]
-    atts.check_signature(svc, aid, variant, user, q["exp"], q["sig"])
+    downloads.check_signature(svc, aid, variant, user, q["exp"], q["sig"])
     with svc.ReadSession() as s:
         try:
-            att, _ = atts.visible(s, user, aid)
+            att, _ = access.visible(s, user, aid)
         except NotFound as exc:
             raise Forbidden("this link's user can no longer see the attachment") from exc
         meta = (att.variants or {}).get(variant)
         if att.state != "ready" or meta is None:
             raise NotFound(f"attachment {aid} has no {variant!r} to download")
-        obj = atts.open_variant(svc, att, variant)
-        name = _variant_filename(atts.filename(svc, att), variant, meta["content_type"])
+        obj = stored.open_variant(svc, att, variant)
+        name = _variant_filename(stored.filename(svc, att), variant, meta["content_type"])
     return _send(obj, meta["content_type"], name, f'"{aid}.{variant}.{obj.size}"', q["exp"])
 
 
@@ -277,7 +277,7 @@ def _body(obj: SealedFile, start: int, end: int) -> Iterator[bytes]:
 
 
 def _variant_filename(original: str, variant: str, ctype: str) -> str:
-    if variant == atts.ORIGINAL:
+    if variant == stored.ORIGINAL:
         return original
     stem = original.rpartition(".")[0] or original
     ext = {"image/jpeg": "jpg", "image/webp": "webp", "image/png": "png"}.get(ctype, "bin")

@@ -1,0 +1,87 @@
+"""Where an attachment's bytes live, and what each stored object is bound to.
+
+Keys are grouped per conversation (`attachments/<conversation>/<id>/<variant>`), so erasing a
+conversation is one prefix; the spool an upload streams into is `uploads/<id>`. Each object is
+sealed with a context naming its attachment and variant, so bytes copied to another key do not
+open, and the filename is sealed like message text.
+"""
+
+from __future__ import annotations
+
+from flask import current_app
+
+from core import crypto
+from core.filecrypt import SealedFile
+from core.services import Services
+from domain.errors import NotFound
+from models import Attachment
+from storage import Storage, open_storage
+from storage.imaging import SCALED, THUMB
+
+ORIGINAL = "original"
+VARIANTS = (ORIGINAL, THUMB, *SCALED)
+
+
+def storage_for(svc: Services) -> Storage:
+    """This process's storage backend (built once per app, like the other services)."""
+    store: Storage | None = current_app.extensions.get("parley_storage")
+    if store is None:
+        store = current_app.extensions["parley_storage"] = open_storage(svc.settings)
+    return store
+
+
+def upload_key(att_id: str) -> str:
+    return f"uploads/{att_id}"
+
+
+def object_key(conversation_id: str, att_id: str, variant: str) -> str:
+    # grouped per conversation, so erasing a conversation is one prefix
+    return f"attachments/{conversation_id}/{att_id}/{variant}"
+
+
+def file_context(att_id: str, variant: str) -> str:
+    return f"att:{att_id}:{variant}"
+
+
+def filename_aad(att_id: str) -> bytes:
+    return f"attname:{att_id}".encode()
+
+
+def upload_key_aad(att_id: str) -> bytes:
+    return f"attkey:{att_id}".encode()
+
+
+def sealed(store: Storage, key: str, dek: bytes, context: str) -> SealedFile:
+    """Random access to one stored object (ObjectMissing when it is not there)."""
+    return SealedFile(dek, context, store.size(key), lambda a, b: store.open(key, a, b))
+
+
+def open_upload(svc: Services, att: Attachment) -> SealedFile:
+    if att.upload_key_ct is None:
+        raise NotFound("the upload was already processed")
+    spool_key = crypto.open_sealed(
+        svc.keyring.data_key(att.key_id), att.upload_key_ct, upload_key_aad(att.id)
+    )
+    return sealed(storage_for(svc), upload_key(att.id), spool_key, file_context(att.id, "upload"))
+
+
+def open_variant(svc: Services, att: Attachment, variant: str) -> SealedFile:
+    return sealed(
+        storage_for(svc),
+        object_key(att.conversation_id, att.id, variant),
+        svc.keyring.data_key(att.key_id),
+        file_context(att.id, variant),
+    )
+
+
+def purge_files(svc: Services, att: Attachment) -> None:
+    """Delete every stored byte of an attachment (spool and variants); safe to repeat. For the
+    media stage's rejections, and for retention and erasure."""
+    store = storage_for(svc)
+    store.delete(upload_key(att.id))
+    for variant in VARIANTS:
+        store.delete(object_key(att.conversation_id, att.id, variant))
+
+
+def filename(svc: Services, att: Attachment) -> str:
+    return svc.keyring.open_text(att.key_id, att.filename_ct, filename_aad(att.id).decode())

@@ -1,0 +1,92 @@
+"""The public JSON shape of an attachment, alone or embedded in a message."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, object_session
+
+from core.ids import utcnow
+from core.services import Services
+from domain.attachments.downloads import download_url
+from domain.attachments.stored import filename
+from models import Attachment, Message
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def view(
+    svc: Services, att: Attachment, *, urls_for: str | None = None, now: int | None = None
+) -> dict[str, Any]:
+    """The public shape; with `urls_for`, fresh signed download URLs for that user."""
+    out: dict[str, Any] = {
+        "id": att.id,
+        "conversation_id": att.conversation_id,
+        "message_id": att.message_id,
+        "state": att.state,
+        "kind": att.kind,
+        "content_type": att.content_type,
+        "filename": filename(svc, att),
+        "size": att.size,
+        "width": att.width,
+        "height": att.height,
+        "variants": {name: dict(meta) for name, meta in sorted((att.variants or {}).items())},
+        "created_at": _iso(att.created_at),
+    }
+    if att.state == "rejected":
+        out["reason"] = att.reason
+    if urls_for is not None and att.state == "ready":
+        now = int(utcnow().timestamp()) if now is None else now
+        expires = now + svc.settings.download_ttl_s
+        for name, meta in out["variants"].items():
+            meta["url"] = download_url(svc, att.id, name, urls_for, expires)
+        out["urls_expire_at"] = expires
+    return out
+
+
+_CACHE = "parley_attachments"  # session.info: message id → its attachments, loaded or known
+
+
+def remember_for_message(session: Session, message_id: str, rows: Sequence[Attachment]) -> None:
+    """The message's attachments are known (just attached): rendering it needs no query."""
+    cache: dict[str, Sequence[Attachment]] = session.info.setdefault(_CACHE, {})
+    cache[message_id] = rows
+
+
+def for_message(svc: Services, msg: Message) -> list[dict[str, Any]]:
+    """Attachments of a message, as embedded in it (no URLs: the message shape is the same
+    for every viewer; URLs come from GET /v1/attachments/{id}).
+
+    Loads attachments for every message of the same session in one query, so rendering a
+    page of messages costs one query, not one per message."""
+    session = object_session(msg)
+    if session is None:
+        with svc.ReadSession() as s:
+            rows = s.scalars(
+                select(Attachment).where(Attachment.message_id == msg.id).order_by(Attachment.id)
+            ).all()
+            return [_embedded(svc, a) for a in rows]
+    cache: dict[str, Sequence[Attachment]] = session.info.setdefault(_CACHE, {})
+    if msg.id not in cache:
+        ids = {
+            obj.id
+            for obj in list(session.identity_map.values())
+            if isinstance(obj, Message) and obj.id not in cache
+        } | {msg.id}
+        found: dict[str, list[Attachment]] = {i: [] for i in ids}
+        for att in session.scalars(
+            select(Attachment).where(Attachment.message_id.in_(ids)).order_by(Attachment.id)
+        ):
+            found[att.message_id or ""].append(att)
+        cache.update(found)
+    return [_embedded(svc, a) for a in cache[msg.id]]
+
+
+def _embedded(svc: Services, att: Attachment) -> dict[str, Any]:
+    out = view(svc, att)
+    del out["conversation_id"], out["message_id"]
+    return out
