@@ -5,11 +5,14 @@ and rejections that change nothing; metadata stripping; no plaintext at rest; ac
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import io
 import os
 import re
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
@@ -21,7 +24,7 @@ from werkzeug.test import TestResponse, encode_multipart
 
 from core.ids import utcnow
 from domain import attachments as atts
-from domain.attachments import downloads, intake
+from domain.attachments import downloads, intake, stored
 from domain.pagination import encode_cursor
 from models import Attachment, Message, Outbox
 from tests.conftest import ROOT, RedisServer, Stack, Worker, wait_for
@@ -658,6 +661,30 @@ def test_the_media_stage_run_again_does_only_what_is_missing(api: Api, paused: S
     settled(api, a, marker)
     assert len(ready_events(stack, a, aid)) == 1
     assert settled(api, a, aid)["variants"]["thumb"]["width"] == 160
+
+
+# --- the storage backend ----------------------------------------------------------------------
+
+
+def test_each_services_object_has_one_storage_backend_reached_without_flask(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Views, tasks and the CLI reach the backend through their Services, with no app context
+    (none is pushed here). Services with other settings get a backend of their own, and one
+    that is dropped leaves no entry a later object could inherit."""
+    svc = stack.svc
+    assert atts.storage_for(svc) is atts.storage_for(svc)
+    other = dataclasses.replace(
+        svc, settings=svc.settings.model_copy(update={"data_dir": tmp_path})
+    )
+    theirs = atts.storage_for(other)
+    assert theirs is not atts.storage_for(svc)
+    theirs.put("probe/x", [b"x"])
+    assert (tmp_path / "files" / "probe" / "x").read_bytes() == b"x"
+    key = id(other)
+    del other, theirs
+    gc.collect()
+    assert key not in stored._backends
 
 
 # --- S3 storage, end to end -------------------------------------------------------------------

@@ -8,7 +8,7 @@ open, and the filename is sealed like message text.
 
 from __future__ import annotations
 
-from flask import current_app
+import weakref
 
 from core import crypto
 from core.filecrypt import SealedFile
@@ -22,11 +22,19 @@ ORIGINAL = "original"
 VARIANTS = (ORIGINAL, THUMB, *SCALED)
 
 
+_backends: dict[int, Storage] = {}  # id(Services) → its backend, dropped with the Services
+
+
 def storage_for(svc: Services) -> Storage:
-    """This process's storage backend (built once per app, like the other services)."""
-    store: Storage | None = current_app.extensions.get("parley_storage")
+    """The storage backend of these services, built once (an S3 client is costly to make).
+
+    Keyed by the Services object, not a Flask app: web views, tasks and the CLI all reach it
+    the same way, and two stacks in one process (the tests) never share one by accident."""
+    store = _backends.get(id(svc))
     if store is None:
-        store = current_app.extensions["parley_storage"] = open_storage(svc.settings)
+        store = _backends[id(svc)] = open_storage(svc.settings)
+        # before `svc`'s id can be reused by another object, its entry goes
+        weakref.finalize(svc, _backends.pop, id(svc), None)
     return store
 
 
