@@ -176,8 +176,8 @@ def get_attachment(aid: str) -> dict[str, Any]:
     svc = services()
     who = current()
     with svc.ReadSession() as s:
-        att, _ = access.visible(s, who.user_id, aid)
-        return views.view(svc, att, urls_for=who.user_id)
+        att, part = access.visible(s, who.user_id, aid)
+        return views.view(svc, att, links=downloads.DownloadLinks(svc, part.user_id))
 
 
 @api.get("/conversations/<cid>/attachments")
@@ -196,10 +196,8 @@ def list_attachments(cid: str) -> dict[str, Any]:
         rows, next_cursor = access.list_page(
             s, who, cid, kind=q.get("kind"), cursor=q.get("cursor"), limit=q["limit"]
         )
-        now = int(utcnow().timestamp())
-        items = [
-            {**views.view(svc, a, urls_for=who.user_id, now=now), "seq": seq} for a, seq in rows
-        ]
+        links = downloads.DownloadLinks(svc, who.require_user())  # one expiry for the page
+        items = [{**views.view(svc, a, links=links), "seq": seq} for a, seq in rows]
     return {"items": items, "next_cursor": next_cursor}
 
 
@@ -215,7 +213,7 @@ def download(aid: str, variant: str) -> Response:
     q = query_args(DownloadQuery())
     svc = services()
     user = q["u"]
-    downloads.check_signature(svc, aid, variant, user, q["exp"], q["sig"])
+    downloads.check_link(svc, aid, variant, user, expires=q["exp"], sig=q["sig"])
     with svc.ReadSession() as s:
         try:
             att, _ = access.visible(s, user, aid)

@@ -8,9 +8,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, object_session
 
-from core.ids import utcnow
 from core.services import Services
-from domain.attachments.downloads import download_url
+from domain.attachments.downloads import DownloadLinks
 from domain.attachments.stored import filename
 from models import Attachment, Message
 
@@ -19,10 +18,8 @@ def _iso(value: Any) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
-def view(
-    svc: Services, att: Attachment, *, urls_for: str | None = None, now: int | None = None
-) -> dict[str, Any]:
-    """The public shape; with `urls_for`, fresh signed download URLs for that user."""
+def view(svc: Services, att: Attachment, *, links: DownloadLinks | None = None) -> dict[str, Any]:
+    """The public shape; with `links`, signed download URLs for their user."""
     out: dict[str, Any] = {
         "id": att.id,
         "conversation_id": att.conversation_id,
@@ -39,12 +36,10 @@ def view(
     }
     if att.state == "rejected":
         out["reason"] = att.reason
-    if urls_for is not None and att.state == "ready":
-        now = int(utcnow().timestamp()) if now is None else now
-        expires = now + svc.settings.download_ttl_s
+    if links is not None and att.state == "ready":
         for name, meta in out["variants"].items():
-            meta["url"] = download_url(svc, att.id, name, urls_for, expires)
-        out["urls_expire_at"] = expires
+            meta["url"] = links.url(att.id, name)
+        out["urls_expire_at"] = links.expires
     return out
 
 
