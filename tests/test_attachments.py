@@ -196,6 +196,14 @@ def test_image_upload_becomes_ready_is_delivered_and_downloads_with_ranges(
     assert "url" not in embedded["variants"]["original"]  # URLs are per viewer, fetched apart
 
     theirs = api.get(f"/v1/attachments/{aid}", user=b).get_json()
+    # one shape: on its own, an attachment is the embedded one plus where it sits and URLs
+    bare = {n: {k: v for k, v in m.items() if k != "url"} for n, m in theirs["variants"].items()}
+    assert {**theirs, "variants": bare} == {
+        **embedded,
+        "conversation_id": cid,
+        "message_id": sent["id"],
+        "urls_expire_at": theirs["urls_expire_at"],
+    }
     url = theirs["variants"]["original"]["url"]
     full = fetch(api, url)
     assert full.status_code == 200

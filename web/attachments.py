@@ -197,7 +197,7 @@ def list_attachments(cid: str) -> dict[str, Any]:
             s, who, cid, kind=q.get("kind"), cursor=q.get("cursor"), limit=q["limit"]
         )
         links = downloads.DownloadLinks(svc, who.require_user())  # one expiry for the page
-        items = [{**views.view(svc, a, links=links), "seq": seq} for a, seq in rows]
+        items = [views.view(svc, a, links=links, seq=seq) for a, seq in rows]
     return {"items": items, "next_cursor": next_cursor}
 
 

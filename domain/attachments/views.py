@@ -18,12 +18,11 @@ def _iso(value: Any) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
-def view(svc: Services, att: Attachment, *, links: DownloadLinks | None = None) -> dict[str, Any]:
-    """The public shape; with `links`, signed download URLs for their user."""
+def embedded(svc: Services, att: Attachment) -> dict[str, Any]:
+    """An attachment as a message carries it. The message shape is the same for every viewer
+    (the live socket renders it once for many), so it holds no URLs."""
     out: dict[str, Any] = {
         "id": att.id,
-        "conversation_id": att.conversation_id,
-        "message_id": att.message_id,
         "state": att.state,
         "kind": att.kind,
         "content_type": att.content_type,
@@ -36,10 +35,26 @@ def view(svc: Services, att: Attachment, *, links: DownloadLinks | None = None) 
     }
     if att.state == "rejected":
         out["reason"] = att.reason
+    return out
+
+
+def view(
+    svc: Services, att: Attachment, *, links: DownloadLinks | None = None, seq: int | None = None
+) -> dict[str, Any]:
+    """An attachment on its own (upload, GET, the media list): the embedded shape, where it
+    belongs, and with `links`, signed download URLs for their user. `seq` is the carrying
+    message's, for the media list."""
+    out = {
+        **embedded(svc, att),
+        "conversation_id": att.conversation_id,
+        "message_id": att.message_id,
+    }
     if links is not None and att.state == "ready":
         for name, meta in out["variants"].items():
             meta["url"] = links.url(att.id, name)
         out["urls_expire_at"] = links.expires
+    if seq is not None:
+        out["seq"] = seq
     return out
 
 
@@ -64,7 +79,7 @@ def for_message(svc: Services, msg: Message) -> list[dict[str, Any]]:
             rows = s.scalars(
                 select(Attachment).where(Attachment.message_id == msg.id).order_by(Attachment.id)
             ).all()
-            return [_embedded(svc, a) for a in rows]
+            return [embedded(svc, a) for a in rows]
     cache: dict[str, Sequence[Attachment]] = session.info.setdefault(_CACHE, {})
     if msg.id not in cache:
         ids = {
@@ -78,10 +93,4 @@ def for_message(svc: Services, msg: Message) -> list[dict[str, Any]]:
         ):
             found[att.message_id or ""].append(att)
         cache.update(found)
-    return [_embedded(svc, a) for a in cache[msg.id]]
-
-
-def _embedded(svc: Services, att: Attachment) -> dict[str, Any]:
-    out = view(svc, att)
-    del out["conversation_id"], out["message_id"]
-    return out
+    return [embedded(svc, a) for a in cache[msg.id]]
