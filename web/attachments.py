@@ -13,7 +13,7 @@ from werkzeug.datastructures import ContentRange
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
-from core.filecrypt import CorruptFile, SealedFile, seal_stream
+from core.filecrypt import CorruptFile, SealedFile
 from core.ids import new_id, utcnow
 from core.services import services
 from domain.attachments import access, downloads, intake, stored, views
@@ -60,7 +60,7 @@ def upload() -> tuple[dict[str, Any], int, dict[str, str]]:
         max(svc.settings.max_file_bytes, svc.settings.max_image_bytes) + FORM_OVERHEAD
     )
     att_id = new_id()
-    spool_key = intake.new_upload_key()
+    spool = intake.Spool(svc, att_id)
     checks = intake.Intake(svc)
     form: dict[str, str] = {}
 
@@ -70,16 +70,12 @@ def upload() -> tuple[dict[str, Any], int, dict[str, str]]:
             with svc.ReadSession() as s:
                 intake.uploadable(s, who, value)
 
-    store = stored.storage_for(svc)
-    key = stored.upload_key(att_id)
-    context = stored.file_context(att_id, "upload")
     try:
-        pieces = _file_pieces(request.stream, boundary, form, checks, early_check)
-        store.put(key, seal_stream(spool_key, context, pieces))
+        spool.write(_file_pieces(request.stream, boundary, form, checks, early_check))
         missing = {f: ["required"] for f in ("file", *FORM_FIELDS) if f not in form}
         if missing:
             raise Invalid(f"missing form fields: {', '.join(sorted(missing))}", missing)
-        found = checks.finish(lambda: stored.sealed(store, key, spool_key, context).reader())
+        found = checks.finish(spool.reader)
         with svc.Session.begin() as s:
             conv = intake.uploadable(s, who, form["conversation_id"])
             att = intake.create(
@@ -91,11 +87,11 @@ def upload() -> tuple[dict[str, Any], int, dict[str, str]]:
                 found=found,
                 size=checks.size,
                 filename=intake.sanitize_filename(form["file"], found.type),
-                spool_key=spool_key,
+                spool=spool,
             )
             out = views.view(svc, att)
     except BaseException:
-        store.delete(key)  # bad input leaves nothing behind
+        spool.discard()  # bad input leaves nothing behind
         raise
     return out, 202, {"Location": f"/v1/attachments/{att_id}"}
 

@@ -1,8 +1,8 @@
-"""Upload intake: who may upload where, the checks a file passes while it streams in, and the
-row that records an accepted upload.
+"""Upload intake: who may upload where, the checks a file passes while it streams in, the
+spool it streams into, and the row that records an accepted upload.
 
 Nothing here keeps file bytes: the web view streams each piece through `Intake.feed` and on
-into the sealed spool, and `Intake.finish` reads the spool back for the checks that need the
+into the sealed `Spool`, and `Intake.finish` reads the spool back for the checks that need the
 whole file.
 """
 
@@ -11,16 +11,24 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import BinaryIO
 
 from sqlalchemy.orm import Session
 
 from core import crypto
+from core.filecrypt import seal_stream
 from core.services import Services
 from domain import outbox
 from domain.attachments.processing import MEDIA_TASK
-from domain.attachments.stored import filename_aad, upload_key_aad
+from domain.attachments.stored import (
+    filename_aad,
+    sealed,
+    storage_for,
+    upload_context,
+    upload_key,
+    upload_key_aad,
+)
 from domain.conversations import membership
 from domain.errors import Conflict, DomainError, Forbidden, Invalid, NotFound
 from domain.keys import conversation_key
@@ -130,8 +138,27 @@ class Intake:
         return found
 
 
-def new_upload_key() -> bytes:
-    return crypto.new_data_key()
+class Spool:
+    """Where an upload streams before it is accepted: `uploads/<id>` in storage, sealed as it
+    arrives under a fresh key of its own, since the conversation (and so its data key) may be
+    named only after the file. `create` seals that key into the row."""
+
+    def __init__(self, svc: Services, att_id: str) -> None:
+        self.store = storage_for(svc)
+        self.key = upload_key(att_id)
+        self.secret = crypto.new_data_key()
+        self._context = upload_context(att_id)
+
+    def write(self, pieces: Iterable[bytes]) -> None:
+        self.store.put(self.key, seal_stream(self.secret, self._context, pieces))
+
+    def reader(self) -> BinaryIO:
+        """The plaintext, decrypted as it is read (for the checks that need the whole file)."""
+        return sealed(self.store, self.key, self.secret, self._context).reader()
+
+    def discard(self) -> None:
+        """Delete what was written (a refused upload leaves no bytes); safe to repeat."""
+        self.store.delete(self.key)
 
 
 def create(
@@ -144,7 +171,7 @@ def create(
     found: Confirmed,
     size: int,
     filename: str,
-    spool_key: bytes,
+    spool: Spool,
 ) -> Attachment:
     """Record the accepted upload and queue the media stage, in the caller's transaction."""
     dk = conversation_key(svc, session, conv)
@@ -158,7 +185,7 @@ def create(
         content_type=found.type.mime,
         key_id=dk,
         filename_ct=crypto.seal(dek, filename.encode(), filename_aad(att_id)),
-        upload_key_ct=crypto.seal(dek, spool_key, upload_key_aad(att_id)),
+        upload_key_ct=crypto.seal(dek, spool.secret, upload_key_aad(att_id)),
         size=size,
         width=found.width,
         height=found.height,

@@ -51,6 +51,10 @@ def file_context(att_id: str, variant: str) -> str:
     return f"att:{att_id}:{variant}"
 
 
+def upload_context(att_id: str) -> str:
+    return file_context(att_id, "upload")
+
+
 def filename_aad(att_id: str) -> bytes:
     return f"attname:{att_id}".encode()
 
@@ -70,7 +74,7 @@ def open_upload(svc: Services, att: Attachment) -> SealedFile:
     spool_key = crypto.open_sealed(
         svc.keyring.data_key(att.key_id), att.upload_key_ct, upload_key_aad(att.id)
     )
-    return sealed(storage_for(svc), upload_key(att.id), spool_key, file_context(att.id, "upload"))
+    return sealed(storage_for(svc), upload_key(att.id), spool_key, upload_context(att.id))
 
 
 def open_variant(svc: Services, att: Attachment, variant: str) -> SealedFile:
