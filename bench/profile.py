@@ -95,6 +95,7 @@ PARKED = (
     "acquire_with_timeout",  # gevent's threadpool threads waiting for work
 )
 _OURS = ("web/", "tasks/", "models/", "moderation/", "storage/", "core/", "domain/", "push/")
+_OUR_MODULES = ("celery_config.py", "worker.py")
 
 
 def _where(frame: str) -> tuple[str, bool]:
@@ -108,4 +109,4 @@ def _where(frame: str) -> tuple[str, bool]:
         if marker in path:
             path = path.split(marker, 1)[1]
             break
-    return f"{func} ({path})", path.startswith(_OURS) or path == "celery_config.py"
+    return f"{func} ({path})", path.startswith(_OURS) or path in _OUR_MODULES

@@ -181,7 +181,7 @@ class Stack:
         return port, int(wait_for(worker_pid, 60, f"{name} to serve"))
 
     def worker(
-        self, name: str, concurrency: int, app: str = "celery_config", queues: str = ""
+        self, name: str, concurrency: int, app: str = "worker", queues: str = ""
     ) -> subprocess.Popen[bytes]:
         """The Procfile's Celery worker, with `app` (and its queues) swapped in for baselines."""
         argv = procfile_argv("worker", {**self.env, "WORKER_CONCURRENCY": str(concurrency)})

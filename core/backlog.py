@@ -16,15 +16,15 @@ from typing import Any
 import redis
 from sqlalchemy import func, select
 
+from celery_config import QUEUES
+from core.celery_app import SENT_AT_HEADER
 from core.ids import utcnow
 from core.services import Services
 from models import Outbox
 
-QUEUES = ("pipeline", "media", "push", "maintenance")
 # kombu's Redis transport keeps one list per priority step; step 0 is the bare queue name.
 _PRIORITY_SEP = "\x06\x16"
 _PRIORITY_STEPS = (3, 6, 9)
-SENT_AT_HEADER = "parley_sent_at"  # set by celery_config.py on every publish
 
 
 @dataclass

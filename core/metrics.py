@@ -9,7 +9,7 @@ The directory is wiped only by the first process to arrive while no other proces
 advisory lock every process keeps for life), so a service restart starts from zero but a
 restarted gunicorn worker never erases its siblings' counters. Dead processes are marked by
 gunicorn's `child_exit` (gunicorn.conf.py) and Celery's `worker_process_shutdown`
-(celery_config.py), which drops their live gauges (open WebSockets).
+(worker.py), which drops their live gauges (open WebSockets).
 
 Other parts use the helpers (`task_finished`, `moderation_verdict`, ...) or the metric objects
 as module attributes: `core.metrics.ws_connections.inc()`, `core.metrics.push_results.labels(

@@ -1,7 +1,8 @@
 """The process-wide handles web and worker share: settings, DB, Redis, keyring.
 
-Built once per process (`build_services`), stored on the Flask app, and reached through
-`services()` inside an app context, which Celery tasks also run in (see celery_config.py).
+Built once per process (`build_services`, by the app factory in web/__init__.py), stored on the
+Flask app, and reached through `services()` inside an app context, which Celery tasks also run
+in (worker.py).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class Services:
         self.redis.connection_pool.reset()
 
 
-def build_services(settings: Settings) -> Services:
+def build_services(settings: Settings, producer: Celery) -> Services:
+    """The process's handles; `producer` is the Celery app it sends tasks with."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.database_url)
     session_factory = make_sessionmaker(engine)
@@ -56,9 +58,6 @@ def build_services(settings: Settings) -> Services:
 
     master = MasterKeys.load(settings.master_keys, settings.data_dir)
     client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
-    from celery_config import make_celery
-
-    producer = make_celery(settings.broker_url)
     return Services(
         settings,
         engine,

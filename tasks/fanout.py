@@ -14,9 +14,9 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime
 
+from celery import shared_task
 from sqlalchemy import Row, select
 
-from celery_config import celery_app
 from core.events import EventLog, online_among
 from core.ids import utcnow
 from core.services import services
@@ -38,7 +38,7 @@ def _event_log() -> EventLog:
     return EventLog(svc.redis, svc.settings.stream_maxlen)
 
 
-@celery_app.task(name=FANOUT_TASK, **PIPELINE)
+@shared_task(name=FANOUT_TASK, **PIPELINE)
 def fanout_conversation(conversation_id: str) -> None:
     drain(conversation_id)
 
@@ -132,7 +132,7 @@ def _push_candidates(msg: Message, members: Sequence[Row[str, str, datetime | No
     ]
 
 
-@celery_app.task(name=PUBLISH_TASK, **PIPELINE)
+@shared_task(name=PUBLISH_TASK, **PIPELINE)
 def publish_event(event_key: str, etype: str, data: dict, users: list[str]) -> None:
     """Append a durable event (edit, delete, reaction, receipt...) to each user's stream once."""
     _event_log().append_once(event_key, etype, data, users)

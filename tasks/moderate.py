@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import logging
 
+from celery import shared_task
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from celery_config import celery_app
 from core import metrics
 from core.events import DONE_PREFIX
 from core.services import services
@@ -49,7 +49,7 @@ def masked_spans(text: str, masked: str) -> list[list[int]]:
     return spans
 
 
-@celery_app.task(name=NAME, **PIPELINE)
+@shared_task(name=NAME, **PIPELINE)
 def moderate_message(message_id: str, conversation_id: str | None = None) -> None:
     """Record verdicts once, then fan out. A fresh message (no fan-out record in Redis) goes
     straight to the write transaction; a task finding its message already fanned out (a

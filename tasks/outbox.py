@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+from celery import shared_task
 from sqlalchemy import delete, func, select
 
-from celery_config import celery_app
 from core.ids import utcnow
 from core.services import services
 from domain import outbox
@@ -28,7 +28,7 @@ def due(row: Outbox, now_stale_base: float) -> bool:
     return (utcnow() - last).total_seconds() >= wait
 
 
-@celery_app.task(name="tasks.outbox.sweep", **PIPELINE)
+@shared_task(name="tasks.outbox.sweep", **PIPELINE)
 def sweep() -> int:
     svc = services()
     stale = svc.settings.outbox_stale_s

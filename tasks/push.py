@@ -14,10 +14,10 @@ import logging
 from datetime import timedelta
 from typing import Any
 
+from celery import shared_task
 from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from celery_config import celery_app
 from core import metrics
 from core.events import online_among
 from core.ids import utcnow
@@ -48,7 +48,7 @@ KEEP_FINISHED = timedelta(days=7)
 KEEP_DEAD = timedelta(days=30)
 
 
-@celery_app.task(name="tasks.push.notify_offline", **PUSH_RETRY)
+@shared_task(name="tasks.push.notify_offline", **PUSH_RETRY)
 def notify_offline(items: list[list[Any]]) -> None:
     """`items`: [message id, [user ids]] pairs from one fan-out batch, oldest first."""
     svc = services()
@@ -83,7 +83,7 @@ def notify_offline(items: list[list[Any]]) -> None:
         _schedule(svc, delivery_id, wait_s)
 
 
-@celery_app.task(name=DELIVER_TASK, **PIPELINE)
+@shared_task(name=DELIVER_TASK, **PIPELINE)
 def deliver(delivery_id: str) -> None:
     """Send one push if it is still wanted; schedule its retry if the target asks for one."""
     svc = services()
@@ -108,7 +108,7 @@ def deliver(delivery_id: str) -> None:
         _schedule(svc, delivery_id, wait)
 
 
-@celery_app.task(name=VERIFY_TASK, bind=True, **PIPELINE)
+@shared_task(name=VERIFY_TASK, bind=True, **PIPELINE)
 def send_email_code(self: Any, subscription_id: str) -> None:
     """Mail an e-mail subscription its confirmation code (the only mail it gets until then)."""
     svc = services()
@@ -134,7 +134,7 @@ def send_email_code(self: Any, subscription_id: str) -> None:
         outbox.mark_done(s, [subscription_id], VERIFY_TASK)
 
 
-@celery_app.task(name="tasks.push.sweep", **PIPELINE)
+@shared_task(name="tasks.push.sweep", **PIPELINE)
 def sweep() -> int:
     """Re-send deliveries whose task went missing (lost countdown, crashed lease), expire the
     stale ones and prune old finished rows (dead letters are kept longer, for ops)."""

@@ -147,7 +147,7 @@ class Worker:
                 "-m",
                 "celery",
                 "-A",
-                "celery_config",
+                "worker",
                 "worker",
                 "--loglevel=INFO",
                 "-Q",
@@ -270,7 +270,7 @@ def live(stack: Stack) -> Stack:
     """The stack with a running Celery worker (started once, kept for the session)."""
     if stack.worker.proc is None or stack.worker.proc.poll() is not None:
         stack.worker.start(stack.app)
-        SERVICES["celery worker"] = "real `celery -A celery_config worker` subprocess(es)"
+        SERVICES["celery worker"] = "real `celery -A worker worker` subprocess(es)"
     return stack
 
 

@@ -477,7 +477,7 @@ def test_sigterm_to_a_worker_mid_batch_then_a_restart_delivers_every_message_onc
     log = idle.data_dir / f"sigterm-{uuid.uuid4().hex[:6]}.log"
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "celery_config", "worker", "--loglevel=INFO",
+            [sys.executable, "-m", "celery", "-A", "worker", "worker", "--loglevel=INFO",
              "-Q", "pipeline,media,push,maintenance", "--concurrency", "2",
              "--hostname", f"sigterm-{uuid.uuid4().hex[:6]}@%h",
              "--without-mingle", "--without-gossip"],

@@ -155,7 +155,7 @@ def test_messages_survive_a_redis_flushall_while_the_worker_is_down(
                 "-m",
                 "celery",
                 "-A",
-                "celery_config",
+                "worker",
                 "beat",
                 "--loglevel=INFO",
                 "--schedule",

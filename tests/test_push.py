@@ -77,7 +77,7 @@ def push(
     st.worker.env["PARLEY_SMTP_URL"] = smtp.url
     st.worker.env["PARLEY_PLATFORM_WEBHOOK_URL"] = http.url(PLATFORM_PATH)
     st.worker.start(st.app)
-    SERVICES["celery worker"] = "real `celery -A celery_config worker` subprocess(es)"
+    SERVICES["celery worker"] = "real `celery -A worker worker` subprocess(es)"
     yield st
     st.worker.stop()
     st.svc.engine.dispose()

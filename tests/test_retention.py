@@ -72,7 +72,7 @@ def ret(
     st = _make_stack(f"retention-{request.param}", url, db, redis_server, data_dir)
     st.redis.flushdb()
     st.worker.start(st.app)
-    SERVICES["celery worker"] = "real `celery -A celery_config worker` subprocess(es)"
+    SERVICES["celery worker"] = "real `celery -A worker worker` subprocess(es)"
     yield st
     st.worker.stop()
     st.svc.engine.dispose()
@@ -396,11 +396,10 @@ def test_purges_running_at_once_neither_double_delete_nor_crash(api: Api, ret: S
 def test_the_beat_task_runs_on_the_worker_and_the_cli_prints_what_it_did(
     api: Api, ret: Stack
 ) -> None:
-    from celery_config import celery_app
-
-    entry = celery_app.conf.beat_schedule["retention-purge"]
+    producer = ret.svc.tasks  # built from the same Settings as the worker's app
+    entry = producer.conf.beat_schedule["retention-purge"]
     assert entry["task"] == "tasks.retention.purge" and entry["schedule"] == 600
-    route = celery_app.amqp.router.route({}, "tasks.retention.purge")
+    route = producer.amqp.router.route({}, "tasks.retention.purge")
     assert route["queue"].name == "maintenance"
     a, b = uid(), uid()
     cid = api.conversation(a, b)

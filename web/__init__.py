@@ -10,6 +10,7 @@ from typing import Any
 from flask import Flask, Response, g, request
 
 from core import logs
+from core.celery_app import make_celery
 from core.config import load_settings
 from core.logs import configure_logging
 from core.services import Services, build_services
@@ -30,7 +31,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    svc: Services = build_services(settings)
+    svc: Services = build_services(settings, producer=make_celery(settings))
     outbox.install(svc.Session)
     app.extensions["parley"] = svc
 
