@@ -23,6 +23,7 @@ from core.events import online_among
 from core.ids import utcnow
 from core.services import Services, services
 from domain import notifications, outbox
+from domain.fanout import NOTIFY_OFFLINE_TASK
 from domain.messages import members_of
 from domain.notifications import skip_reason
 from domain.push import VERIFY_TASK, email_code
@@ -48,7 +49,7 @@ KEEP_FINISHED = timedelta(days=7)
 KEEP_DEAD = timedelta(days=30)
 
 
-@shared_task(name="tasks.push.notify_offline", **PUSH_RETRY)
+@shared_task(name=NOTIFY_OFFLINE_TASK, **PUSH_RETRY)
 def notify_offline(items: list[list[Any]]) -> None:
     """`items`: [message id, [user ids]] pairs from one fan-out batch, oldest first."""
     svc = services()
