@@ -11,6 +11,16 @@ from core.services import Services
 from models import Conversation, DataKey
 
 
+def message_aad(message_id: str) -> str:
+    """What a message's text is sealed to: a ciphertext copied to another row does not open."""
+    return f"msg:{message_id}"
+
+
+def edit_aad(message_id: str) -> str:
+    """What the text an edit replaced is sealed to (the message's edit history)."""
+    return f"edit:{message_id}"
+
+
 def create_data_key(svc: Services, session: Session, conversation_id: str | None) -> str:
     dk_id = "dk_" + new_id()
     dek = new_data_key()

@@ -18,7 +18,7 @@ from domain import audit, events, notifications, outbox
 from domain.attachments import attach_to_message, check_attachable
 from domain.conversations import PIN_ROLES, readable, unexpired, visible_to_reader
 from domain.errors import Conflict, Forbidden, Invalid, NotFound
-from domain.keys import conversation_key
+from domain.keys import conversation_key, edit_aad, message_aad
 from domain.pagination import decode_cursor, encode_cursor
 from domain.principals import Principal
 from models import (
@@ -38,14 +38,6 @@ MODERATE_TASK = "tasks.moderate.moderate_message"
 REPORT_REASONS = ("spam", "abuse", "harassment", "contact_details", "fraud", "other")
 MEDIA_TYPES = frozenset({"image", "file", "audio", "video"})
 MAX_EMOJI = 32  # reactions.emoji is String(32): the longest emoji sequence is 10 code points
-
-
-def message_aad(message_id: str) -> str:
-    return f"msg:{message_id}"
-
-
-def edit_aad(message_id: str) -> str:
-    return f"edit:{message_id}"
 
 
 def post(

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from core import metrics
 from core.services import Services
 from domain import fanout, flood
-from domain.messages import message_aad
+from domain.keys import message_aad
 from models import Conversation, DeliveryCursor, Message
 from moderation import moderate, policy_for
 

@@ -1,4 +1,4 @@
-"""In-app notifications and the rules for who hears about a message while away.
+"""In-app notifications (who hears about a message while away: domain/audience.py).
 
 One unread notification per user and conversation collapses a burst ("3 new messages"): its
 `count` is derived from the read cursor, so re-runs and out-of-order batches agree. Every
@@ -10,8 +10,7 @@ clear everywhere and pushes already sent are retracted where the provider allows
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -19,61 +18,15 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core.ids import utcnow
-from domain import events
+from domain import events, push_delivery
 from domain.conversations import unread_counts
 from domain.errors import NotFound
 from domain.pagination import decode_cursor, encode_cursor
-from models import Message, Notification, Participant
+from models import Message, Notification
 
 logger = logging.getLogger(__name__)
 
 EVENT = "notification"
-
-
-# --- who hears about a message ----------------------------------------------------------------
-
-
-def mentioned(user_id: str, meta: Mapping[str, Any] | None, text: str | None) -> bool:
-    """A message mentions a user when its `metadata.mentions` lists their id, or its text has
-    `@<their id>` as a whole token (the platform's client decides how names map to ids)."""
-    listed = (meta or {}).get("mentions")
-    if isinstance(listed, list) and user_id in listed:
-        return True
-    if not text or "@" not in text:
-        return False
-    token = re.compile(r"(?<![\w@])@" + re.escape(user_id) + r"(?![\w-]|\.\w)")
-    return token.search(text) is not None
-
-
-def skip_reason(
-    part: Participant | None,
-    msg: Message,
-    text_of: Callable[[], str | None],
-    now: datetime,
-) -> str | None:
-    """Why `part` should not hear about `msg` now, or None when they should.
-
-    `text_of` opens the text only when a mentions-only level needs it.
-    """
-    if part is None or part.left_at is not None:
-        return "not a member"
-    if msg.deleted_at is not None:
-        return "deleted"
-    if msg.expired_at is not None:
-        return "expired"  # hidden by retention
-    if msg.state != "delivered":
-        return "not delivered"
-    if part.user_id == msg.sender_id:
-        return "own message"
-    if part.read_seq >= msg.seq:
-        return "read"
-    if part.muted_until is not None and part.muted_until > now:
-        return "muted"
-    if part.notification_level == "none":
-        return "level none"
-    if part.notification_level == "mentions" and not mentioned(part.user_id, msg.meta, text_of()):
-        return "not mentioned"
-    return None
 
 
 # --- recording -------------------------------------------------------------------------------
@@ -215,8 +168,6 @@ def on_conversation_read(session: Session, user_id: str, conversation_id: str, s
 
 
 def _read(session: Session, notes: Iterable[Notification]) -> None:
-    from domain import push_delivery
-
     notes = list(notes)
     if not notes:
         return

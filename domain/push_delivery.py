@@ -28,7 +28,7 @@ from core.ids import new_id
 from core.services import Services
 from domain import outbox
 from domain import push as subscriptions
-from domain.notifications import skip_reason
+from domain.audience import skip_reason
 from domain.render import PREVIEW_CHARS, message_text
 from models import (
     Conversation,

@@ -12,7 +12,7 @@ from typing import Any
 from core.crypto import MissingKeyError
 from core.services import Services
 from domain.attachments import for_message
-from domain.messages import message_aad
+from domain.keys import message_aad
 from domain.principals import Principal
 from models import Conversation, Message, Participant
 

@@ -23,9 +23,9 @@ from core.events import online_among
 from core.ids import utcnow
 from core.services import Services, services
 from domain import notifications, outbox
+from domain.audience import skip_reason
 from domain.fanout import NOTIFY_OFFLINE_TASK
 from domain.messages import members_of
-from domain.notifications import skip_reason
 from domain.push import VERIFY_TASK, email_code
 from domain.push_delivery import (
     DELIVER_TASK,
