@@ -24,7 +24,7 @@ from werkzeug.test import TestResponse, encode_multipart
 
 from core.ids import utcnow
 from domain import attachments as atts
-from domain.attachments import downloads, intake, stored
+from domain.attachments import downloads, intake, processing, stored
 from domain.pagination import encode_cursor
 from models import Attachment, Message, Outbox
 from tests.conftest import ROOT, RedisServer, Stack, Worker, wait_for
@@ -636,27 +636,26 @@ def test_the_media_stage_run_again_does_only_what_is_missing(api: Api, paused: S
     """Variants made by a run that died before committing are kept (their sealed bytes are not
     rewritten), a missing one is made, and any number of further runs change nothing and
     announce nothing more."""
-    from tasks import media
-
     stack = paused
     a = uid()
     cid = api.conversation(a, uid())
     aid = uploaded(api, a, cid, jpeg_with_gps(1300, 900), "p.jpg")
+    # an app context for domain/outbox.py, whose after-commit hook sends through services()
     with stack.app.app_context():
         svc = stack.svc
         store = atts.storage_for(svc)
         with svc.ReadSession() as s:
             att = s.get(Attachment, aid)
-        media._produce(svc, store, att)  # a first run that dies before its commit
+        processing.make_variants(svc, store, att)  # a first run that dies before its commit
         key = lambda v: atts.object_key(cid, aid, v)  # noqa: E731
         original = b"".join(store.open(key("original")))
         store.delete(key("thumb"))
-        assert media.process(aid) == "ready"
+        assert processing.process(svc, aid) == "ready"
         assert b"".join(store.open(key("original"))) == original  # kept, not redone
         assert store.exists(key("thumb"))
         made = {v: b"".join(store.open(key(v))) for v in ("original", "thumb", "medium", "large")}
         for _ in range(2):
-            assert media.process(aid) == "ready"
+            assert processing.process(svc, aid) == "ready"
         assert {v: b"".join(store.open(key(v))) for v in made} == made
         assert not store.exists(atts.upload_key(aid))
     with stack.svc.Session() as s:

@@ -9,9 +9,10 @@ open, and the filename is sealed like message text.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterable
 
 from core import crypto
-from core.filecrypt import SealedFile
+from core.filecrypt import SealedFile, seal_stream
 from core.services import Services
 from domain.errors import NotFound
 from models import Attachment
@@ -78,12 +79,25 @@ def open_upload(svc: Services, att: Attachment) -> SealedFile:
 
 
 def open_variant(svc: Services, att: Attachment, variant: str) -> SealedFile:
-    return sealed(
-        storage_for(svc),
-        object_key(att.conversation_id, att.id, variant),
-        svc.keyring.data_key(att.key_id),
-        file_context(att.id, variant),
-    )
+    return variant_file(storage_for(svc), att, svc.keyring.data_key(att.key_id), variant)
+
+
+def variant_file(store: Storage, att: Attachment, dek: bytes, variant: str) -> SealedFile:
+    """A stored variant, opened with the conversation's data key `dek`."""
+    key = object_key(att.conversation_id, att.id, variant)
+    return sealed(store, key, dek, file_context(att.id, variant))
+
+
+def has_variant(store: Storage, att: Attachment, variant: str) -> bool:
+    return store.exists(object_key(att.conversation_id, att.id, variant))
+
+
+def write_variant(
+    store: Storage, att: Attachment, dek: bytes, variant: str, chunks: Iterable[bytes]
+) -> None:
+    """Seal `chunks` as the variant, under the conversation's data key (atomic, streamed)."""
+    key = object_key(att.conversation_id, att.id, variant)
+    store.put(key, seal_stream(dek, file_context(att.id, variant), chunks))
 
 
 def purge_files(svc: Services, att: Attachment) -> None:
