@@ -23,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import websocket
+from jsonschema import Draft7Validator
+from referencing import Registry
+from referencing.jsonschema import DRAFT7
 
 from tests.conftest import ROOT, Stack, free_port, wait_for
 
@@ -220,3 +223,46 @@ class LiveClient:
 def small_receive_buffer(size: int = 4096) -> tuple[tuple[int, int, int], ...]:
     """Socket options for a client whose kernel buffer fills fast (a slow reader)."""
     return ((socket.SOL_SOCKET, socket.SO_RCVBUF, size),)
+
+
+# --- the protocol document --------------------------------------------------------------------
+
+DOCUMENT_URI = "urn:parley:asyncapi"
+
+
+class FrameCheck:
+    """Checks frames a server sent against its AsyncAPI document (`/asyncapi.json`): the frame
+    must be a message of one of the document's `send` operations and match that message's
+    payload schema (JSON Schema draft 7, the base of AsyncAPI's schema format)."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        registry: Registry[Any] = Registry().with_resource(
+            DOCUMENT_URI, DRAFT7.create_resource(document)
+        )
+        self.by_type: dict[str, Draft7Validator] = {}
+        for op in document["operations"].values():
+            if op["action"] != "send":
+                continue
+            for ref in op["messages"]:  # → the channel's message → the component
+                pointer = resolve(document, ref["$ref"])["$ref"]
+                payload = resolve(document, pointer)["payload"]
+                self.by_type[payload["properties"]["type"]["const"]] = Draft7Validator(
+                    {"$ref": f"{DOCUMENT_URI}{pointer}/payload"}, registry=registry
+                )
+
+    def problems(self, frame: dict[str, Any]) -> list[str]:
+        validator = self.by_type.get(str(frame.get("type")))
+        if validator is None:
+            return [f"frame type {frame.get('type')!r} is not described: {frame}"]
+        return [
+            f"{frame.get('type')} at {'/'.join(map(str, e.absolute_path)) or '.'}: {e.message}"
+            for e in validator.iter_errors(frame)
+        ]
+
+
+def resolve(document: dict[str, Any], pointer: str) -> Any:
+    """A local JSON pointer ("#/a/b") resolved in `document`."""
+    node: Any = document
+    for part in pointer.removeprefix("#/").split("/"):
+        node = node[part.replace("~1", "/").replace("~0", "~")]
+    return node

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +20,7 @@ from models import Message
 from tests.conftest import Stack, wait_for
 from tests.factories import Api, stream_events, uid, wait_delivered
 from tests.live_server import (
+    FrameCheck,
     LiveClient,
     WebNode,
     running_node,
@@ -68,7 +70,8 @@ def strict_node(stack: Stack) -> Iterator[WebNode]:
 
 @pytest.fixture
 def connect(api: Api) -> Iterator[Any]:
-    """Open sockets as a user; all are closed at the end of the test."""
+    """Open sockets as a user; all are closed at the end of the test, and every frame they
+    received must be one that /asyncapi.json describes, in the shape it describes."""
     opened: list[LiveClient] = []
 
     def _connect(
@@ -88,6 +91,9 @@ def connect(api: Api) -> Iterator[Any]:
     yield _connect
     for c in opened:
         c.close()
+    check = FrameCheck(api.get("/asyncapi.json").get_json())
+    wrong = [p for c in opened for frame in c.received for p in check.problems(frame)]
+    assert not wrong, "frames /asyncapi.json does not describe:\n" + "\n".join(wrong[:20])
 
 
 def _ready(client: LiveClient) -> None:
@@ -379,6 +385,33 @@ def test_bad_or_missing_token_closes_with_4401(
     wrong = connect(strict_node)
     wrong.send({"type": "auth", "token": "also-not-a-jwt"})
     assert wrong.wait_closed().code == 4401
+    malformed = connect(strict_node)
+    malformed.send({"type": "auth", "token": 42})
+    closed = malformed.wait_closed()  # at once, not at the end of the auth window
+    assert closed.code == 4401 and closed.reason.startswith("invalid auth frame: token")
+
+
+def test_an_auth_frame_with_a_fresh_token_keeps_the_socket_open_past_the_old_expiry(
+    api: Api, stack: Stack, strict_node: WebNode, connect: Any
+) -> None:
+    """Renewing works with real JWTs (hundreds of characters), for the same user only."""
+    user = uid()
+    with stack.app.app_context():
+        from web.auth import codec
+
+        short = codec().issue(user, ttl_s=2)
+    expires = time.time() + 2
+    client = connect(strict_node, token=short)
+    _ready(client)
+    fresh = api.token(user)
+    assert len(fresh) > 100
+    client.send({"type": "auth", "token": fresh})
+    client.send({"type": "auth", "token": api.token(uid())})
+    assert "one user" in client.wait_type("error")["data"]["detail"]
+    while time.time() < expires + 1.5:  # the old token's 4001 would have come by now
+        _ready(client)
+        time.sleep(0.1)
+    assert client.closed is None
 
 
 def test_expired_token_closes_with_4001(

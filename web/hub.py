@@ -180,14 +180,45 @@ class Hub:
             del self.by_user[conn.user_id]
             self._mark_presence(conn.user_id)
 
-    def start_stream(self, conn: Connection, since: str | None) -> None:
-        """Position the socket after `since` (or at the stream's end) and replay from there.
+    def position_now(self, user_id: str) -> StreamId:
+        """The end of the user's stream: a socket starting here gets exactly the events
+        appended after this call."""
+        return protocol.parse_id(stream_bounds(self.redis, user_id).last_id) or (0, 0)
+
+    def clock_position(self) -> StreamId:
+        """A start for a socket whose user is not known yet (web/ws.py authenticates it with
+        its first frame): every event appended to any stream after this returns has a larger
+        id, and every one appended before it was called a smaller one (unless the clock of
+        Redis stepped back, which can only add an event, never drop one).
+
+        Redis stamps stream ids with its clock in milliseconds, so the answer is "the end of the
+        current millisecond": read the clock, then wait (at most 1 ms) until Redis's clock is
+        past it, so nothing appended after the return can share it.
+        """
+        sec, usec = self.redis.time()
+        now_ms = sec * 1000 + usec // 1000
+        while True:
+            gevent.sleep((1000 - usec % 1000) / 1e6)
+            sec, usec = self.redis.time()
+            if sec * 1000 + usec // 1000 > now_ms:
+                return (now_ms, protocol.MAX_SEQ)
+
+    def start_stream(
+        self, conn: Connection, since: str | None, start: StreamId | None = None
+    ) -> None:
+        """Position the socket after `since`, or else at `start` (fixed by web/ws.py before
+        the handshake), or else at the stream's end, and replay from there.
 
         An id the stream can no longer serve without a gap gets a `resync` frame instead, and
         the socket goes live from now: the client refetches over REST.
         """
         conn.generation += 1  # a replay still running for an earlier position stops
         conn.catching_up = True  # from here on the hub leaves this socket alone
+        if since is None and start is not None:
+            conn.drop_durable()
+            conn.cursor = start  # read by the server itself: there is nothing to check
+            self.catch_up(conn)
+            return
         bounds = stream_bounds(self.redis, conn.user_id)
         conn.drop_durable()  # whatever was queued is re-read from the new position
         last = protocol.parse_id(bounds.last_id) or (0, 0)
@@ -307,7 +338,11 @@ class Hub:
             else:  # a bare list of user ids (publishers before core/events.py's wake format)
                 self._wake_users(str(u) for u in payload)
         elif channel == LIVE_CHANNEL and isinstance(payload, dict):
-            frame = protocol.ephemeral(str(payload.get("type")), payload.get("data"))
+            try:
+                frame = protocol.ephemeral(str(payload.get("type")), payload.get("data"))
+            except ValueError as exc:  # a node of another version: not ours to send
+                logger.warning("ephemeral event dropped: %s", exc)
+                return
             for user in payload.get("to") or ():
                 for c in list(self.by_user.get(user, ())):
                     c.offer_ephemeral(frame)

@@ -32,6 +32,24 @@ def parse_origins(raw: str) -> frozenset[str]:
     return frozenset(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
 
 
+def origin_refused(origin: str | None, allowed: frozenset[str], host: str) -> bool:
+    """Whether a WebSocket upgrade must be refused for its `Origin` (web/ws.py).
+
+    Browsers send `Origin` with every upgrade and apply no CORS to WebSockets, so this check is
+    what stops another site's page from opening sockets with a token it got hold of. Clients
+    without `Origin` (servers, apps) are not browsers and pass. `*` allows every origin; so does
+    the service's own (its host and port equal the request's `Host`), as a browser lets a
+    same-origin page call the REST API too.
+    """
+    if origin is None or "*" in allowed:
+        return False
+    origin = origin.strip().rstrip("/")
+    if origin in allowed:
+        return False
+    _, sep, netloc = origin.partition("://")
+    return not (sep and host and netloc.lower() == host.lower())
+
+
 def init_app(app: Flask, settings: Settings) -> None:
     if settings.trusted_proxies > 0:
         n = settings.trusted_proxies

@@ -1,9 +1,13 @@
 """`GET /v1/ws`: the live event stream of one user (contract in API.md, details in
 docs/websocket.md).
 
-A session authenticates (URL token, header or first frame), registers with this process's hub,
-positions itself in the user's stream (`since`, or now) and then serves client frames until
-either side closes. Events reach the socket only through the hub and its send queue.
+Before the handshake (flask-sock sends it when the view builds its `Server`), `_before_upgrade`
+refuses browser pages of origins not allowed (403), authenticates a token that came with the
+request and fixes where the socket starts in its user's stream: the client may post the moment
+it sees the socket open, and that event must not fall before the start. The session then
+authenticates a first-frame token if needed, registers with this process's hub, starts the
+stream there (or after `since`) and serves client frames until either side closes. Events
+reach the socket only through the hub and its send queue.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Flask, current_app, request
+from flask import Blueprint, Flask, Response, current_app, g, request
 from flask_sock import Sock
 from redis import RedisError
 from simple_websocket import ConnectionClosed, Server
@@ -27,10 +32,14 @@ from domain.errors import DomainError, Unauthorized
 from domain.messages import mark_read
 from domain.principals import Principal
 from web.auth import authenticate, codec
+from web.errors import problem
 from web.live import protocol
-from web.live.protocol import Close
+from web.live.asyncapi import bp as asyncapi_bp
+from web.live.frames import CLIENT_FRAMES, load_client_frame
+from web.live.protocol import Close, StreamId
 from web.live.settings import LiveSettings
 from web.live.views import bp as presence_bp
+from web.security import origin_refused, parse_origins
 
 if TYPE_CHECKING:  # gevent is imported only where sockets are served, not by workers or CLI
     from web.hub import Hub
@@ -41,20 +50,93 @@ logger = logging.getLogger(__name__)
 sock = Sock()
 bp = Blueprint("live", __name__)
 
-MAX_ID_CHARS = 64
 TYPING_MEMORY = 256  # conversations whose last typing time a socket remembers
 HARD_FRAME_FACTOR = 16
+
+
+@dataclass
+class Opening:
+    """What is settled before the handshake, for the session to act on right after it."""
+
+    hub: Hub | None = None
+    refusal: tuple[Close, str] | None = None  # close with this as soon as the socket is open
+    principal: Principal | None = None  # from a token that came with the request
+    expires_at: float = 0.0
+    start: StreamId | None = None  # where the stream starts unless the client names `since`
+
+
+@bp.before_request
+def _before_upgrade() -> Response | None:
+    """Refuse other sites' pages; settle the token and the stream position before the
+    handshake (once it is sent, the client may post, and that event must reach the socket)."""
+    origin = request.headers.get("Origin")
+    if origin is not None and origin_refused(
+        origin, current_app.extensions["parley_live_origins"], request.host
+    ):
+        return problem(
+            403,
+            "Forbidden",
+            f"pages from origin {origin[:100]!r} may not open live sockets here: the server's "
+            "PARLEY_CORS_ORIGINS does not list it",
+        )
+    g.live_opening = _open(services(), current_app.extensions["parley_live"])
+    return None
 
 
 @sock.route("/v1/ws", bp=bp)
 def live_events(ws: Server) -> None:
     """Stream the caller's events live, after replaying those since `?since=<id>`."""
-    LiveSession(ws, services(), current_app.extensions["parley_live"]).run()
+    opening: Opening = g.live_opening
+    LiveSession(ws, services(), current_app.extensions["parley_live"], opening).run()
+
+
+def _open(svc: Services, settings: LiveSettings) -> Opening:
+    """Everything the handshake must not wait for: the hub, the token, the start position.
+
+    The start is fixed here, before the client can see the socket open, so "only events after
+    the connection" holds exactly (docs/websocket.md, "Where to start"). With a token, it is the
+    end of the user's stream now. Without one the user is not known until the first frame, so
+    it is the moment itself: stream ids begin with Redis's clock, and `Hub.clock_position`
+    returns only once that millisecond is over, so every event appended to any stream after the
+    handshake has a larger id and every one appended before the upgrade began has not.
+    """
+    from web.hub import hub_for  # gevent is imported only where sockets are served
+
+    try:
+        hub = hub_for(svc, settings)
+    except RuntimeError as exc:
+        logger.error("%s", exc)
+        return Opening(refusal=(Close.INTERNAL, str(exc)))
+    if hub.stopping:
+        return Opening(refusal=(Close.GOING_AWAY, "server shutting down: try another node"))
+    opening = Opening(hub=hub)
+    since = request.args.get("since")
+    token = request.args.get("token") or _bearer()
+    try:
+        if token is None:
+            if since is None:  # the auth frame may still name one; then this goes unused
+                opening.start = hub.clock_position()
+            return opening
+        try:
+            opening.principal, opening.expires_at = _authenticate(token)
+        except DomainError as exc:
+            opening.refusal = (Close.UNAUTHORIZED, exc.detail)
+            return opening
+        if since is None:
+            assert opening.principal.user_id is not None
+            opening.start = hub.position_now(opening.principal.user_id)
+    except RedisError:
+        logger.warning("cannot fix a new socket's stream position", exc_info=True)
+        opening.refusal = (Close.INTERNAL, "live events unavailable: reconnect later with since")
+    return opening
 
 
 def init_app(app: Flask) -> None:
     settings = LiveSettings.from_env()
     app.extensions["parley_live"] = settings
+    app.extensions["parley_live_origins"] = parse_origins(
+        app.extensions["parley"].settings.cors_origins
+    )
     # simple-websocket cuts the TCP connection at its limit (the client may never see the close
     # frame), so its limit is only a memory guard; frames over max_frame get a proper 1009.
     app.config.setdefault(
@@ -63,42 +145,40 @@ def init_app(app: Flask) -> None:
     sock.init_app(app)
     app.register_blueprint(bp)
     app.register_blueprint(presence_bp)
+    app.register_blueprint(asyncapi_bp)  # GET /asyncapi.json: this endpoint's protocol
 
 
 class LiveSession:
     """One socket from handshake to close; runs in the request's greenlet."""
 
-    def __init__(self, ws: Server, svc: Services, settings: LiveSettings) -> None:
+    def __init__(self, ws: Server, svc: Services, settings: LiveSettings, opening: Opening) -> None:
         self.ws = ws
         self.svc = svc
         self.settings = settings
+        self.opening = opening
 
     def run(self) -> None:
-        from web.hub import hub_for
         from web.live.connection import Connection
 
         self._prepare_socket()
-
-        try:
-            hub = hub_for(self.svc, self.settings)
-        except RuntimeError as exc:
-            logger.error("%s", exc)
-            self._close_now(Close.INTERNAL, str(exc))
-            return
-        if hub.stopping:
-            self._close_now(Close.GOING_AWAY, "server shutting down: try another node")
+        opening = self.opening
+        hub = opening.hub
+        if opening.refusal is not None or hub is None:
+            code, why = opening.refusal or (Close.INTERNAL, "internal error")
+            self._close_now(code, why)
             return
         since = request.args.get("since")
-        token = request.args.get("token") or _bearer()
-        if token is None:
+        if opening.principal is not None:
+            principal, expires_at = opening.principal, opening.expires_at
+        else:
             token, since = self._await_auth_frame(since)
             if token is None:
                 return
-        try:
-            principal, expires_at = _authenticate(token)
-        except DomainError as exc:
-            self._close_now(Close.UNAUTHORIZED, exc.detail)
-            return
+            try:
+                principal, expires_at = _authenticate(token)
+            except DomainError as exc:
+                self._close_now(Close.UNAUTHORIZED, exc.detail)
+                return
         conn = Connection(
             self.ws,
             principal,
@@ -109,7 +189,7 @@ class LiveSession:
         )
         hub.register(conn)
         try:
-            hub.start_stream(conn, since)
+            hub.start_stream(conn, since, opening.start)
             self._serve(hub, conn)
         except ConnectionClosed:
             pass
@@ -158,10 +238,17 @@ class LiveSession:
             msg = _parse(raw)
             if isinstance(msg, str):
                 self.ws.send(protocol.error(msg))
-            elif msg["type"] == "auth" and isinstance(msg.get("token"), str):
-                return msg["token"], _str(msg.get("since")) or since
-            elif msg["type"] == "resume" and isinstance(msg.get("since"), str):
-                since = msg["since"]
+                continue
+            frame = load_client_frame(msg)
+            if msg["type"] == "auth":
+                if isinstance(frame, str):
+                    self._close_now(Close.UNAUTHORIZED, frame)
+                    return None, since
+                return frame["token"], frame.get("since") or since
+            if isinstance(frame, str):
+                self.ws.send(protocol.error(frame))
+            elif msg["type"] == "resume":
+                since = frame["since"]
             elif msg["type"] == "ping":
                 self.ws.send(protocol.PONG)
             else:
@@ -190,20 +277,13 @@ class LiveSession:
                 conn.close(Close.TOO_BIG, f"frames are limited to {self.settings.max_frame} bytes")
                 continue
             msg = _parse(raw)
-            if isinstance(msg, str):
-                conn.offer_ephemeral(protocol.error(msg))
+            frame = msg if isinstance(msg, str) else load_client_frame(msg)
+            if isinstance(frame, str):
+                conn.offer_ephemeral(protocol.error(frame))
                 continue
-            handler = FRAME_HANDLERS.get(msg["type"])
-            if handler is None:
-                conn.offer_ephemeral(
-                    protocol.error(
-                        f"unknown frame type {msg['type'][:40]!r}; expected one of "
-                        + ", ".join(sorted(FRAME_HANDLERS))
-                    )
-                )
-                continue
+            assert isinstance(msg, dict)
             try:
-                handler(self, hub, conn, msg)
+                FRAME_HANDLERS[msg["type"]](self, hub, conn, frame)
             except DomainError as exc:
                 conn.offer_ephemeral(protocol.error(exc.detail))
             except (SQLAlchemyError, RedisError):
@@ -212,14 +292,11 @@ class LiveSession:
 
     # --- client frames --------------------------------------------------------------------------
 
-    def _on_ping(self, hub: Hub, conn: Connection, msg: dict[str, Any]) -> None:
+    def _on_ping(self, hub: Hub, conn: Connection, frame: dict[str, Any]) -> None:
         conn.offer_ephemeral(protocol.PONG)
 
-    def _on_typing(self, hub: Hub, conn: Connection, msg: dict[str, Any]) -> None:
-        cid = _str(msg.get("conversation_id"))
-        if cid is None:
-            conn.offer_ephemeral(protocol.error("typing needs a conversation_id (a string)"))
-            return
+    def _on_typing(self, hub: Hub, conn: Connection, frame: dict[str, Any]) -> None:
+        cid: str = frame["conversation_id"]
         now = time.monotonic()
         if conn.typing_at is None:
             conn.typing_at = {}
@@ -235,31 +312,16 @@ class LiveSession:
         conn.typing_at[cid] = now
         hub.typing(conn, cid, members)
 
-    def _on_read(self, hub: Hub, conn: Connection, msg: dict[str, Any]) -> None:
-        cid = _str(msg.get("conversation_id"))
-        seq = msg.get("seq")
-        if cid is None or not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-            conn.offer_ephemeral(
-                protocol.error("read needs a conversation_id (string) and a seq (integer >= 0)")
-            )
-            return
+    def _on_read(self, hub: Hub, conn: Connection, frame: dict[str, Any]) -> None:
         with self.svc.Session.begin() as s:
-            mark_read(s, conn.principal, cid, seq)
+            mark_read(s, conn.principal, frame["conversation_id"], frame["seq"])
 
-    def _on_resume(self, hub: Hub, conn: Connection, msg: dict[str, Any]) -> None:
-        since = _str(msg.get("since"))
-        if since is None:
-            conn.offer_ephemeral(protocol.error("resume needs since: the last id you received"))
-            return
-        hub.start_stream(conn, since)
+    def _on_resume(self, hub: Hub, conn: Connection, frame: dict[str, Any]) -> None:
+        hub.start_stream(conn, frame["since"])
 
-    def _on_auth(self, hub: Hub, conn: Connection, msg: dict[str, Any]) -> None:
+    def _on_auth(self, hub: Hub, conn: Connection, frame: dict[str, Any]) -> None:
         """A fresh token for the same user extends the session past the old token's expiry."""
-        token = _str(msg.get("token"))
-        if token is None:
-            conn.offer_ephemeral(protocol.error("auth needs a token"))
-            return
-        principal, expires_at = _authenticate(token)
+        principal, expires_at = _authenticate(frame["token"])
         if principal.user_id != conn.user_id:
             conn.offer_ephemeral(
                 protocol.error("a socket serves one user: open another one for this token")
@@ -268,6 +330,7 @@ class LiveSession:
         conn.principal, conn.expires_at = principal, expires_at
 
 
+# Client frames with their validated fields (web/live/frames.py), by type.
 Handler = Callable[[LiveSession, "Hub", "Connection", dict[str, Any]], None]
 FRAME_HANDLERS: dict[str, Handler] = {
     "ping": LiveSession._on_ping,
@@ -276,6 +339,10 @@ FRAME_HANDLERS: dict[str, Handler] = {
     "resume": LiveSession._on_resume,
     "auth": LiveSession._on_auth,
 }
+if set(FRAME_HANDLERS) != set(CLIENT_FRAMES):  # the document and the code say the same
+    raise RuntimeError(
+        f"client frames handled {sorted(FRAME_HANDLERS)} but described {sorted(CLIENT_FRAMES)}"
+    )
 
 
 def _authenticate(token: str) -> tuple[Principal, float]:
@@ -303,7 +370,3 @@ def _parse(raw: str | bytes) -> dict[str, Any] | str:
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
         return 'a frame is a JSON object with a string "type"'
     return msg
-
-
-def _str(value: object) -> str | None:
-    return value if isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS else None
