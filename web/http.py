@@ -1,7 +1,7 @@
 """Request parsing, the text every input must be, and the per-view OpenAPI annotations views
 declare with `@doc`.
 
-Text rules, checked here and nowhere else, before any view (or authentication) queries:
+The text rules every input follows, so that no text reaches SQL that a database refuses:
 
 - No input may hold NUL (PostgreSQL refuses it in text and JSON) or an unpaired surrogate
   (U+D800-U+DFFF: not Unicode text, so it cannot be encoded as UTF-8 for either database or
@@ -14,9 +14,12 @@ Text rules, checked here and nowhere else, before any view (or authentication) q
   other control characters: tabs and newlines are text, and what a client renders is its call.
 
 Where: `install` registers the before-request check of the URL (path and query, the raw bytes
-included) and the Authorization header: a 400 problem naming the parameter. `json_body` checks
-every string and key of the parsed JSON: a 422 naming the field. `form_field` decodes a
-multipart field (web/attachments.py): a 422 naming it.
+included) and the Authorization header, which runs before authentication and every view: a 400
+problem naming the parameter. `json_body` checks every string and key of the parsed JSON before
+the view's first query: a 422 naming the field. `form_field` decodes a multipart field
+(web/attachments.py) before its early conversation check: a 422 naming it. Text carried inside
+other input follows the same rules where it is opened: signed token claims (web/auth.py, with
+these functions: 401) and cursors (domain/pagination.py: forged text is an invalid cursor, 422).
 """
 
 from __future__ import annotations
