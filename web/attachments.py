@@ -21,7 +21,7 @@ from domain.errors import Forbidden, Invalid, NotFound
 from web.auth import current, require_auth
 from web.errors import problem
 from web.http import doc, form_field, query_args
-from web.schemas import (
+from web.schemas.attachments import (
     AttachmentListQuery,
     AttachmentPageSchema,
     AttachmentSchema,

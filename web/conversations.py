@@ -14,7 +14,7 @@ from models import Message
 from web.auth import current, require_auth
 from web.http import doc, json_body, query_args
 from web.limits import limits
-from web.schemas import (
+from web.schemas.conversations import (
     ConversationCreateSchema,
     ConversationListQuery,
     ConversationPageSchema,

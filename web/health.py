@@ -10,7 +10,7 @@ from sqlalchemy import text
 
 from core.services import services
 from web.http import doc
-from web.schemas import HealthSchema
+from web.schemas.common import HealthSchema
 
 bp = Blueprint("health", __name__)
 

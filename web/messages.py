@@ -15,7 +15,7 @@ from models import Message
 from web.auth import current, require_auth
 from web.http import doc, json_body, query_args
 from web.limits import limits
-from web.schemas import (
+from web.schemas.messages import (
     MessageCreateSchema,
     MessageListQuery,
     MessagePageSchema,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint
-from marshmallow import fields, validate
 
 from core.services import services
 from domain import review
@@ -14,12 +13,12 @@ from domain.render import render_message
 from models import AuditEntry, User
 from web.auth import current, require_auth
 from web.http import doc, json_body, query_args
-from web.schemas import (
+from web.schemas.messages import MessageSchema
+from web.schemas.moderation import (
     ApproveSchema,
     AuditPageSchema,
     AuditQuery,
     BanSchema,
-    MessageSchema,
     ModerationUserSchema,
     MuteSchema,
     QueuePageSchema,
@@ -29,22 +28,6 @@ from web.schemas import (
 
 bp = Blueprint("moderation", __name__, url_prefix="/v1/moderation")
 bp.before_request(require_auth)
-
-
-class ModerationQueueQuery(QueueQuery):
-    """The queue's filter: `kind` narrows it; without one, every kind is listed."""
-
-    kind = fields.String(
-        validate=validate.OneOf(review.QUEUE_KINDS),
-        metadata={
-            "description": (
-                "Only one kind of waiting message: `held` (held by policy, flood or reports; "
-                "not delivered), `reported` (open reports, delivered or held), `flagged` "
-                "(delivered with something masked). Omitted: everything waiting, every kind, "
-                "each message once, oldest first; `cursor` pages across the kinds."
-            )
-        },
-    )
 
 
 def _iso(value: Any) -> str | None:
@@ -69,13 +52,13 @@ def _user(user: User) -> dict[str, Any]:
 @bp.get("/queue")
 @doc(
     "Messages waiting for a moderator",
-    query=ModerationQueueQuery,
+    query=QueueQuery,
     responses={200: QueuePageSchema},
     tag="moderation",
 )
 def review_queue() -> dict[str, Any]:
     """List waiting messages (every kind, or one `kind`), oldest first, with open report counts."""
-    q = query_args(ModerationQueueQuery())
+    q = query_args(QueueQuery())
     with services().ReadSession() as s:
         rows, counts, next_cursor = review.queue(
             s, current(), q.get("kind"), q.get("cursor"), q["limit"]

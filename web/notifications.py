@@ -10,7 +10,7 @@ from core.services import services
 from domain import notifications
 from web.auth import current, require_auth
 from web.http import doc, json_body, query_args
-from web.push_schemas import (
+from web.schemas.notifications import (
     NotificationListQuery,
     NotificationPageSchema,
     NotificationSchema,

@@ -9,7 +9,7 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Flask, current_app
 
-from web.schemas import ProblemSchema
+from web.schemas.common import ProblemSchema
 
 bp = Blueprint("openapi", __name__)
 

@@ -12,7 +12,7 @@ from domain import conversations as convs
 from domain import gdpr, retention
 from web.auth import current, require_auth
 from web.http import doc, json_body, query_args
-from web.schemas import (
+from web.schemas.privacy import (
     EraseSchema,
     ExportDownloadQuery,
     JobSchema,

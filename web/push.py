@@ -11,10 +11,10 @@ from domain import push
 from push.vapid import VapidKey
 from web.auth import current, require_auth
 from web.http import doc, json_body, query_args
-from web.push_schemas import (
+from web.schemas.common import PageQuery
+from web.schemas.push import (
     DeadLetterPageSchema,
     EmailCodeSchema,
-    PageQuery,
     PushPreferencesPatchSchema,
     PushPreferencesSchema,
     PushSubscriptionCreateSchema,
