@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from core.ids import utcnow
+from core.ids import iso, utcnow
 from domain import events, push_delivery
 from domain.conversations import unread_counts
 from domain.errors import NotFound
@@ -83,14 +82,10 @@ def render(
         "seq": seq,
         "sender_id": sender_id,
         "count": note.count,
-        "created_at": _iso(note.created_at),
+        "created_at": iso(note.created_at),
         "read": note.read_at is not None,
-        "read_at": _iso(note.read_at),
+        "read_at": iso(note.read_at),
     }
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
 # --- reading ---------------------------------------------------------------------------------

@@ -16,14 +16,13 @@ import json
 import logging
 import secrets
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from core.config import Settings
-from core.ids import new_id, utcnow
+from core.ids import iso, new_id, utcnow
 from core.services import Services
 from domain import outbox
 from domain.errors import Conflict, Forbidden, Invalid, NotFound
@@ -209,17 +208,13 @@ def render_subscription(sub: PushSubscription, secret: str | None = None) -> dic
         "id": sub.id,
         "kind": sub.kind,
         ADDRESS_FIELD[sub.kind]: sub.target,
-        "created_at": _iso(sub.created_at),
-        "last_success_at": _iso(sub.last_success_at),
+        "created_at": iso(sub.created_at),
+        "last_success_at": iso(sub.last_success_at),
         "verified": sub.verified_at is not None,
     }
     if secret is not None:
         out["secret"] = secret
     return out
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
 # --- preview preference ------------------------------------------------------------------------
@@ -279,8 +274,8 @@ def dead_letters(
             "attempts": d.attempts,
             "last_status": d.last_status,
             "reason": d.reason,
-            "created_at": _iso(d.created_at),
-            "failed_at": _iso(d.finished_at),
+            "created_at": iso(d.created_at),
+            "failed_at": iso(d.finished_at),
         }
         for d in rows
     ]

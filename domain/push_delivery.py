@@ -24,7 +24,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from core.events import is_online
-from core.ids import new_id
+from core.ids import iso, new_id
 from core.services import Services
 from domain import outbox
 from domain import push as subscriptions
@@ -50,10 +50,6 @@ DIGEST_KEY = "digest"
 RETRACTABLE = ("webpush", "webhook", "platform")
 MAX_COUNTDOWN_S = 900.0  # well below the broker's visibility timeout; the sweeper covers longer
 DIGEST_MAX_CONVERSATIONS = 20
-
-
-def _iso(value: datetime) -> str:
-    return value.isoformat().replace("+00:00", "Z")
 
 
 def topic(user_id: str, conversation_id: str | None) -> str:
@@ -344,7 +340,7 @@ def _envelope(etype: str, row: PushDelivery, now: datetime, data: dict[str, Any]
     return {
         "type": etype,
         "id": row.id,
-        "timestamp": _iso(now),
+        "timestamp": iso(now),
         "user_id": row.user_id,
         "data": data,
     }

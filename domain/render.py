@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from core.crypto import MissingKeyError
+from core.ids import iso
 from core.services import Services
 from domain.attachments import for_message
 from domain.keys import message_aad
@@ -17,10 +18,6 @@ from domain.principals import Principal
 from models import Conversation, Message, Participant
 
 PREVIEW_CHARS = 120
-
-
-def _iso(value: Any) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
 def mask(text: str, spans: Iterable[Sequence[Any]]) -> str:
@@ -77,8 +74,8 @@ def render_message(
         "type": msg.type,
         "text": message_text(svc, msg, privileged),
         "state": msg.state,
-        "created_at": _iso(msg.created_at),
-        "edited_at": _iso(msg.edited_at),
+        "created_at": iso(msg.created_at),
+        "edited_at": iso(msg.edited_at),
         "deleted": msg.deleted_at is not None,
         "reply_to": msg.reply_to_id,
         "attachments": [] if msg.deleted_at is not None else for_message(svc, msg),
@@ -111,7 +108,7 @@ def render_conversation(
         "id": conv.id,
         "type": conv.type,
         "members": [
-            {"user_id": p.user_id, "role": p.role, "joined_at": _iso(p.joined_at)}
+            {"user_id": p.user_id, "role": p.role, "joined_at": iso(p.joined_at)}
             for p in conv.active_participants()
         ],
         "subject": conv.subject,
@@ -122,8 +119,8 @@ def render_conversation(
         ),
         "status": conv.status,
         "metadata": conv.meta or {},
-        "created_at": _iso(conv.created_at),
-        "last_activity_at": _iso(conv.last_activity_at),
+        "created_at": iso(conv.created_at),
+        "last_activity_at": iso(conv.last_activity_at),
         "last_seq": conv.last_seq,
     }
     if me is not None:
@@ -134,7 +131,7 @@ def render_conversation(
             "read_seq": me.read_seq,
             "delivered_seq": me.delivered_seq,
             "archived": me.archived,
-            "muted_until": _iso(me.muted_until),
+            "muted_until": iso(me.muted_until),
             "notification_level": me.notification_level,
         }
     return out
@@ -154,5 +151,5 @@ def preview(svc: Services, msg: Message | None) -> dict[str, Any] | None:
         "type": msg.type,
         "text": text,
         "deleted": msg.deleted_at is not None,
-        "created_at": _iso(msg.created_at),
+        "created_at": iso(msg.created_at),
     }
