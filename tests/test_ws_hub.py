@@ -12,7 +12,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request, TextMessage
 from wsproto.extensions import PerMessageDeflate
 
-from web.hub import Hub
+from web.live.hub import Hub
 from web.live.connection import _without_extensions, text_frame
 from web.live.render import Outgoing, Viewer
 from web.live.settings import LiveSettings
@@ -64,7 +64,7 @@ class Harness:
             return {v: [Outgoing(e.sid, e.id) for e in es] for v, es in wants.items()}
 
         self.hub.streams.read_many = read_many  # type: ignore[method-assign]
-        self.hub._render = render  # type: ignore[method-assign]
+        self.hub.render = render  # type: ignore[method-assign]
 
     def add(self, user: str, cursor: tuple[int, int]) -> FakeConn:
         conn = FakeConn(user, cursor)
@@ -80,16 +80,16 @@ class Harness:
         return prev
 
     def dispatch(self) -> None:
-        users = list(self.hub._pending)
-        self.hub._pending.clear()
-        self.hub._deliver(users)
+        users = list(self.hub.dispatcher.pending)
+        self.hub.dispatcher.pending.clear()
+        self.hub.dispatcher.deliver(users)
 
 
 def test_a_socket_at_the_previous_id_gets_the_entry_from_the_wake_up_without_a_read() -> None:
     h = Harness()
     prev = h.append("u1", "100-0")
     a = h.add("u1", (0, 0))
-    h.hub._wake_with_entries(wake({"u1": (prev, "100-0")}))
+    h.hub.dispatcher.wake_with_entries(wake({"u1": (prev, "100-0")}))
     h.dispatch()
     assert a.got == ["100-0"] and a.cursor == (100, 0)
     assert h.reads == []
@@ -100,7 +100,7 @@ def test_wake_ups_before_the_dispatch_chain_in_order_and_still_need_no_read() ->
     a = h.add("u1", (0, 0))
     for eid in ("100-0", "100-1", "250-0"):
         prev = h.append("u1", eid)
-        h.hub._wake_with_entries(wake({"u1": (prev, eid)}))
+        h.hub.dispatcher.wake_with_entries(wake({"u1": (prev, eid)}))
     h.dispatch()
     assert a.got == ["100-0", "100-1", "250-0"]
     assert h.reads == []
@@ -111,7 +111,7 @@ def test_a_socket_behind_the_previous_id_reads_its_gap() -> None:
     h.append("u1", "100-0")  # its wake-up never reached this node
     prev = h.append("u1", "200-0")
     a = h.add("u1", (0, 0))
-    h.hub._wake_with_entries(wake({"u1": (prev, "200-0")}))
+    h.hub.dispatcher.wake_with_entries(wake({"u1": (prev, "200-0")}))
     h.dispatch()
     assert a.got == ["100-0", "200-0"]
     assert h.reads == [{"u1": (0, 0)}]
@@ -122,7 +122,7 @@ def test_a_user_with_one_socket_behind_reads_once_for_all_and_nothing_is_sent_tw
     h.append("u1", "100-0")
     prev = h.append("u1", "200-0")
     ahead, behind = h.add("u1", (100, 0)), h.add("u1", (0, 0))
-    h.hub._wake_with_entries(wake({"u1": (prev, "200-0")}))
+    h.hub.dispatcher.wake_with_entries(wake({"u1": (prev, "200-0")}))
     h.dispatch()
     assert ahead.got == ["200-0"]
     assert behind.got == ["100-0", "200-0"]
@@ -133,21 +133,21 @@ def test_a_broken_chain_or_a_wake_up_without_ids_falls_back_to_a_read() -> None:
     h = Harness()
     a = h.add("u1", (0, 0))
     prev = h.append("u1", "100-0")
-    h.hub._wake_with_entries(wake({"u1": (prev, "100-0")}))
+    h.hub.dispatcher.wake_with_entries(wake({"u1": (prev, "100-0")}))
     h.append("u1", "150-0")
-    h.hub._wake_users(["u1"])  # an older publisher: ids only
+    h.hub.dispatcher.wake_users(["u1"])  # an older publisher: ids only
     prev = h.append("u1", "200-0")
-    h.hub._wake_with_entries(wake({"u1": (prev, "200-0")}))
+    h.hub.dispatcher.wake_with_entries(wake({"u1": (prev, "200-0")}))
     h.dispatch()
     assert a.got == ["100-0", "150-0", "200-0"]
     assert h.reads == [{"u1": (0, 0)}]
 
     b = h.add("u2", (0, 0))
     h.append("u2", "300-0")
-    h.hub._wake_with_entries(wake({"u2": ("0-0", "300-0")}))
+    h.hub.dispatcher.wake_with_entries(wake({"u2": ("0-0", "300-0")}))
     h.append("u2", "350-0")  # its wake-up was lost: the next one does not chain
     prev = h.append("u2", "400-0")
-    h.hub._wake_with_entries(wake({"u2": (prev, "400-0")}))
+    h.hub.dispatcher.wake_with_entries(wake({"u2": (prev, "400-0")}))
     h.dispatch()
     assert b.got == ["300-0", "350-0", "400-0"]
     assert h.reads[-1] == {"u2": (0, 0)}
@@ -158,10 +158,10 @@ def test_sockets_replaying_their_backlog_are_left_to_their_replay() -> None:
     prev = h.append("u1", "100-0")
     a = h.add("u1", (0, 0))
     a.catching_up = True
-    h.hub._wake_with_entries(wake({"u1": (prev, "100-0")}))
+    h.hub.dispatcher.wake_with_entries(wake({"u1": (prev, "100-0")}))
     h.dispatch()
     assert a.got == [] and a.dirty
-    assert h.hub._known == {}
+    assert h.hub.dispatcher.known == {}
 
 
 def test_users_without_a_local_socket_or_a_usable_pair_are_not_taken_from_the_wake_up() -> None:
@@ -173,8 +173,8 @@ def test_users_without_a_local_socket_or_a_usable_pair_are_not_taken_from_the_wa
     assert prev == (0, 0) and entry.sid == (100, 0) and entry.data["message_id"] == "m1"
     h = Harness()
     h.add("u4", (0, 0))
-    h.hub._wake_with_entries(payload)
-    assert h.hub._pending == {"u4"} and h.hub._known == {}  # woken to read
+    h.hub.dispatcher.wake_with_entries(payload)
+    assert h.hub.dispatcher.pending == {"u4"} and h.hub.dispatcher.known == {}  # woken to read
 
 
 @pytest.mark.parametrize("n", [0, 1, 125, 126, 127, 65535, 65536, 70000])

@@ -35,7 +35,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     outbox.install(svc.Session)
     app.extensions["parley"] = svc
 
-    from web import auth, conversations, errors, health, messages, moderation, openapi, push, ws
+    from web import auth, conversations, errors, health, live, messages, moderation, openapi, push
     from web.attachments import bp as attachments_bp
     from web.cli import register_cli
     from web.privacy import init_app as init_privacy
@@ -44,7 +44,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     errors.register(app)
     for bp in (health.bp, openapi.bp, conversations.bp, messages.bp, moderation.bp, attachments_bp):
         app.register_blueprint(bp)
-    ws.init_app(app)  # GET /v1/ws and presence; the hub starts with the first socket
+    live.init_app(app)  # GET /v1/ws and presence; the hub starts with the first socket
     push.init_app(app)  # /v1/push (subscriptions, VAPID key, dead letters), /v1/notifications
     init_privacy(app)  # retention policies, DELETE /v1/conversations/{cid}, /v1/privacy jobs
     register_cli(app)

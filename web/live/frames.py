@@ -2,8 +2,8 @@
 
 This table is the protocol's single source. `web/live/protocol.py` builds ephemeral frames only
 for types listed here and with the fields listed here, and warns about a durable type that is
-not; `web/ws.py` dispatches client frames by `CLIENT_FRAMES` (a handler without an entry, or
-an entry without a handler, stops the import) and validates each with its schema; and
+not; `web/live/session.py` dispatches client frames by `CLIENT_FRAMES` (a handler without an
+entry, or an entry without a handler, stops the import) and validates each with its schema; and
 `web/live/asyncapi.py` generates `/asyncapi.json` from it. The shapes themselves are marshmallow
 schemas, as for the REST API: `message.new` carries the very `MessageSchema` of
 `GET /v1/messages/{mid}`.

@@ -3,27 +3,27 @@
 Streams hold ids only; the message a `message.new` / `message.updated` frame carries is loaded,
 decrypted and rendered here exactly as `GET /v1/messages/{mid}` renders it for that viewer.
 A wake-up for a 1,000-member conversation renders one message for 1,000 users: the messages,
-their conversations' members and the reactions are read once for the whole batch, and viewers
-who would get identical JSON share one rendering (see `_view_key`): per viewer there is a
-membership lookup, a dict lookup and the frame's envelope (its `id` is the viewer's own).
+their conversations' members and the reactions are read once for the whole batch
+(`domain.live.render_batch`), and viewers who would get identical JSON share one rendering
+(see `_view_key`): per viewer there is a membership lookup, a dict lookup and the frame's
+envelope (its `id` is the viewer's own).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.services import Services
-from domain.messages import can_see, reactions_for
+from domain import live
+from domain.messages import can_see
 from domain.principals import MODERATOR_ROLES, Principal
 from domain.render import render_message
-from models import Message, Participant, Reaction
+from models import Message, Participant
 from web.live import protocol
 from web.live.protocol import StreamId
 from web.live.streams import Entry
@@ -35,14 +35,6 @@ MESSAGE_EVENTS = frozenset({"message.new", "message.updated"})
 # records the verdict commits: a row still pending behind a message.updated this young is a
 # verdict in flight, and its viewer waits for it rather than get the message as pending.
 IN_FLIGHT_MS = 2000
-MEMBER_COLUMNS = (
-    Participant.conversation_id,
-    Participant.user_id,
-    Participant.role,
-    Participant.read_seq,
-    Participant.delivered_seq,
-    Participant.left_at,
-)
 
 
 class Outgoing(NamedTuple):
@@ -75,29 +67,9 @@ def render(
     if not mids:
         return {v: [_passthrough(e) for e in entries] for v, entries in wants.items()}
     users = {user for user, _ in wants}
-    with read_session() as s:
-        messages = {m.id: m for m in s.scalars(select(Message).where(Message.id.in_(mids)))}
-        cids = {m.conversation_id for m in messages.values()}
-        members: dict[str, list[Participant]] = defaultdict(list)
-        # Plain rows, not ORM objects: a 1,000-member group would otherwise build 1,000
-        # instances per wake-up (and Core rows skip the ORM's row processing too).
-        # render_message and can_see only read these attributes.
-        for p in s.connection().execute(
-            select(*MEMBER_COLUMNS).where(
-                Participant.conversation_id.in_(cids), Participant.left_at.is_(None)
-            )
-        ):
-            members[p.conversation_id].append(cast(Participant, p))
-        shared = reactions_for(s, list(messages), None)
-        mine: dict[tuple[str, str], set[str]] = defaultdict(set)  # (user, message) → emojis
-        for mid, emoji, user in s.execute(  # filtered here: `IN` 1,000 viewers costs more
-            select(Reaction.message_id, Reaction.emoji, Reaction.user_id).where(
-                Reaction.message_id.in_(list(messages))
-            )
-        ):
-            if user in users:
-                mine[(user, mid)].add(emoji)
-        views = _Views(svc, messages, members, shared, mine)
+    with read_session() as s:  # the batch's objects live as long as the session
+        batch = live.render_batch(s, mids, users)
+        views = _Views(svc, batch.messages, batch.members, batch.shared, batch.mine)
         return {v: [views.outgoing(v, e) for e in entries] for v, entries in wants.items()}
 
 

@@ -1,13 +1,11 @@
-"""`GET /v1/ws`: the live event stream of one user (contract in API.md, details in
-docs/websocket.md).
+"""One socket from handshake to close: authentication, client frames, the way out.
 
-Before the handshake (flask-sock sends it when the view builds its `Server`), `_before_upgrade`
-refuses browser pages of origins not allowed (403), authenticates a token that came with the
-request and fixes where the socket starts in its user's stream: the client may post the moment
-it sees the socket open, and that event must not fall before the start. The session then
-authenticates a first-frame token if needed, registers with this process's hub, starts the
-stream there (or after `since`) and serves client frames until either side closes. Events
-reach the socket only through the hub and its send queue.
+The session runs in the request's greenlet. It closes at once with the endpoint's refusal, or
+waits for a first-frame token when none came with the request (answering `ping`, remembering
+`resume`), registers with this process's hub, starts the stream there (after `since`, or at
+the position the endpoint fixed before the handshake) and serves client frames until either
+side closes, dispatched by the frame table (frames.py): a handler without an entry, or an
+entry without a handler, stops the import.
 """
 
 from __future__ import annotations
@@ -17,135 +15,29 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Flask, Response, current_app, g, request
-from flask_sock import Sock
+from flask import request
 from redis import RedisError
 from simple_websocket import ConnectionClosed, Server
 from sqlalchemy.exc import SQLAlchemyError
 
-from core.services import Services, services
-from domain import apikeys
-from domain.errors import DomainError, Unauthorized
+from core.services import Services
+from domain.errors import DomainError
 from domain.messages import mark_read
-from domain.principals import Principal
-from web.auth import authenticate, codec
-from web.errors import problem
 from web.live import protocol
-from web.live.asyncapi import bp as asyncapi_bp
 from web.live.frames import CLIENT_FRAMES, load_client_frame
-from web.live.protocol import Close, StreamId
+from web.live.opening import Opening, authenticate_user
+from web.live.protocol import Close
 from web.live.settings import LiveSettings
-from web.live.views import bp as presence_bp
-from web.security import origin_refused, parse_origins
 
 if TYPE_CHECKING:  # gevent is imported only where sockets are served, not by workers or CLI
-    from web.hub import Hub
     from web.live.connection import Connection
+    from web.live.hub import Hub
 
 logger = logging.getLogger(__name__)
 
-sock = Sock()
-bp = Blueprint("live", __name__)
-
 TYPING_MEMORY = 256  # conversations whose last typing time a socket remembers
-HARD_FRAME_FACTOR = 16
-
-
-@dataclass
-class Opening:
-    """What is settled before the handshake, for the session to act on right after it."""
-
-    hub: Hub | None = None
-    refusal: tuple[Close, str] | None = None  # close with this as soon as the socket is open
-    principal: Principal | None = None  # from a token that came with the request
-    expires_at: float = 0.0
-    start: StreamId | None = None  # where the stream starts unless the client names `since`
-
-
-@bp.before_request
-def _before_upgrade() -> Response | None:
-    """Refuse other sites' pages; settle the token and the stream position before the
-    handshake (once it is sent, the client may post, and that event must reach the socket)."""
-    origin = request.headers.get("Origin")
-    if origin is not None and origin_refused(
-        origin, current_app.extensions["parley_live_origins"], request.host
-    ):
-        return problem(
-            403,
-            "Forbidden",
-            f"pages from origin {origin[:100]!r} may not open live sockets here: the server's "
-            "PARLEY_CORS_ORIGINS does not list it",
-        )
-    g.live_opening = _open(services(), current_app.extensions["parley_live"])
-    return None
-
-
-@sock.route("/v1/ws", bp=bp)
-def live_events(ws: Server) -> None:
-    """Stream the caller's events live, after replaying those since `?since=<id>`."""
-    opening: Opening = g.live_opening
-    LiveSession(ws, services(), current_app.extensions["parley_live"], opening).run()
-
-
-def _open(svc: Services, settings: LiveSettings) -> Opening:
-    """Everything the handshake must not wait for: the hub, the token, the start position.
-
-    The start is fixed here, before the client can see the socket open, so "only events after
-    the connection" holds exactly (docs/websocket.md, "Where to start"). With a token, it is the
-    end of the user's stream now. Without one the user is not known until the first frame, so
-    it is the moment itself: stream ids begin with Redis's clock, and `Hub.clock_position`
-    returns only once that millisecond is over, so every event appended to any stream after the
-    handshake has a larger id and every one appended before the upgrade began has not.
-    """
-    from web.hub import hub_for  # gevent is imported only where sockets are served
-
-    try:
-        hub = hub_for(svc, settings)
-    except RuntimeError as exc:
-        logger.error("%s", exc)
-        return Opening(refusal=(Close.INTERNAL, str(exc)))
-    if hub.stopping:
-        return Opening(refusal=(Close.GOING_AWAY, "server shutting down: try another node"))
-    opening = Opening(hub=hub)
-    since = request.args.get("since")
-    token = request.args.get("token") or _bearer()
-    try:
-        if token is None:
-            if since is None:  # the auth frame may still name one; then this goes unused
-                opening.start = hub.clock_position()
-            return opening
-        try:
-            opening.principal, opening.expires_at = _authenticate(token)
-        except DomainError as exc:
-            opening.refusal = (Close.UNAUTHORIZED, exc.detail)
-            return opening
-        if since is None:
-            assert opening.principal.user_id is not None
-            opening.start = hub.position_now(opening.principal.user_id)
-    except RedisError:
-        logger.warning("cannot fix a new socket's stream position", exc_info=True)
-        opening.refusal = (Close.INTERNAL, "live events unavailable: reconnect later with since")
-    return opening
-
-
-def init_app(app: Flask) -> None:
-    settings = LiveSettings.from_env()
-    app.extensions["parley_live"] = settings
-    app.extensions["parley_live_origins"] = parse_origins(
-        app.extensions["parley"].settings.cors_origins
-    )
-    # simple-websocket cuts the TCP connection at its limit (the client may never see the close
-    # frame), so its limit is only a memory guard; frames over max_frame get a proper 1009.
-    app.config.setdefault(
-        "SOCK_SERVER_OPTIONS", {"max_message_size": HARD_FRAME_FACTOR * settings.max_frame}
-    )
-    sock.init_app(app)
-    app.register_blueprint(bp)
-    app.register_blueprint(presence_bp)
-    app.register_blueprint(asyncapi_bp)  # GET /asyncapi.json: this endpoint's protocol
 
 
 class LiveSession:
@@ -175,7 +67,7 @@ class LiveSession:
             if token is None:
                 return
             try:
-                principal, expires_at = _authenticate(token)
+                principal, expires_at = authenticate_user(token)
             except DomainError as exc:
                 self._close_now(Close.UNAUTHORIZED, exc.detail)
                 return
@@ -185,11 +77,11 @@ class LiveSession:
             expires_at,
             self.settings.send_queue,
             self.settings.close_grace_s,
-            hub.note_delivered,
+            hub.delivered.note,
         )
         hub.register(conn)
         try:
-            hub.start_stream(conn, since, opening.start)
+            hub.replay.start_stream(conn, since, opening.start)
             self._serve(hub, conn)
         except ConnectionClosed:
             pass
@@ -303,25 +195,25 @@ class LiveSession:
         last = conn.typing_at.get(cid)
         if last is not None and now - last < self.settings.typing_interval_s:
             return  # clients send on every keystroke; one event per interval is plenty
-        members = hub.members(cid)
+        members = hub.typing.members(cid)
         if conn.user_id not in members:
             conn.offer_ephemeral(protocol.error(f"you are not a participant of conversation {cid}"))
             return
         if len(conn.typing_at) >= TYPING_MEMORY:
             conn.typing_at.clear()
         conn.typing_at[cid] = now
-        hub.typing(conn, cid, members)
+        hub.typing.publish(conn, cid, members)
 
     def _on_read(self, hub: Hub, conn: Connection, frame: dict[str, Any]) -> None:
         with self.svc.Session.begin() as s:
             mark_read(s, conn.principal, frame["conversation_id"], frame["seq"])
 
     def _on_resume(self, hub: Hub, conn: Connection, frame: dict[str, Any]) -> None:
-        hub.start_stream(conn, frame["since"])
+        hub.replay.start_stream(conn, frame["since"])
 
     def _on_auth(self, hub: Hub, conn: Connection, frame: dict[str, Any]) -> None:
         """A fresh token for the same user extends the session past the old token's expiry."""
-        principal, expires_at = _authenticate(frame["token"])
+        principal, expires_at = authenticate_user(frame["token"])
         if principal.user_id != conn.user_id:
             conn.offer_ephemeral(
                 protocol.error("a socket serves one user: open another one for this token")
@@ -343,20 +235,6 @@ if set(FRAME_HANDLERS) != set(CLIENT_FRAMES):  # the document and the code say t
     raise RuntimeError(
         f"client frames handled {sorted(FRAME_HANDLERS)} but described {sorted(CLIENT_FRAMES)}"
     )
-
-
-def _authenticate(token: str) -> tuple[Principal, float]:
-    """A user principal and when its token stops being accepted (exp plus the leeway)."""
-    if apikeys.looks_like_key(token):
-        raise Unauthorized("live events are per user: connect with a user token, not an API key")
-    tokens = codec()
-    claims = tokens.decode(token)
-    return authenticate(token), float(claims["exp"]) + tokens.leeway
-
-
-def _bearer() -> str | None:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 def _parse(raw: str | bytes) -> dict[str, Any] | str:

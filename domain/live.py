@@ -1,0 +1,126 @@
+"""The database side of live delivery: what the web process's hub (web/live/) reads and writes.
+
+The hub renders stream entries in batches, tells small conversations who came online, and moves
+delivered cursors as frames reach sockets. Its queries live here so web/live/ holds no SQL; each
+takes the session its caller opened (`svc.ReadSession` for reads: SQLite's DEFERRED
+transactions never wait for the write lock, whose busy wait would stall a gevent process).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Collection, Mapping
+from typing import Any, NamedTuple, cast
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from domain.messages import members_of, reactions_for
+from models import Message, Participant, Reaction
+
+MEMBER_COLUMNS = (
+    Participant.conversation_id,
+    Participant.user_id,
+    Participant.role,
+    Participant.read_seq,
+    Participant.delivered_seq,
+    Participant.left_at,
+)
+
+
+class RenderBatch(NamedTuple):
+    """Everything a batch of message events needs to be rendered for many viewers."""
+
+    messages: dict[str, Message]  # by id; purged or erased ones are missing
+    members: dict[str, list[Participant]]  # active members by conversation (plain rows)
+    shared: dict[str, list[dict[str, Any]]]  # reactions by message, as nobody's own
+    mine: dict[tuple[str, str], set[str]]  # (user, message) → that user's emojis
+
+
+def render_batch(
+    session: Session, message_ids: Collection[str], users: Collection[str]
+) -> RenderBatch:
+    """The messages, their conversations' active members and the reactions, read once for a
+    whole wake-up. The objects are only valid while `session` is open."""
+    messages = {
+        m.id: m for m in session.scalars(select(Message).where(Message.id.in_(message_ids)))
+    }
+    cids = {m.conversation_id for m in messages.values()}
+    members: dict[str, list[Participant]] = defaultdict(list)
+    # Plain rows, not ORM objects: a 1,000-member group would otherwise build 1,000 instances
+    # per wake-up (and Core rows skip the ORM's row processing too). render_message and
+    # can_see only read these attributes.
+    for p in session.connection().execute(
+        select(*MEMBER_COLUMNS).where(
+            Participant.conversation_id.in_(cids), Participant.left_at.is_(None)
+        )
+    ):
+        members[p.conversation_id].append(cast(Participant, p))
+    shared = reactions_for(session, list(messages), None)
+    mine: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for mid, emoji, user in session.execute(  # filtered here: `IN` 1,000 viewers costs more
+        select(Reaction.message_id, Reaction.emoji, Reaction.user_id).where(
+            Reaction.message_id.in_(list(messages))
+        )
+    ):
+        if user in users:
+            mine[(user, mid)].add(emoji)
+    return RenderBatch(messages, members, shared, mine)
+
+
+def member_ids(session: Session, conversation_id: str) -> list[str]:
+    """The active members of a conversation (who may type in it, and hear it)."""
+    return [p.user_id for p in members_of(session, conversation_id)]
+
+
+def presence_audience(session: Session, users: Collection[str], limit: int) -> dict[str, set[str]]:
+    """Who hears that each user came online or went offline: the other active members of the
+    user's conversations with at most `limit` members (larger groups ask over REST)."""
+    P = Participant
+    mine = session.execute(
+        select(P.conversation_id, P.user_id).where(P.user_id.in_(users), P.left_at.is_(None))
+    ).all()
+    if not mine:
+        return {}
+    cids = {cid for cid, _ in mine}
+    small = {
+        cid
+        for cid, n in session.execute(
+            select(P.conversation_id, func.count())
+            .where(P.conversation_id.in_(cids), P.left_at.is_(None))
+            .group_by(P.conversation_id)
+        )
+        if n <= limit
+    }
+    if not small:
+        return {}
+    members: dict[str, list[str]] = defaultdict(list)
+    for cid, user in session.execute(
+        select(P.conversation_id, P.user_id).where(
+            P.conversation_id.in_(small), P.left_at.is_(None)
+        )
+    ):
+        members[cid].append(user)
+    out: dict[str, set[str]] = defaultdict(set)
+    for cid, user in mine:
+        out[user].update(m for m in members.get(cid, ()) if m != user)
+    return {u: to for u, to in out.items() if to}
+
+
+def save_delivered(session: Session, cursors: Mapping[tuple[str, str], int]) -> None:
+    """Move participants' delivered cursors ((conversation, user) → seq) forward, never back:
+    one UPDATE per conversation and seq, so a message fanned out to 1,000 sockets costs one
+    statement."""
+    groups: dict[tuple[str, int], list[str]] = defaultdict(list)
+    for (cid, user), seq in cursors.items():
+        groups[(cid, seq)].append(user)
+    for (cid, seq), users in groups.items():
+        session.execute(
+            update(Participant)
+            .where(
+                Participant.conversation_id == cid,
+                Participant.user_id.in_(users),
+                Participant.delivered_seq < seq,
+            )
+            .values(delivered_seq=seq)
+        )
