@@ -5,8 +5,10 @@
   trusts none: a client cannot spoof its address with a header.
 - `PARLEY_CORS_ORIGINS`: comma-separated origins allowed to call from a browser, or `*`. The API
   authenticates with a bearer header, never a cookie, so credentials are never allowed and `*`
-  stays safe; an explicit list is still better (and `*` is refused in production). Preflights
-  are answered here, before authentication, as browsers send them without the token.
+  stays safe; an explicit list is still better (and `*` is refused in production). flask-cors
+  writes the `Access-Control-*` headers; preflights are answered here with an empty 204, before
+  authentication (browsers send them without the token), and flask-cors adds the `Allow-*`
+  headers to that answer when the origin is listed.
 - A NUL character anywhere in the URL is a 400 (bodies: web/schemas.py refuses it per field).
 - Headers: JSON answers get a CSP that forbids everything (nothing in them is a document to
   render), `nosniff`, `DENY` framing, no referrer; HSTS when `PARLEY_HSTS_SECONDS` is set
@@ -15,15 +17,18 @@
 
 from __future__ import annotations
 
+import re
+
 from flask import Flask, Response, request
+from flask_cors import CORS
 from werkzeug.exceptions import BadRequest
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from core.config import Settings
 
-ALLOWED_METHODS = "GET, POST, PUT, PATCH, DELETE"
-ALLOWED_HEADERS = {"authorization", "content-type", "x-request-id", "range", "if-range"}
-EXPOSED_HEADERS = "X-Request-ID, Retry-After, Location, Content-Disposition, ETag"
+ALLOWED_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+ALLOWED_HEADERS = ["Authorization", "Content-Type", "X-Request-ID", "Range", "If-Range"]
+EXPOSED_HEADERS = ["X-Request-ID", "Retry-After", "Location", "Content-Disposition", "ETag"]
 PREFLIGHT_MAX_AGE_S = 600
 CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 
@@ -33,7 +38,7 @@ def parse_origins(raw: str) -> frozenset[str]:
 
 
 def origin_refused(origin: str | None, allowed: frozenset[str], host: str) -> bool:
-    """Whether a WebSocket upgrade must be refused for its `Origin` (web/ws.py).
+    """Whether a WebSocket upgrade must be refused for its `Origin` (web/live/endpoint.py).
 
     Browsers send `Origin` with every upgrade and apply no CORS to WebSockets, so this check is
     what stops another site's page from opening sockets with a token it got hold of. Clients
@@ -59,11 +64,27 @@ def init_app(app: Flask, settings: Settings) -> None:
         raise RuntimeError(
             "PARLEY_CORS_ORIGINS='*' is refused in production: list the origins of your web apps"
         )
-    any_origin = "*" in origins
     hsts = f"max-age={settings.hsts_seconds}; includeSubDomains" if settings.hsts_seconds else ""
-
-    def allowed(origin: str | None) -> bool:
-        return bool(origin) and (any_origin or origin in origins)
+    if origins:
+        CORS(
+            app,
+            origins="*" if "*" in origins else [_exactly(o) for o in sorted(origins)],
+            send_wildcard=True,  # `*` answers `*`, not the caller's Origin echoed back
+            methods=ALLOWED_METHODS,
+            allow_headers=ALLOWED_HEADERS,
+            expose_headers=EXPOSED_HEADERS,
+            max_age=PREFLIGHT_MAX_AGE_S,
+            supports_credentials=False,
+            # No Origin, no CORS headers: flask-cors would otherwise list every allowed origin.
+            always_send=False,
+            # `Vary: Origin` goes on every answer below, also those to an origin off the list:
+            # flask-cors adds it only where it allows, and a cache would then serve a refusal
+            # to a listed origin.
+            vary_header=False,
+            # Error answers go through after_request like any other; no need to wrap Flask's
+            # exception handlers.
+            intercept_exceptions=False,
+        )
 
     @app.before_request
     def _refuse_nul() -> None:
@@ -75,28 +96,21 @@ def init_app(app: Flask, settings: Settings) -> None:
 
     @app.before_request
     def _preflight() -> Response | None:
+        """Answer a preflight before authentication and the views' hooks: it carries no token.
+
+        Flask's automatic OPTIONS answer would come after the blueprints' `require_auth`. The
+        `Access-Control-Allow-*` headers come from flask-cors (after_request), only for a listed
+        origin: without them the browser refuses, and there is nothing else to say.
+        """
         if request.method != "OPTIONS" or "Access-Control-Request-Method" not in request.headers:
             return None
-        resp = Response(status=204)
-        origin = request.headers.get("Origin")
-        if allowed(origin):
-            asked = request.headers.get("Access-Control-Request-Headers", "")
-            headers = [h.strip() for h in asked.split(",") if h.strip().lower() in ALLOWED_HEADERS]
-            resp.headers["Access-Control-Allow-Methods"] = ALLOWED_METHODS
-            if headers:
-                resp.headers["Access-Control-Allow-Headers"] = ", ".join(headers)
-            resp.headers["Access-Control-Max-Age"] = str(PREFLIGHT_MAX_AGE_S)
-        return resp  # without Allow-* headers the browser refuses: nothing else to say
+        return Response(status=204)
 
     @app.after_request
     def _headers(resp: Response) -> Response:
         h = resp.headers
-        origin = request.headers.get("Origin")
         if origins:
             h.add("Vary", "Origin")
-            if allowed(origin):
-                h["Access-Control-Allow-Origin"] = "*" if any_origin else str(origin)
-                h["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
         h.setdefault("X-Content-Type-Options", "nosniff")
         h.setdefault("X-Frame-Options", "DENY")
         h.setdefault("Referrer-Policy", "no-referrer")
@@ -104,3 +118,12 @@ def init_app(app: Flask, settings: Settings) -> None:
         if hsts:
             h.setdefault("Strict-Transport-Security", hsts)
         return resp
+
+
+def _exactly(origin: str) -> re.Pattern[str]:
+    """An origin flask-cors must match whole and literally.
+
+    flask-cors reads a string with `[`, `]`, `*`, `?`… as a regular expression, matched at the
+    start only: `http://[::1]:8080` would become a character class (and allow `http://1:8080`).
+    """
+    return re.compile(re.escape(origin) + r"\Z")
