@@ -12,8 +12,8 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request, TextMessage
 from wsproto.extensions import PerMessageDeflate
 
-from web.live.hub import Hub
 from web.live.connection import _without_extensions, text_frame
+from web.live.hub import Hub
 from web.live.render import Outgoing, Viewer
 from web.live.settings import LiveSettings
 from web.live.streams import Entry, parse_wake
