@@ -18,6 +18,8 @@ from domain import audit, events
 from domain.errors import Conflict, Forbidden, Invalid, NotFound
 from domain.pagination import decode_cursor, encode_cursor
 from domain.principals import Principal
+from domain.retention.conversation_purge import start_conversation_purge
+from domain.retention.shredding import shred_conversation_keys
 from domain.users import ensure_users
 from models import Conversation, DeliveryCursor, Job, Message, Participant
 
@@ -223,8 +225,6 @@ def delete_conversation(session: Session, who: Principal, cid: str) -> tuple[Job
     commit on; members lose it at once; a job purges the rows and files in batches. Returns the
     job and the shredded key ids, which the caller drops from key caches after the commit.
     """
-    from domain import retention
-
     conv, part = readable(session, who, cid)
     if not who.is_service and (part is None or part.role != "owner"):
         raise Forbidden("only the conversation's owners, or an API key, may delete it")
@@ -233,8 +233,8 @@ def delete_conversation(session: Session, who: Principal, cid: str) -> tuple[Job
     conv.data_key_id = None
     conv.dedupe_key = None  # the same members or context may start afresh
     session.execute(delete(Participant).where(Participant.conversation_id == cid))
-    shredded = retention.shred_conversation_keys(session, cid)
-    job = retention.start_conversation_purge(session, who, cid)
+    shredded = shred_conversation_keys(session, cid)
+    job = start_conversation_purge(session, who, cid)
     audit.record(
         session, who, "conversation.delete", "conversation", cid, detail={"job_id": job.id}
     )

@@ -13,8 +13,6 @@ import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("core", "domain", "models", "web", "tasks", "moderation", "storage", "push")
 TOP_MODULES = ("celery_config.py", "worker.py")
@@ -169,26 +167,12 @@ def _explain(found: list[list[str]]) -> str:
     return "import cycles:\n" + "\n".join(" → ".join(c) for c in found)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cycles left among domain.conversations, domain.retention and domain.gdpr, being "
-    "split by others (the assertion lists their paths); remove this mark once they are gone",
-)
 def test_no_import_cycle_among_project_modules() -> None:
     """Function-level imports count (they run on first call, and then the cycle bites),
     `if TYPE_CHECKING:` imports do not (they never run)."""
     graph = import_graph()
     assert "celery_config" in graph and "worker" in graph and "web" in graph
     found = cycles(graph)
-    assert not found, _explain(found)
-
-
-def test_no_import_cycle_outside_the_domain_rules() -> None:
-    """Whatever is left to untangle among the rules, no cycle runs through the wiring around
-    them: settings, the Celery app and worker, services, web, tasks, models and the rest."""
-    graph = import_graph()
-    assert "celery_config" in graph and "worker" in graph and "web" in graph
-    found = [c for c in cycles(graph) if any(m.split(".")[0] != "domain" for m in c)]
     assert not found, _explain(found)
 
 

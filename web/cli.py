@@ -140,7 +140,7 @@ def _retention_commands() -> AppGroup:
     @retention.command("run")
     def retention_run() -> None:
         """Run the retention purge now and print what it did (exit 1 if another holds it)."""
-        from domain.retention import run
+        from domain.retention.purge import run
 
         report = run(services())
         click.echo(report.summary())

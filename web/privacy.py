@@ -9,7 +9,11 @@ from flask import Blueprint, Flask, Response, current_app, request
 
 from core.services import services
 from domain import conversations as convs
-from domain import gdpr, retention
+from domain.gdpr import jobs as gdpr
+from domain.gdpr.stored_exports import check_signature, open_export
+from domain.retention import policy
+from domain.retention.key_forgetter import KeyForgetter
+from domain.retention.shredding import forget_keys
 from web.auth import current, require_auth
 from web.http import doc, json_body, query_args
 from web.schemas.privacy import (
@@ -39,7 +43,7 @@ def _follow_shredded_keys() -> None:
     app.extensions["parley_key_forgetter"] = os.getpid()
     svc = services()
     if not svc.settings.testing:  # tests start their own and stop it
-        retention.KeyForgetter(svc).start()
+        KeyForgetter(svc).start()
 
 
 def init_app(app: Flask) -> None:
@@ -55,7 +59,7 @@ def init_app(app: Flask) -> None:
 def retention_defaults() -> dict[str, Any]:
     """Show the default retention, the grace period and how often the purge runs."""
     settings = services().settings
-    seconds = retention.global_seconds(settings)
+    seconds = policy.global_seconds(settings)
     return {
         "retention_days": settings.retention_days or None,
         "retention_seconds": seconds,
@@ -70,8 +74,8 @@ def get_retention(cid: str) -> dict[str, Any]:
     """Show how long a conversation keeps its messages."""
     svc = services()
     with svc.ReadSession() as s:
-        conv = retention.get_policy(s, current(), cid)
-        return retention.policy_view(svc.settings, conv)
+        conv = policy.get_policy(s, current(), cid)
+        return policy.policy_view(svc.settings, conv)
 
 
 @bp.patch("/conversations/<cid>/retention")
@@ -91,8 +95,8 @@ def set_retention(cid: str) -> dict[str, Any]:
         seconds = body["retention_seconds"]
     svc = services()
     with svc.Session.begin() as s:
-        conv = retention.set_policy(svc.settings, s, current(), cid, seconds)
-        return retention.policy_view(svc.settings, conv)
+        conv = policy.set_policy(svc.settings, s, current(), cid, seconds)
+        return policy.policy_view(svc.settings, conv)
 
 
 @bp.delete("/conversations/<cid>")
@@ -107,7 +111,7 @@ def delete_conversation(cid: str) -> tuple[dict[str, Any], int]:
     with svc.Session.begin() as s:
         job, shredded = convs.delete_conversation(s, current(), cid)
         out = gdpr.job_view(svc, job)
-    retention.forget_keys(svc, shredded)
+    forget_keys(svc, shredded)
     return out, 202
 
 
@@ -159,9 +163,9 @@ def download_export(job_id: str) -> Response:
     """Stream the export zip, decrypting it on the way out."""
     q = query_args(ExportDownloadQuery())
     svc = services()
-    gdpr.check_signature(svc, job_id, q["exp"], q["sig"])
+    check_signature(svc, job_id, q["exp"], q["sig"])
     with svc.ReadSession() as s:
-        sealed, _ = gdpr.open_export(svc, s, job_id)
+        sealed, _ = open_export(svc, s, job_id)
     return Response(
         sealed.iter_range(),
         mimetype="application/zip",

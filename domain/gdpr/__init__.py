@@ -5,17 +5,6 @@ export.py gathers an export and export_lines.py says what each record holds; zip
 zips it as a stream; stored_exports.py keeps the sealed zip, serves it through a signed link
 and expires it; erasure.py erases.
 
-The names below are the ones the web API (web/privacy.py) uses.
+Callers import the module they need; this package imports nothing, so loading one part does
+not load the rest (erasure and exports build on domain/retention, whose purge expires exports).
 """
-
-from domain.gdpr.jobs import job_view, start_erase, start_export, visible_job
-from domain.gdpr.stored_exports import check_signature, open_export
-
-__all__ = [
-    "check_signature",
-    "job_view",
-    "open_export",
-    "start_erase",
-    "start_export",
-    "visible_job",
-]
