@@ -114,7 +114,7 @@ def online_among(client: redis.Redis, user_ids: Iterable[str], chunk: int = 1000
     return online
 
 
-# --- live (web hub) helpers: added for web/hub.py; the functions above are the pipeline's ---
+# --- live helpers (web/live/: the hub and replay); the functions above are the pipeline's ---
 
 LIVE_CHANNEL = "parley:live"
 """Ephemeral events (typing, presence) between web nodes: never stored, lost if nobody listens."""
