@@ -20,6 +20,7 @@ QUEUES = ("pipeline", "media", "push", "maintenance")
 TASK_MODULES = (
     "tasks.moderate",
     "tasks.fanout",
+    "tasks.index",
     "tasks.media",
     "tasks.push",
     "tasks.outbox",
@@ -30,6 +31,7 @@ TASK_MODULES = (
 ROUTES = {
     "tasks.moderate.*": {"queue": "pipeline"},
     "tasks.fanout.*": {"queue": "pipeline"},
+    "tasks.index.*": {"queue": "pipeline"},
     "tasks.media.*": {"queue": "media"},
     "tasks.push.*": {"queue": "push"},
     "tasks.outbox.*": {"queue": "maintenance"},

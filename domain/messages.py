@@ -21,6 +21,7 @@ from domain.errors import Conflict, Forbidden, Invalid, NotFound
 from domain.keys import conversation_key, edit_aad, message_aad
 from domain.pagination import decode_cursor, encode_cursor
 from domain.principals import Principal
+from domain.search import index as search_index
 from models import (
     Attachment,
     Conversation,
@@ -302,6 +303,7 @@ def edit(svc: Services, session: Session, who: Principal, mid: str, text: str) -
     msg.moderation_action = verdict.action
     msg.moderation_labels = list(verdict.labels)
     msg.moderation_spans = [list(s) for s in verdict.spans]
+    search_index.replace(svc, session, msg.conversation_id, msg.seq, dk, text)  # same tx
     _announce(session, conv, msg, "message.updated")
     return msg
 
@@ -314,6 +316,7 @@ def soft_delete(session: Session, who: Principal, mid: str) -> Message:
     msg.text_ct = msg.key_id = None
     msg.moderation_spans = []
     session.execute(delete(MessageEdit).where(MessageEdit.message_id == mid))
+    search_index.remove(session, msg.conversation_id, msg.seq)
     _announce(session, conv, msg, "message.deleted")
     return msg
 

@@ -22,6 +22,7 @@ from core import metrics
 from core.services import Services
 from domain import fanout, flood
 from domain.keys import message_aad
+from domain.search import index as search_index
 from models import Conversation, DeliveryCursor, Message
 from moderation import moderate, policy_for
 
@@ -132,6 +133,8 @@ def moderate_waiting(
             extra={"message_id": msg.id, "conversation_id": conversation_id},
         )
         verdicts.append((action, msg.moderation_labels))
+    # The index stage reads the text again once these verdicts commit (docs/search.md).
+    search_index.hand_off(s, conversation_id, [m.id for m in batch])
     return verdicts
 
 

@@ -19,6 +19,7 @@ from core.services import Services, services
 from domain import jobs
 from domain.keys import create_data_key, rewrap_batch, stale_key_count
 from domain.messages import edit_aad, message_aad
+from domain.search import index as search_index
 from models import Conversation, Job, Message, MessageEdit
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def reencrypt_conversation(svc: Services, cid: str, done: int, progress: jobs.Pr
     while True:
         with svc.Session.begin() as s:
             rows = s.execute(
-                select(Message.id, Message.key_id, Message.text_ct)
+                select(Message.id, Message.key_id, Message.text_ct, Message.seq)
                 .where(
                     Message.conversation_id == cid,
                     Message.key_id.is_not(None),
@@ -85,10 +86,10 @@ def reencrypt_conversation(svc: Services, cid: str, done: int, progress: jobs.Pr
                 )
                 .limit(batch)
             ).all()
-            for mid, old_key, blob in rows:
+            for mid, old_key, blob, seq in rows:
                 assert old_key is not None and blob is not None  # filtered by the query
                 text = svc.keyring.open_text(old_key, blob, message_aad(mid))
-                s.execute(
+                resealed = s.execute(
                     update(Message)
                     .where(Message.id == mid, Message.key_id == old_key)
                     .values(
@@ -96,6 +97,9 @@ def reencrypt_conversation(svc: Services, cid: str, done: int, progress: jobs.Pr
                         text_ct=svc.keyring.seal_text(new_key, text, message_aad(mid)),
                     )
                 )
+                if resealed.rowcount:  # type: ignore[attr-defined]
+                    # Its search tokens follow its key (docs/search.md).
+                    search_index.replace(svc, s, cid, seq, new_key, text)
         done += len(rows)
         progress(done)
         if len(rows) < batch:

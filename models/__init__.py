@@ -22,6 +22,7 @@ from models.push import (
     PushPreference,
     PushSubscription,
 )
+from models.search import SearchToken
 
 __all__ = [
     "ATTACHMENT_KINDS",
@@ -53,5 +54,6 @@ __all__ = [
     "PushSubscription",
     "Reaction",
     "Report",
+    "SearchToken",
     "User",
 ]
