@@ -44,6 +44,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     errors.register(app)
     for bp in (health.bp, openapi.bp, conversations.bp, messages.bp, moderation.bp, attachments_bp):
         app.register_blueprint(bp)
+    from web.search import bp as search_bp  # GET /v1/search/messages (docs/search.md)
+
+    app.register_blueprint(search_bp)
     live.init_app(app)  # GET /v1/ws and presence; the hub starts with the first socket
     push.init_app(app)  # /v1/push (subscriptions, VAPID key, dead letters), /v1/notifications
     init_privacy(app)  # retention policies, DELETE /v1/conversations/{cid}, /v1/privacy jobs

@@ -1,0 +1,245 @@
+"""Search over sealed messages (#15): the blind index on real SQLite and PostgreSQL, written by
+the real pipeline (a Celery worker), and GET /v1/search/messages with every rule it keeps."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import func, select, text
+
+from domain.retention.deleting import delete_messages
+from models import SearchToken
+from tests.conftest import Stack, wait_for
+from tests.factories import Api, files_containing, uid, wait_delivered
+
+
+def word(prefix: str = "zq") -> str:
+    """A word no other message of the session holds (letters only: one search term)."""
+    return prefix + "".join(chr(ord("a") + int(c, 16) % 26) for c in uuid.uuid4().hex[:10])
+
+
+def search(api: Api, user: str | None = None, **params: Any) -> Any:
+    kw: dict[str, Any] = {"user": user} if user is not None else {}
+    if "key" in params:
+        kw["key"] = params.pop("key")
+    return api.get("/v1/search/messages", query_string=params, **kw)
+
+
+def hits(api: Api, user: str, q: str, **params: Any) -> list[dict[str, Any]]:
+    resp = search(api, user, q=q, **params)
+    assert resp.status_code == 200, resp.get_json()
+    items: list[dict[str, Any]] = resp.get_json()["items"]
+    return items
+
+
+def wait_found(api: Api, user: str, q: str, n: int = 1, **params: Any) -> list[dict[str, Any]]:
+    """Hits once the index stage has run for them (the pipeline is asynchronous)."""
+    found: list[dict[str, Any]] = []
+
+    def ready() -> bool:
+        found[:] = hits(api, user, q, **params)
+        return len(found) >= n
+
+    wait_for(ready, 30, what=f"{n} hit(s) for {q!r}")
+    return found
+
+
+def tokens_of(stack: Stack, cid: str) -> int:
+    with stack.svc.Session() as s:
+        return (
+            s.scalar(
+                select(func.count())
+                .select_from(SearchToken)
+                .where(SearchToken.conversation_id == cid)
+            )
+            or 0
+        )
+
+
+def test_a_canary_word_is_found_by_search_and_stored_nowhere_in_plaintext(
+    api: Api, live: Stack
+) -> None:
+    a, b = uid(), uid()
+    cid = api.conversation(a, b)
+    canary = word("canary")
+    mid = api.send(a, cid, f"the parcel {canary} arrives Saturday")["id"]
+    wait_delivered(live, b, [mid])
+    found = wait_found(api, b, canary)
+    assert [h["message"]["id"] for h in found] == [mid]
+    text_ = found[0]["message"]["text"]
+    (start, end), *_ = found[0]["highlights"]
+    assert text_[start:end] == canary
+    assert tokens_of(live, cid) > 0
+    needle = canary.encode()
+    hits_ = [
+        h for h in files_containing(live.data_dir, [needle]) if not h.split(":")[0].endswith(".log")
+    ]
+    assert hits_ == [], f"plaintext in {hits_}"
+    if live.name == "postgres":
+        with live.svc.engine.connect() as conn:
+            for table in conn.execute(
+                text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+            ).scalars():
+                query = f'SELECT row_to_json(t)::text FROM "{table}" t'  # noqa: S608 (pg_tables)
+                assert not any(canary in row for row in conn.execute(text(query)).scalars()), table
+    r = live.redis
+    for key in r.scan_iter(count=1000):
+        kind = r.type(key).decode()
+        if kind == "string":
+            values = [r.get(key) or b""]
+        elif kind == "stream":
+            values = [b"".join(v for f in e[1].items() for v in f) for e in r.xrange(key)]
+        elif kind == "list":
+            values = r.lrange(key, 0, -1)
+        elif kind == "hash":
+            values = [k + v for k, v in r.hgetall(key).items()]
+        elif kind == "set":
+            values = list(r.smembers(key))
+        elif kind == "zset":
+            values = r.zrange(key, 0, -1)
+        else:
+            values = []
+        assert not any(needle in v for v in values), f"plaintext in redis key {key!r}"
+
+
+def test_a_non_member_never_gets_a_hit_and_an_api_key_names_a_conversation(
+    api: Api, live: Stack
+) -> None:
+    a, b, outsider = uid(), uid(), uid()
+    cid = api.conversation(a, b)
+    secret = word()
+    mid = api.send(a, cid, f"meet at {secret}")["id"]
+    wait_found(api, b, secret)
+    api.conversation(outsider, uid())  # the outsider has conversations of their own
+    assert hits(api, outsider, secret) == []
+    assert search(api, outsider, q=secret, conversation_id=cid).status_code == 404
+    key = api.api_key()
+    no_scope = search(api, key=key, q=secret)
+    assert no_scope.status_code == 422 and "conversation_id" in no_scope.get_json()["errors"]
+    scoped = search(api, key=key, q=secret, conversation_id=cid)
+    assert [h["message"]["id"] for h in scoped.get_json()["items"]] == [mid]
+
+
+def test_a_deleted_conversation_gives_no_hits(api: Api, live: Stack) -> None:
+    a, b = uid(), uid()
+    cid = api.conversation(a, b)
+    secret = word()
+    api.send(a, cid, f"shred {secret} please")
+    wait_found(api, a, secret)
+    assert api.delete(f"/v1/conversations/{cid}", user=a).status_code in (200, 202)
+    assert hits(api, a, secret) == []
+    assert hits(api, b, secret) == []
+
+
+def test_edits_and_deletes_are_reflected_at_once(api: Api, live: Stack) -> None:
+    a, b = uid(), uid()
+    cid = api.conversation(a, b)
+    before, after = word(), word()
+    mid = api.send(a, cid, f"first {before}")["id"]
+    wait_found(api, b, before)
+    resp = api.patch(f"/v1/messages/{mid}", user=a, json={"text": f"second {after}"})
+    assert resp.status_code == 200, resp.get_json()
+    assert hits(api, b, before) == []
+    assert [h["message"]["id"] for h in hits(api, b, after)] == [mid]
+    assert api.delete(f"/v1/messages/{mid}", user=a).status_code in (200, 204)
+    assert hits(api, b, after) == []
+    assert tokens_of(live, cid) == 0
+
+
+def test_purging_a_message_removes_its_index_rows(api: Api, live: Stack) -> None:
+    """The retention purge deletes message rows (domain/retention/deleting.py): the foreign key
+    cascades to their tokens."""
+    a, b = uid(), uid()
+    cid = api.conversation(a, b)
+    secret = word()
+    mid = api.send(a, cid, f"old news {secret}")["id"]
+    wait_found(api, b, secret)
+    assert tokens_of(live, cid) > 0
+    with live.svc.Session.begin() as s:
+        assert delete_messages(live.svc, s, [mid])[0] == 1
+    assert tokens_of(live, cid) == 0
+    assert hits(api, b, secret) == []
+
+
+def test_prefix_and_phrase_search_are_verified_in_memory(api: Api, live: Stack) -> None:
+    a, b = uid(), uid()
+    cid = api.conversation(a, b)
+    tag = word()
+    one = api.send(a, cid, f"{tag} the delivery is on Saturday morning")["id"]
+    two = api.send(a, cid, f"{tag} morning, not Saturday: delivering later")["id"]
+    three = api.send(a, cid, f"{tag} the deli on saturday")["id"]
+    wait_found(api, b, tag, 3)
+    prefix = hits(api, b, f"{tag} deliv*")
+    assert {h["message"]["id"] for h in prefix} == {one, two}  # "deli" is not "deliv…"
+    for h in prefix:
+        for start, end in h["highlights"]:
+            assert h["message"]["text"][start:end].lower().startswith(("deliv", tag[:5]))
+    longer = hits(api, b, f"{tag} delivering*")  # longer than any indexed prefix
+    assert [h["message"]["id"] for h in longer] == [two]
+    phrase = hits(api, b, f'{tag} "saturday morning"')
+    assert [h["message"]["id"] for h in phrase] == [one]
+    h = phrase[0]
+    assert [h["message"]["text"][s:e] for s, e in h["highlights"]][-1] == "Saturday morning"
+    assert {x["message"]["id"] for x in hits(api, b, f"{tag} SATURDAY")} == {one, two, three}
+
+
+def test_masked_and_held_text_is_searched_as_the_caller_sees_it(api: Api, live: Stack) -> None:
+    """Recipients never find a held message; the sender does (support policy: e-mails held)."""
+    a, b = uid(), uid()
+    cid = api.conversation(a, b, ctype="support")
+    secret = word()
+    held = api.send(a, cid, f"{secret} write to jane.doe@example.com")["id"]
+    found = wait_found(api, a, secret)
+    assert found[0]["message"]["id"] == held and found[0]["message"]["state"] == "held"
+    assert hits(api, b, secret) == []
+
+
+def test_filters_narrow_the_hits(api: Api, live: Stack) -> None:
+    a, b = uid(), uid()
+    cid = api.conversation(a, b)
+    other = api.conversation(a, uid())
+    tag = word()
+    mine = api.send(a, cid, f"{tag} from a")["id"]
+    theirs = api.send(b, cid, f"{tag} from b")["id"]
+    elsewhere = api.send(a, other, f"{tag} elsewhere")["id"]
+    wait_found(api, a, tag, 3)
+    assert {h["message"]["id"] for h in hits(api, a, tag, sender_id=b)} == {theirs}
+    assert {h["message"]["id"] for h in hits(api, a, tag, conversation_id=cid)} == {mine, theirs}
+    assert hits(api, a, tag, has_attachments="true") == []
+    assert len(hits(api, a, tag, has_attachments="false")) == 3
+    assert hits(api, a, tag, since="2999-01-01T00:00:00Z") == []
+    assert hits(api, a, tag, until="2000-01-01T00:00:00Z") == []
+    assert elsewhere in {h["message"]["id"] for h in hits(api, a, tag)}
+
+
+def test_pages_are_newest_first_without_repeats(api: Api, live: Stack) -> None:
+    a, b = uid(), uid()
+    cid = api.conversation(a, b)
+    tag = word()
+    sent = [api.send(a, cid, f"{tag} number {i}")["id"] for i in range(5)]
+    wait_found(api, b, tag, 5)
+    seen: list[str] = []
+    cursor = None
+    for _ in range(5):
+        params: dict[str, Any] = {"limit": 2}
+        if cursor:
+            params["cursor"] = cursor
+        body = search(api, b, q=tag, **params).get_json()
+        seen += [h["message"]["id"] for h in body["items"]]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == list(reversed(sent))
+
+
+def test_bad_queries_are_422_problems(api: Api, live: Stack) -> None:
+    a = uid()
+    api.conversation(a, uid())
+    for q in ("", "   ", "x" * 201, " ".join(f"w{i}x" for i in range(9)), "the", "ab*"):
+        resp = search(api, a, q=q)
+        assert resp.status_code == 422, (q, resp.get_json())
+        assert resp.content_type == "application/problem+json"
+        assert "q" in resp.get_json()["errors"]
+    assert search(api, a).status_code == 422  # q is required
+    assert search(api, a, q="hello", cursor="not-a-cursor").status_code == 422
