@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import and_, delete, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from core.ids import utcnow
 from core.services import Services
@@ -21,7 +21,7 @@ from domain.principals import Principal
 from domain.retention.conversation_purge import start_conversation_purge
 from domain.retention.shredding import shred_conversation_keys
 from domain.users import ensure_users
-from models import Conversation, DeliveryCursor, Job, Message, Participant
+from models import Conversation, DeliveryCursor, Job, Message, Participant, User
 
 MANAGER_ROLES = frozenset({"owner", "admin"})
 PIN_ROLES = frozenset({"owner", "admin", "moderator"})
@@ -286,8 +286,11 @@ def list_for(
     unread_only: bool,
     cursor: str | None,
     limit: int,
+    q: str | None = None,
 ) -> tuple[list[Conversation], dict[str, Participant], dict[str, int], str | None]:
-    """A page of conversations, newest activity first, with the caller's membership and unread."""
+    """A page of conversations, newest activity first, with the caller's membership and unread.
+    `q` matches the subject or a current member's name (both stored in plaintext), ignoring
+    case (ASCII case only on SQLite, whose lower() knows no other)."""
     stmt = select(Conversation)
     me = who.user_id
     if me is not None:
@@ -312,6 +315,8 @@ def list_for(
         stmt = stmt.where(Conversation.context_type == context_type)
     if context_id:
         stmt = stmt.where(Conversation.context_id == context_id)
+    if q:
+        stmt = stmt.where(_subject_or_member_named(q))
     if cursor:
         at_dt, last_id = decode_cursor(cursor, {"t": datetime, "id": str})
         stmt = stmt.where(
@@ -341,6 +346,18 @@ def list_for(
             mine[p.conversation_id] = p
         unread = unread_counts(session, me, ids)
     return rows, mine, unread, next_cursor
+
+
+def _subject_or_member_named(q: str) -> Any:
+    pattern = "%" + q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    member = aliased(Participant)
+    named = exists().where(
+        member.conversation_id == Conversation.id,
+        member.left_at.is_(None),
+        User.id == member.user_id,
+        func.lower(User.name).like(pattern, escape="\\"),
+    )
+    return or_(func.lower(Conversation.subject).like(pattern, escape="\\"), named)
 
 
 def unread_counts(

@@ -243,3 +243,23 @@ def test_bad_queries_are_422_problems(api: Api, live: Stack) -> None:
         assert "q" in resp.get_json()["errors"]
     assert search(api, a).status_code == 422  # q is required
     assert search(api, a, q="hello", cursor="not-a-cursor").status_code == 422
+
+
+def test_conversations_list_matches_subject_or_member_name(api: Api, live: Stack) -> None:
+    """GET /v1/conversations?q= (subjects and names are plaintext today: a LIKE, escaped)."""
+    from models import User
+
+    a, b, c = uid(), uid(), uid()
+    tag = word()
+    by_subject = api.conversation(a, b, subject=f"Booking {tag.upper()} 42")
+    by_name = api.conversation(a, c)
+    api.conversation(a, uid(), subject="something else")
+    with live.svc.Session.begin() as s:
+        user = s.get(User, c)
+        assert user is not None
+        user.name = f"Carla {tag}"
+    listed = api.get("/v1/conversations", user=a, query_string={"q": tag}).get_json()
+    assert {x["id"] for x in listed["items"]} == {by_subject, by_name}
+    none = api.get("/v1/conversations", user=a, query_string={"q": "%"}).get_json()
+    assert none["items"] == []  # a wildcard is matched literally
+    assert api.get("/v1/conversations", user=a, query_string={"q": ""}).status_code == 422

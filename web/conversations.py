@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint
+from marshmallow import fields, validate
 from sqlalchemy import select
 
 from core.services import services
@@ -28,6 +29,12 @@ from web.schemas.conversations import (
 
 bp = Blueprint("conversations", __name__, url_prefix="/v1")
 bp.before_request(require_auth)
+
+
+class ConversationSearchListQuery(ConversationListQuery):
+    """The list's filters, and `q`: a subject or member name contains it (docs/search.md)."""
+
+    q = fields.String(validate=validate.Length(1, 200))
 
 
 def _render_one(session: Any, conv: Any) -> dict[str, Any]:
@@ -58,13 +65,13 @@ def create_conversation() -> tuple[dict[str, Any], int]:
 @bp.get("/conversations")
 @doc(
     "List my conversations, newest activity first",
-    query=ConversationListQuery,
+    query=ConversationSearchListQuery,
     responses={200: ConversationPageSchema},
     tag="conversations",
 )
 def list_conversations() -> dict[str, Any]:
     """List conversations with unread counts and a last-message preview."""
-    q = query_args(ConversationListQuery())
+    q = query_args(ConversationSearchListQuery())
     svc = services()
     with svc.ReadSession() as s:
         rows, mine, unread, next_cursor = convs.list_for(
@@ -73,6 +80,7 @@ def list_conversations() -> dict[str, Any]:
             status=q.get("status"),
             context_type=q.get("context_type"),
             context_id=q.get("context_id"),
+            q=q.get("q"),
             archived=q.get("archived"),
             unread_only=q["unread_only"],
             cursor=q.get("cursor"),
