@@ -24,14 +24,16 @@ these functions: 401) and cursors (domain/pagination.py: forged text is an inval
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import unquote_to_bytes
 
 from flask import Flask, request
 from marshmallow import Schema, ValidationError
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
+from werkzeug.wrappers import Response
 
 from domain.errors import DomainError, Invalid
 
@@ -56,24 +58,52 @@ def doc(
     auth: bool = True,
     tag: str | None = None,
 ) -> Callable[[F], F]:
-    """Attach what web/openapi.py needs to describe this view (`body`: a JSON body; `form`:
-    a multipart/form-data one; `path`: descriptions of path parameters, by name)."""
+    """Describe a view for web/openapi.py (`body`: a JSON body; `form`: a multipart/form-data
+    one; `path`: descriptions of path parameters, by name), and shape its answers: the JSON
+    body a view returns is dumped through the schema `responses` documents for its status
+    (`respond`), so the documented shape is the one sent."""
+    documented = responses or {200: None}
+    dumpers = {status: schema() for status, schema in documented.items() if schema is not None}
 
     def wrap(fn: F) -> F:
-        fn._apidoc = {  # type: ignore[attr-defined]
+        @functools.wraps(fn)
+        def view(*args: Any, **kwargs: Any) -> Any:
+            return respond(dumpers, documented, fn(*args, **kwargs))
+
+        view._apidoc = {  # type: ignore[attr-defined]
             "summary": summary,
             "body": body,
             "form": form,
             "query": query,
             "path": path or {},
-            "responses": responses or {200: None},
+            "responses": documented,
             "auth": auth,
             "tag": tag,
             "description": (fn.__doc__ or "").strip(),
         }
-        return fn
+        return view  # type: ignore[return-value]
 
     return wrap
+
+
+def respond(
+    dumpers: Mapping[int, Schema], documented: Mapping[int, type[Schema] | None], result: Any
+) -> Any:
+    """A view's result with its JSON body dumped through the schema documented for its status.
+
+    A `Response` (a download, a 204, a problem) passes as it is, and so does a body whose
+    status is documented without a schema (a document of its own kind, such as
+    /asyncapi.json). A status that `@doc` does not list is a bug in the view: it raises."""
+    if isinstance(result, Response):
+        return result
+    body, rest = (result[0], result[1:]) if isinstance(result, tuple) else (result, ())
+    status = rest[0] if rest else 200
+    if status not in documented:
+        raise TypeError(f"the view answered {status}, which its @doc does not list")
+    dumper = dumpers.get(status)
+    if dumper is None:
+        return result
+    return (dumper.dump(body), *rest) if rest else dumper.dump(body)
 
 
 # --- text ---------------------------------------------------------------------------------------

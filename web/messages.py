@@ -189,7 +189,7 @@ def report_message(mid: str) -> tuple[dict[str, Any], int]:
             "id": row.id,
             "message_id": row.message_id,
             "reason": row.reason,
-            "created_at": row.created_at.isoformat().replace("+00:00", "Z"),
+            "created_at": row.created_at,
         }
         return out, 201 if created else 200
 

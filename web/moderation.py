@@ -30,10 +30,6 @@ bp = Blueprint("moderation", __name__, url_prefix="/v1/moderation")
 bp.before_request(require_auth)
 
 
-def _iso(value: Any) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
-
-
 def _render(session: Any, msg: Any) -> dict[str, Any]:
     who = current()
     members = members_of(session, msg.conversation_id)
@@ -44,7 +40,7 @@ def _render(session: Any, msg: Any) -> dict[str, Any]:
 def _user(user: User) -> dict[str, Any]:
     return {
         "user_id": user.id,
-        "muted_until": _iso(user.muted_until),
+        "muted_until": user.muted_until,
         "banned": user.banned_at is not None,
     }
 
@@ -159,5 +155,5 @@ def _entry(e: AuditEntry) -> dict[str, Any]:
         "target_id": e.target_id,
         "reason": e.reason,
         "detail": e.detail,
-        "created_at": _iso(e.created_at),
+        "created_at": e.created_at,
     }

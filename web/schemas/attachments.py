@@ -5,7 +5,7 @@ from __future__ import annotations
 from marshmallow import Schema, fields, validate
 
 from models import ATTACHMENT_KINDS, ATTACHMENT_STATES
-from web.schemas.common import StrictSchema
+from web.schemas.common import ResponseSchema, StrictSchema, Timestamp
 
 
 class AttachmentUploadForm(Schema):
@@ -34,7 +34,7 @@ class DownloadQuery(StrictSchema):
     sig = fields.String(required=True, validate=validate.Length(1, 100))
 
 
-class AttachmentVariantSchema(Schema):
+class AttachmentVariantSchema(ResponseSchema):
     content_type = fields.String()
     size = fields.Integer()
     width = fields.Integer()
@@ -42,7 +42,7 @@ class AttachmentVariantSchema(Schema):
     url = fields.String(metadata={"description": "signed download URL, bound to the caller"})
 
 
-class AttachmentEmbedSchema(Schema):
+class AttachmentEmbedSchema(ResponseSchema):
     """An attachment as embedded in a message (the same for every viewer: no URLs)."""
 
     id = fields.String()
@@ -58,7 +58,7 @@ class AttachmentEmbedSchema(Schema):
         values=fields.Nested(AttachmentVariantSchema),
     )
     reason = fields.String(metadata={"description": "why it was rejected"})
-    created_at = fields.DateTime()
+    created_at = Timestamp()
 
 
 class AttachmentSchema(AttachmentEmbedSchema):
@@ -68,6 +68,6 @@ class AttachmentSchema(AttachmentEmbedSchema):
     seq = fields.Integer(metadata={"description": "seq of the carrying message (lists only)"})
 
 
-class AttachmentPageSchema(Schema):
+class AttachmentPageSchema(ResponseSchema):
     items = fields.List(fields.Nested(AttachmentSchema))
     next_cursor = fields.String(allow_none=True)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import ValidationError, fields, validate, validates_schema
 
 from models import CONVERSATION_STATUSES, CONVERSATION_TYPES, NOTIFICATION_LEVELS, PARTICIPANT_ROLES
-from web.schemas.common import StrictSchema, small_json
+from web.schemas.common import ResponseSchema, StrictSchema, Timestamp, small_json
 
 
 class ContextSchema(StrictSchema):
@@ -75,32 +75,32 @@ class MySettingsSchema(StrictSchema):
 # --- responses (the shapes domain/render.py produces) ----------------------------------------
 
 
-class MemberSchema(Schema):
+class MemberSchema(ResponseSchema):
     user_id = fields.String()
     role = fields.String(validate=validate.OneOf(PARTICIPANT_ROLES))
-    joined_at = fields.DateTime()
+    joined_at = Timestamp()
 
 
-class MyMembershipSchema(Schema):
+class MyMembershipSchema(ResponseSchema):
     role = fields.String()
     read_seq = fields.Integer()
     delivered_seq = fields.Integer()
     archived = fields.Boolean()
-    muted_until = fields.DateTime(allow_none=True)
+    muted_until = Timestamp(allow_none=True)
     notification_level = fields.String()
 
 
-class PreviewSchema(Schema):
+class PreviewSchema(ResponseSchema):
     id = fields.String()
     seq = fields.Integer()
     sender_id = fields.String(allow_none=True)
     type = fields.String()
     text = fields.String(allow_none=True)
     deleted = fields.Boolean()
-    created_at = fields.DateTime()
+    created_at = Timestamp()
 
 
-class ConversationSchema(Schema):
+class ConversationSchema(ResponseSchema):
     id = fields.String()
     type = fields.String(validate=validate.OneOf(CONVERSATION_TYPES))
     members = fields.List(fields.Nested(MemberSchema))
@@ -108,19 +108,19 @@ class ConversationSchema(Schema):
     context = fields.Nested(ContextSchema, allow_none=True)
     status = fields.String(validate=validate.OneOf(CONVERSATION_STATUSES))
     metadata = fields.Dict()
-    created_at = fields.DateTime()
-    last_activity_at = fields.DateTime()
+    created_at = Timestamp()
+    last_activity_at = Timestamp()
     last_seq = fields.Integer()
     unread_count = fields.Integer()
     last_message = fields.Nested(PreviewSchema, allow_none=True)
     me = fields.Nested(MyMembershipSchema)
 
 
-class ConversationPageSchema(Schema):
+class ConversationPageSchema(ResponseSchema):
     items = fields.List(fields.Nested(ConversationSchema))
     next_cursor = fields.String(allow_none=True)
 
 
-class UnreadTotalsSchema(Schema):
+class UnreadTotalsSchema(ResponseSchema):
     total = fields.Integer()
     conversations = fields.Integer()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import ValidationError, fields, validate, validates_schema
 
 from models import MESSAGE_STATES, MESSAGE_TYPES
 from web.schemas.attachments import AttachmentEmbedSchema
-from web.schemas.common import StrictSchema, small_json
+from web.schemas.common import ResponseSchema, StrictSchema, Timestamp, small_json
 
 
 class MessageCreateSchema(StrictSchema):
@@ -60,19 +60,19 @@ class ReadSchema(StrictSchema):
 # --- responses (the shapes domain/render.py produces) ----------------------------------------
 
 
-class ModerationSchema(Schema):
+class ModerationSchema(ResponseSchema):
     action = fields.String(validate=validate.OneOf(("allow", "mask", "hold", "reject")))
     labels = fields.List(fields.String())
     reason = fields.String()
 
 
-class ReactionSummarySchema(Schema):
+class ReactionSummarySchema(ResponseSchema):
     emoji = fields.String()
     count = fields.Integer()
     me = fields.Boolean()
 
 
-class MessageSchema(Schema):
+class MessageSchema(ResponseSchema):
     id = fields.String()
     conversation_id = fields.String()
     seq = fields.Integer()
@@ -80,8 +80,8 @@ class MessageSchema(Schema):
     type = fields.String(validate=validate.OneOf(MESSAGE_TYPES))
     text = fields.String(allow_none=True)
     state = fields.String(validate=validate.OneOf(MESSAGE_STATES))
-    created_at = fields.DateTime()
-    edited_at = fields.DateTime(allow_none=True)
+    created_at = Timestamp()
+    edited_at = Timestamp(allow_none=True)
     deleted = fields.Boolean()
     reply_to = fields.String(allow_none=True)
     attachments = fields.List(fields.Nested(AttachmentEmbedSchema))
@@ -98,19 +98,19 @@ class MessageSchema(Schema):
     )
 
 
-class MessagePageSchema(Schema):
+class MessagePageSchema(ResponseSchema):
     items = fields.List(fields.Nested(MessageSchema))
     next_cursor = fields.String(allow_none=True)
 
 
-class ReadStateSchema(Schema):
+class ReadStateSchema(ResponseSchema):
     conversation_id = fields.String()
     read_seq = fields.Integer()
     unread_count = fields.Integer()
 
 
-class ReportSchema(Schema):
+class ReportSchema(ResponseSchema):
     id = fields.String()
     message_id = fields.String()
     reason = fields.String()
-    created_at = fields.DateTime()
+    created_at = Timestamp()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
+from marshmallow import fields, validate
 
 from domain.review import QUEUE_KINDS
-from web.schemas.common import StrictSchema
+from web.schemas.common import ResponseSchema, StrictSchema, Timestamp
 from web.schemas.messages import MessageSchema
 
 
@@ -45,9 +45,9 @@ class BanSchema(StrictSchema):
     reason = fields.String(required=True, validate=validate.Length(1, 500))
 
 
-class ModerationUserSchema(Schema):
+class ModerationUserSchema(ResponseSchema):
     user_id = fields.String()
-    muted_until = fields.DateTime(allow_none=True)
+    muted_until = Timestamp(allow_none=True)
     banned = fields.Boolean()
 
 
@@ -55,7 +55,7 @@ class QueueItemSchema(MessageSchema):
     open_reports = fields.Integer()
 
 
-class QueuePageSchema(Schema):
+class QueuePageSchema(ResponseSchema):
     items = fields.List(fields.Nested(QueueItemSchema))
     next_cursor = fields.String(allow_none=True)
 
@@ -69,7 +69,7 @@ class AuditQuery(StrictSchema):
     limit = fields.Integer(validate=validate.Range(1, 200), load_default=50)
 
 
-class AuditEntrySchema(Schema):
+class AuditEntrySchema(ResponseSchema):
     id = fields.Integer()
     actor = fields.String()
     action = fields.String()
@@ -77,9 +77,9 @@ class AuditEntrySchema(Schema):
     target_id = fields.String()
     reason = fields.String(allow_none=True)
     detail = fields.Dict()
-    created_at = fields.DateTime()
+    created_at = Timestamp()
 
 
-class AuditPageSchema(Schema):
+class AuditPageSchema(ResponseSchema):
     items = fields.List(fields.Nested(AuditEntrySchema))
     next_cursor = fields.String(allow_none=True)

@@ -3,16 +3,16 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
+from marshmallow import fields, validate
 
-from web.schemas.common import PageQuery, StrictSchema
+from web.schemas.common import PageQuery, ResponseSchema, StrictSchema, Timestamp
 
 
 class NotificationListQuery(PageQuery):
     unread = fields.Boolean(load_default=False)
 
 
-class NotificationSchema(Schema):
+class NotificationSchema(ResponseSchema):
     id = fields.String()
     kind = fields.String()
     conversation_id = fields.String(allow_none=True)
@@ -20,12 +20,12 @@ class NotificationSchema(Schema):
     seq = fields.Integer(allow_none=True)
     sender_id = fields.String(allow_none=True)
     count = fields.Integer(metadata={"description": "unread messages it stands for"})
-    created_at = fields.DateTime()
+    created_at = Timestamp()
     read = fields.Boolean()
-    read_at = fields.DateTime(allow_none=True)
+    read_at = Timestamp(allow_none=True)
 
 
-class NotificationPageSchema(Schema):
+class NotificationPageSchema(ResponseSchema):
     items = fields.List(fields.Nested(NotificationSchema))
     next_cursor = fields.String(allow_none=True)
     unread_count = fields.Integer()
@@ -35,5 +35,5 @@ class ReadAllSchema(StrictSchema):
     conversation_id = fields.String(validate=validate.Length(1, 26))
 
 
-class ReadAllResultSchema(Schema):
+class ReadAllResultSchema(ResponseSchema):
     updated = fields.Integer()

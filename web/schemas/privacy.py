@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import ValidationError, fields, validate, validates_schema
 
-from web.schemas.common import StrictSchema
+from web.schemas.common import ResponseSchema, StrictSchema, Timestamp
 
 MAX_RETENTION_DAYS = 36500
 
@@ -29,7 +29,7 @@ class RetentionPatchSchema(StrictSchema):
             raise ValidationError("give exactly one of retention_seconds, retention_days")
 
 
-class RetentionSchema(Schema):
+class RetentionSchema(ResponseSchema):
     conversation_id = fields.String()
     retention_seconds = fields.Integer(
         allow_none=True, metadata={"description": "the override; null when inherited"}
@@ -41,7 +41,7 @@ class RetentionSchema(Schema):
     grace_seconds = fields.Integer()
 
 
-class RetentionDefaultsSchema(Schema):
+class RetentionDefaultsSchema(ResponseSchema):
     retention_days = fields.Float(allow_none=True)
     retention_seconds = fields.Integer(allow_none=True)
     grace_seconds = fields.Integer()
@@ -52,7 +52,7 @@ class EraseSchema(StrictSchema):
     reason = fields.String(validate=validate.Length(1, 500))
 
 
-class JobSchema(Schema):
+class JobSchema(ResponseSchema):
     id = fields.String()
     kind = fields.String(
         validate=validate.OneOf(("gdpr_export", "gdpr_erase", "conversation_delete"))
@@ -63,14 +63,14 @@ class JobSchema(Schema):
     done = fields.Integer()
     total = fields.Integer()
     error = fields.String(allow_none=True)
-    created_at = fields.DateTime()
-    updated_at = fields.DateTime()
+    created_at = Timestamp()
+    updated_at = Timestamp()
     user_id = fields.String(metadata={"description": "export/erase: the user (erased: pseudonym)"})
     conversation_id = fields.String()
     size = fields.Integer(metadata={"description": "export: bytes of the zip"})
-    expires_at = fields.DateTime(metadata={"description": "export: deleted after this"})
+    expires_at = Timestamp(metadata={"description": "export: deleted after this"})
     download_url = fields.String(metadata={"description": "export: signed, short-lived"})
-    download_expires_at = fields.DateTime()
+    download_expires_at = Timestamp()
     result = fields.Dict(metadata={"description": "erase: counts of what changed"})
 
 

@@ -13,10 +13,10 @@ import binascii
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import ValidationError, fields, validate, validates_schema
 
 from models import PREVIEW_MODES, SUBSCRIPTION_KINDS
-from web.schemas.common import StrictSchema
+from web.schemas.common import ResponseSchema, StrictSchema, Timestamp
 
 KIND_FIELDS = {"webpush": {"endpoint", "keys"}, "webhook": {"url"}, "email": {"address"}}
 OPTIONAL_FIELDS = {"webpush": {"expirationTime"}, "webhook": set(), "email": set()}
@@ -72,14 +72,14 @@ class PushSubscriptionCreateSchema(StrictSchema):
             raise ValidationError(errors)
 
 
-class PushSubscriptionSchema(Schema):
+class PushSubscriptionSchema(ResponseSchema):
     id = fields.String()
     kind = fields.String(validate=validate.OneOf(SUBSCRIPTION_KINDS))
     endpoint = fields.String(metadata={"description": "webpush"})
     url = fields.String(metadata={"description": "webhook"})
     address = fields.String(metadata={"description": "email"})
-    created_at = fields.DateTime()
-    last_success_at = fields.DateTime(allow_none=True)
+    created_at = Timestamp()
+    last_success_at = Timestamp(allow_none=True)
     verified = fields.Boolean(
         metadata={
             "description": "e-mail: false until the code mailed to the address is entered "
@@ -99,15 +99,15 @@ class EmailCodeSchema(StrictSchema):
     )
 
 
-class PushSubscriptionListSchema(Schema):
+class PushSubscriptionListSchema(ResponseSchema):
     items = fields.List(fields.Nested(PushSubscriptionSchema))
 
 
-class VapidKeySchema(Schema):
+class VapidKeySchema(ResponseSchema):
     public_key = fields.String(metadata={"description": "applicationServerKey, base64url"})
 
 
-class PushPreferencesSchema(Schema):
+class PushPreferencesSchema(ResponseSchema):
     preview = fields.String(allow_none=True, validate=validate.OneOf(PREVIEW_MODES))
     server_preview = fields.String(validate=validate.OneOf(PREVIEW_MODES))
     effective_preview = fields.String(validate=validate.OneOf(PREVIEW_MODES))
@@ -117,7 +117,7 @@ class PushPreferencesPatchSchema(StrictSchema):
     preview = fields.String(required=True, allow_none=True, validate=validate.OneOf(PREVIEW_MODES))
 
 
-class DeadLetterSchema(Schema):
+class DeadLetterSchema(ResponseSchema):
     id = fields.String()
     user_id = fields.String()
     target = fields.String(metadata={"description": "subscription id, or 'platform'"})
@@ -129,10 +129,10 @@ class DeadLetterSchema(Schema):
     attempts = fields.Integer()
     last_status = fields.Integer(allow_none=True)
     reason = fields.String(allow_none=True)
-    created_at = fields.DateTime()
-    failed_at = fields.DateTime()
+    created_at = Timestamp()
+    failed_at = Timestamp()
 
 
-class DeadLetterPageSchema(Schema):
+class DeadLetterPageSchema(ResponseSchema):
     items = fields.List(fields.Nested(DeadLetterSchema))
     next_cursor = fields.String(allow_none=True)
