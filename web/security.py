@@ -9,7 +9,7 @@
   writes the `Access-Control-*` headers; preflights are answered here with an empty 204, before
   authentication (browsers send them without the token), and flask-cors adds the `Allow-*`
   headers to that answer when the origin is listed.
-- A NUL character anywhere in the URL is a 400 (bodies: web/schemas.py refuses it per field).
+- Text rules (NUL, surrogates, control characters in ids) are web/http.py's, checked first.
 - Headers: JSON answers get a CSP that forbids everything (nothing in them is a document to
   render), `nosniff`, `DENY` framing, no referrer; HSTS when `PARLEY_HSTS_SECONDS` is set
   (only behind TLS).
@@ -21,7 +21,6 @@ import re
 
 from flask import Flask, Response, request
 from flask_cors import CORS
-from werkzeug.exceptions import BadRequest
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from core.config import Settings
@@ -85,14 +84,6 @@ def init_app(app: Flask, settings: Settings) -> None:
             # exception handlers.
             intercept_exceptions=False,
         )
-
-    @app.before_request
-    def _refuse_nul() -> None:
-        """A NUL in the URL never names anything, and PostgreSQL refuses it in any query."""
-        if "\x00" in request.path or any(
-            "\x00" in k + v for k, v in request.args.items(multi=True)
-        ):
-            raise BadRequest("the URL must not contain NUL characters")
 
     @app.before_request
     def _preflight() -> Response | None:

@@ -8,14 +8,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, object_session
 
+from core.ids import iso
 from core.services import Services
 from domain.attachments.downloads import DownloadLinks
 from domain.attachments.stored import filename
 from models import Attachment, Message
-
-
-def _iso(value: Any) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
 def embedded(svc: Services, att: Attachment) -> dict[str, Any]:
@@ -31,7 +28,7 @@ def embedded(svc: Services, att: Attachment) -> dict[str, Any]:
         "width": att.width,
         "height": att.height,
         "variants": {name: dict(meta) for name, meta in sorted((att.variants or {}).items())},
-        "created_at": _iso(att.created_at),
+        "created_at": iso(att.created_at),
     }
     if att.state == "rejected":
         out["reason"] = att.reason

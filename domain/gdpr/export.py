@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core.crypto import MissingKeyError
-from core.ids import utcnow
+from core.ids import iso, utcnow
 from core.services import Services
 from domain import jobs
 from domain.errors import NotFound
@@ -95,7 +95,7 @@ class _Export:
             profile = lines.profile(
                 known_user(s, self.user_id), s.get(PushPreference, self.user_id)
             )
-        readme = lines.README.format(user_id=self.user_id, exported_at=lines.iso(now))
+        readme = lines.README.format(user_id=self.user_id, exported_at=iso(now))
         yield "README.txt", [readme.encode()]
         yield "profile.json", [profile]
         yield "conversations.jsonl", self._conversations()
@@ -276,7 +276,7 @@ def build_export(svc: Services, job: Job, progress: jobs.Progress) -> Mapping[st
         "key_id": key_id,
         "size": plain,
         "stored_bytes": stored,
-        "expires_at": lines.iso(expires),
+        "expires_at": iso(expires),
     }
 
 

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from core.ids import iso
 from models import (
     Attachment,
     Conversation,
@@ -39,10 +40,6 @@ notifications.jsonl     the user's in-app notifications
 push_subscriptions.jsonl  where the user asked to be reached
 attachments.jsonl       files the user uploaded; the files are under attachments/
 """
-
-
-def iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
 def json_line(obj: Mapping[str, Any]) -> bytes:

@@ -13,13 +13,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.ids import utcnow
+from core.ids import iso, utcnow
 from core.services import Services
 from domain import audit, jobs
 from domain.errors import Forbidden, NotFound
 from domain.gdpr.erasure import ERASE, ERASE_JOB
 from domain.gdpr.export import EXPORT_JOB, known_user
-from domain.gdpr.export_lines import iso
 from domain.gdpr.stored_exports import EXPORT, download_url
 from domain.principals import Principal
 from domain.signed_urls import expiry

@@ -20,8 +20,8 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
-from web.push_schemas import NotificationSchema
-from web.schemas import MessageSchema
+from web.schemas.messages import MessageSchema
+from web.schemas.notifications import NotificationSchema
 
 ID_CHARS = 64  # ids clients send (conversation ids, stream ids) are at most this long
 _ID = validate.Length(1, ID_CHARS)

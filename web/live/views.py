@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, current_app
-from marshmallow import Schema, fields
+from marshmallow import fields
 
 from core.services import services
 from domain import conversations as convs
@@ -17,17 +17,18 @@ from domain.errors import Forbidden
 from web.auth import current, require_auth
 from web.http import doc
 from web.live.presence import PresenceStore
+from web.schemas.common import ResponseSchema
 
 bp = Blueprint("presence", __name__, url_prefix="/v1")
 bp.before_request(require_auth)
 
 
-class MemberPresenceSchema(Schema):
+class MemberPresenceSchema(ResponseSchema):
     user_id = fields.String()
     online = fields.Boolean()
 
 
-class PresenceSchema(Schema):
+class PresenceSchema(ResponseSchema):
     conversation_id = fields.String()
     online = fields.List(fields.String(), metadata={"description": "members online now"})
     members = fields.List(fields.Nested(MemberPresenceSchema))

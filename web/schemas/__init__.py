@@ -5,10 +5,5 @@ and the response shapes, which both shape every JSON answer and generate /openap
 - `conversations`, `messages`, `moderation`, `attachments`, `privacy` (retention and GDPR jobs),
   `push` (subscriptions, preferences, dead letters), `notifications`
 
-Import from the resource's module. `MessageSchema` is also re-exported here for
-web/live/frames.py, which imports it from `web.schemas`.
+Import from the resource's module; this package re-exports nothing.
 """
-
-from web.schemas.messages import MessageSchema
-
-__all__ = ["MessageSchema"]
