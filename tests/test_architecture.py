@@ -268,3 +268,28 @@ def test_every_task_is_named_after_its_module_and_routed_to_its_stage_queue(
     assert defining == set(TASK_MODULES) == on_disk
     for entry in app.conf.beat_schedule.values():
         assert entry["task"] in ours, entry
+
+
+def test_every_blueprint_is_registered_by_create_app() -> None:
+    """One place to see the whole HTTP surface: no module registers itself on the app (a
+    blueprint may nest its own parts, as web/attachments.py does)."""
+    elsewhere = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for path in (ROOT / "web").rglob("*.py")
+        if path != ROOT / "web" / "__init__.py"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if "app.register_blueprint(" in line
+    ]
+    assert not elsewhere, elsewhere
+
+
+def test_no_module_over_400_lines_outside_migrations() -> None:
+    """Big modules were split along their seams; a module that grows past this splits too."""
+    folders = ("core", "domain", "models", "moderation", "push", "storage", "tasks", "web")
+    big = {
+        str(path.relative_to(ROOT)): n
+        for folder in folders
+        for path in (ROOT / folder).rglob("*.py")
+        if "migrations" not in path.parts and (n := len(path.read_text().splitlines())) > 400
+    }
+    assert not big, big

@@ -35,21 +35,47 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     outbox.install(svc.Session)
     app.extensions["parley"] = svc
 
-    from web import auth, conversations, errors, health, live, messages, moderation, openapi, push
-    from web.attachments import bp as attachments_bp
+    from web import (
+        attachments,
+        auth,
+        conversations,
+        errors,
+        health,
+        http,
+        limits,
+        live,
+        messages,
+        moderation,
+        notifications,
+        openapi,
+        privacy,
+        push,
+        search,
+        security,
+    )
+    from web import metrics as web_metrics
     from web.cli import register_cli
-    from web.privacy import init_app as init_privacy
 
     auth.init_app(app, settings)
     errors.register(app)
-    for bp in (health.bp, openapi.bp, conversations.bp, messages.bp, moderation.bp, attachments_bp):
+    # Every blueprint, in one place. Each resource's module holds its `bp`; web/live/ has three
+    # (the socket, REST presence, /asyncapi.json).
+    for bp in (
+        health.bp,
+        openapi.bp,
+        web_metrics.bp,  # GET /metrics
+        conversations.bp,
+        messages.bp,
+        moderation.bp,
+        attachments.bp,
+        search.bp,  # GET /v1/search/messages (docs/search.md)
+        push.bp,  # /v1/push: subscriptions, VAPID key, dead letters
+        notifications.bp,
+        privacy.bp,  # retention policies, DELETE /v1/conversations/{cid}, /v1/privacy jobs
+        *live.BLUEPRINTS,
+    ):
         app.register_blueprint(bp)
-    from web.search import bp as search_bp  # GET /v1/search/messages (docs/search.md)
-
-    app.register_blueprint(search_bp)
-    live.init_app(app)  # GET /v1/ws and presence; the hub starts with the first socket
-    push.init_app(app)  # /v1/push (subscriptions, VAPID key, dead letters), /v1/notifications
-    init_privacy(app)  # retention policies, DELETE /v1/conversations/{cid}, /v1/privacy jobs
+    live.init_app(app)  # flask-sock and live settings; the hub starts with the first socket
     register_cli(app)
 
     @app.before_request
@@ -58,8 +84,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         g.request_id = rid if 0 < len(rid) <= 64 and rid.isprintable() else uuid.uuid4().hex
         logs.clear()
         logs.bind(request_id=g.request_id)
-
-    from web import http
 
     http.install(app)  # NUL, surrogates, non-UTF-8 in the URL or token: 400 before any query
 
@@ -72,9 +96,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     # Operations (#10): the edge (proxies, CORS, headers), /metrics with request timing and the
     # access log, then rate limits, which wrap views: every blueprint is registered by now.
-    from web import limits, security
-    from web import metrics as web_metrics
-
     security.init_app(app, settings)
     web_metrics.init_app(app)
     limits.init_app(app, settings)

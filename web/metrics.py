@@ -104,7 +104,6 @@ def metrics_view() -> Response:
 
 def init_app(app: Flask) -> None:
     metrics.configure(app.extensions["parley"].settings.data_dir / "metrics")
-    app.register_blueprint(bp)
     log_access = app.extensions["parley"].settings.access_log
 
     @app.before_request

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, request
+from flask import Blueprint, Response, current_app, request
 
 from core.services import services
 from domain import conversations as convs
@@ -35,6 +35,7 @@ def _authenticate() -> None:
         require_auth()
 
 
+@bp.before_app_request
 def _follow_shredded_keys() -> None:
     """Start this process's key-shred listener with its first request (after any fork)."""
     app = current_app
@@ -44,11 +45,6 @@ def _follow_shredded_keys() -> None:
     svc = services()
     if not svc.settings.testing:  # tests start their own and stop it
         KeyForgetter(svc).start()
-
-
-def init_app(app: Flask) -> None:
-    app.register_blueprint(bp)
-    app.before_request(_follow_shredded_keys)
 
 
 # --- retention --------------------------------------------------------------------------------

@@ -151,11 +151,3 @@ def dead_letters() -> dict[str, Any]:
             s, current(), cursor=q.get("cursor"), limit=q["limit"]
         )
     return {"items": items, "next_cursor": next_cursor}
-
-
-def init_app(app: Any) -> None:
-    """Register /v1/push and /v1/notifications."""
-    from web import notifications
-
-    app.register_blueprint(bp)
-    app.register_blueprint(notifications.bp)

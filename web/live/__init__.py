@@ -31,7 +31,5 @@ BLUEPRINTS: tuple[Blueprint, ...] = (bp, presence_bp, asyncapi_bp)
 
 
 def init_app(app: Flask) -> None:
-    """Settings, origins and flask-sock on `app`, then the live blueprints."""
+    """Settings, origins and flask-sock on `app` (create_app registers BLUEPRINTS)."""
     configure(app)
-    for blueprint in BLUEPRINTS:
-        app.register_blueprint(blueprint)
