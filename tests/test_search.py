@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import func, select, text
 
 from domain.retention.deleting import delete_messages
-from models import SearchToken
+from models import Message, SearchToken
 from tests.conftest import Stack, wait_for
 from tests.factories import Api, files_containing, uid, wait_delivered
 
@@ -160,6 +160,34 @@ def test_purging_a_message_removes_its_index_rows(api: Api, live: Stack) -> None
         assert delete_messages(live.svc, s, [mid])[0] == 1
     assert tokens_of(live, cid) == 0
     assert hits(api, b, secret) == []
+
+
+def test_erasing_a_user_removes_the_index_rows_of_their_messages(api: Api, live: Stack) -> None:
+    """Erasure keeps tombstones (the rows stay for the others' history), not their tokens."""
+    a, b = uid("erase"), uid()
+    cid = api.conversation(a, b)
+    mine, theirs = word(), word()
+    api.send(a, cid, f"erase {mine}")
+    api.send(b, cid, f"keep {theirs}")
+    wait_found(api, b, theirs)
+    wait_found(api, b, mine)
+    key = api.api_key()
+    resp = api.post(f"/v1/privacy/users/{a}/erase", key=key, json={"reason": "user request"})
+    assert resp.status_code == 202, resp.get_json()
+    wait_for(lambda: hits(api, b, mine) == [], 60, what="the erasure")
+    with live.svc.Session() as s:
+        rows = s.scalar(
+            select(func.count())
+            .select_from(SearchToken)
+            .join(
+                Message,
+                (Message.conversation_id == SearchToken.conversation_id)
+                & (Message.seq == SearchToken.seq),
+            )
+            .where(Message.conversation_id == cid, Message.seq == 1)
+        )
+    assert rows == 0
+    assert [h["message"]["sender_id"] for h in hits(api, b, theirs)] == [b]
 
 
 def test_prefix_and_phrase_search_are_verified_in_memory(api: Api, live: Stack) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from redis.exceptions import RedisError
-from sqlalchemy import String, cast, delete, func, select, update
+from sqlalchemy import String, cast, delete, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from core.events import PRESENCE_PREFIX, stream_key
@@ -41,6 +41,7 @@ from models import (
     PushSubscription,
     Reaction,
     Report,
+    SearchToken,
     User,
 )
 
@@ -115,13 +116,20 @@ class _Erasure:
         while True:
             with self.svc.Session.begin() as s:
                 rows = s.execute(
-                    select(Message.id, Message.conversation_id)
+                    select(Message.id, Message.conversation_id, Message.seq)
                     .where(Message.sender_id == self.uid)
                     .limit(self.batch)
                 ).all()
                 ids = [r.id for r in rows]
                 if ids:
                     s.execute(delete(MessageEdit).where(MessageEdit.message_id.in_(ids)))
+                    s.execute(  # the tombstones keep their rows, not their search tokens
+                        delete(SearchToken).where(
+                            tuple_(SearchToken.conversation_id, SearchToken.seq).in_(
+                                [(r.conversation_id, r.seq) for r in rows]
+                            )
+                        )
+                    )
                     s.execute(
                         update(Message)
                         .where(Message.id.in_(ids))
