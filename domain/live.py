@@ -15,7 +15,8 @@ from typing import Any, NamedTuple, cast
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from domain.messages import members_of, reactions_for
+from domain.message_actions import reactions_for
+from domain.messages import members_of
 from models import Message, Participant, Reaction
 
 MEMBER_COLUMNS = (

@@ -1,22 +1,24 @@
-"""Messages: posting (durable, idempotent, gap-free seq), reading, editing and the rest."""
+"""Messages: posting (durable, idempotent, gap-free seq), reading, editing and deleting.
+
+What members do to a message once it exists (pins, reactions, reports) and the read cursor
+live in domain/message_actions.py."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-import emoji as emoji_lib
-from sqlalchemy import case, delete, exists, func, select, update
+from sqlalchemy import delete, exists, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.ids import new_id, utcnow
 from core.services import Services
-from domain import audit, events, notifications, outbox
+from domain import events, outbox
 from domain.attachments import attach_to_message, check_attachable
-from domain.conversations import PIN_ROLES, readable, unexpired, visible_to_reader
+from domain.conversations import readable, unexpired, visible_to_reader
 from domain.errors import Conflict, Forbidden, Invalid, NotFound
 from domain.keys import conversation_key, edit_aad, message_aad
 from domain.pagination import decode_cursor, encode_cursor
@@ -28,17 +30,13 @@ from models import (
     Message,
     MessageEdit,
     Participant,
-    Reaction,
-    Report,
     User,
 )
 
 logger = logging.getLogger(__name__)
 
 MODERATE_TASK = "tasks.moderate.moderate_message"
-REPORT_REASONS = ("spam", "abuse", "harassment", "contact_details", "fraud", "other")
 MEDIA_TYPES = frozenset({"image", "file", "audio", "video"})
-MAX_EMOJI = 32  # reactions.emoji is String(32): the longest emoji sequence is 10 code points
 
 
 def post(
@@ -304,7 +302,7 @@ def edit(svc: Services, session: Session, who: Principal, mid: str, text: str) -
     msg.moderation_labels = list(verdict.labels)
     msg.moderation_spans = [list(s) for s in verdict.spans]
     search_index.replace(svc, session, msg.conversation_id, msg.seq, dk, text)  # same tx
-    _announce(session, conv, msg, "message.updated")
+    announce(session, conv, msg, "message.updated")
     return msg
 
 
@@ -317,114 +315,11 @@ def soft_delete(session: Session, who: Principal, mid: str) -> Message:
     msg.moderation_spans = []
     session.execute(delete(MessageEdit).where(MessageEdit.message_id == mid))
     search_index.remove(session, msg.conversation_id, msg.seq)
-    _announce(session, conv, msg, "message.deleted")
+    announce(session, conv, msg, "message.deleted")
     return msg
 
 
-def set_pinned(session: Session, who: Principal, mid: str, pinned: bool) -> Message:
-    msg, conv, part = get_visible(session, who, mid)
-    if not who.is_moderator and (part is None or part.role not in PIN_ROLES):
-        raise Forbidden("only owners, admins and moderators of the conversation may pin")
-    if msg.deleted_at is not None:
-        raise Conflict("a deleted message cannot be pinned")
-    if pinned != (msg.pinned_at is not None):
-        msg.pinned_at = utcnow() if pinned else None
-        msg.pinned_by = who.label if pinned else None
-        audit.record(session, who, "message.pin" if pinned else "message.unpin", "message", mid)
-        _announce(session, conv, msg, "message.updated")
-    return msg
-
-
-def reaction_text(raw: str, adding: bool) -> str:
-    """A reaction is one emoji as Unicode defines it (skin tones, ZWJ sequences, flags and
-    keycaps included), checked with the `emoji` library; a 422 names anything else. Removing
-    takes any text up to the column's size, so reactions stored before this rule can go."""
-    if adding and not emoji_lib.is_emoji(raw):
-        raise Invalid(
-            "a reaction is one emoji, such as 👍 or 👍🏽; other text is refused",
-            {"emoji": ["must be exactly one emoji"]},
-        )
-    if not 0 < len(raw) <= MAX_EMOJI:
-        raise Invalid(
-            f"a reaction is 1-{MAX_EMOJI} characters", {"emoji": [f"1-{MAX_EMOJI} characters"]}
-        )
-    return raw
-
-
-def react(session: Session, who: Principal, mid: str, emoji: str, on: bool) -> Message:
-    emoji = reaction_text(emoji, adding=on)  # before any query: bad input costs nothing
-    msg, conv, part = get_visible(session, who, mid)
-    user = who.require_user()
-    if part is None or part.role == "observer":
-        raise Forbidden("only members may react")
-    if msg.state != "delivered" or msg.deleted_at is not None:
-        raise Conflict("only delivered, undeleted messages take reactions")
-    exists_now = session.get(Reaction, (mid, user, emoji)) is not None
-    if on and not exists_now:
-        session.add(Reaction(message_id=mid, user_id=user, emoji=emoji))
-    elif not on and exists_now:
-        session.execute(
-            delete(Reaction).where(
-                Reaction.message_id == mid, Reaction.user_id == user, Reaction.emoji == emoji
-            )
-        )
-    else:
-        return msg
-    data = {
-        "conversation_id": conv.id,
-        "message_id": mid,
-        "user_id": user,
-        "emoji": emoji,
-        "action": "added" if on else "removed",
-    }
-    events.emit(session, "reaction", data, [p.user_id for p in conv.active_participants()])
-    return msg
-
-
-def report(
-    session: Session, who: Principal, mid: str, reason: str, note: str | None
-) -> tuple[Report, bool]:
-    msg, _, part = get_visible(session, who, mid)
-    user = who.require_user()
-    if part is None:
-        raise Forbidden("only participants may report messages")
-    if msg.sender_id == user:
-        raise Conflict("you cannot report your own message")
-    found = session.scalar(
-        select(Report).where(Report.message_id == mid, Report.reporter_id == user)
-    )
-    if found is not None:
-        return found, False
-    row = Report(message_id=mid, reporter_id=user, reason=reason, note=note)
-    session.add(row)
-    session.flush()
-    return row, True
-
-
-def mark_read(session: Session, who: Principal, cid: str, seq: int) -> Participant:
-    conv, part = readable(session, who, cid)
-    if part is None:
-        raise Forbidden("only participants have a read cursor")
-    if seq > conv.last_seq:
-        raise Invalid(
-            f"seq {seq} is beyond the last message ({conv.last_seq})",
-            {"seq": [f"must be at most {conv.last_seq}"]},
-        )
-    if seq > part.read_seq:
-        part.read_seq = seq
-        part.delivered_seq = max(part.delivered_seq, seq)
-        others = [p.user_id for p in conv.active_participants() if p.user_id != part.user_id]
-        events.emit(
-            session,
-            "receipt",
-            {"conversation_id": cid, "user_id": part.user_id, "read_seq": seq},
-            others,
-        )
-        notifications.on_conversation_read(session, part.user_id, cid, seq)  # badge, retraction
-    return part
-
-
-def _announce(session: Session, conv: Conversation, msg: Message, etype: str) -> None:
+def announce(session: Session, conv: Conversation, msg: Message, etype: str) -> None:
     if msg.state != "delivered":  # recipients never saw it; tell the sender only
         users = [msg.sender_id] if msg.sender_id else []
     else:
@@ -432,28 +327,6 @@ def _announce(session: Session, conv: Conversation, msg: Message, etype: str) ->
     events.emit(
         session, etype, {"conversation_id": conv.id, "message_id": msg.id, "seq": msg.seq}, users
     )
-
-
-def reactions_for(
-    session: Session, ids: Sequence[str], me: str | None
-) -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = {}
-    if not ids:
-        return out
-    stmt = (
-        select(
-            Reaction.message_id,
-            Reaction.emoji,
-            func.count(),
-            func.max(case((Reaction.user_id == (me or ""), 1), else_=0)),
-        )
-        .where(Reaction.message_id.in_(ids))
-        .group_by(Reaction.message_id, Reaction.emoji)
-        .order_by(Reaction.message_id, func.min(Reaction.created_at))
-    )
-    for mid, emoji, n, mine in session.execute(stmt):
-        out.setdefault(mid, []).append({"emoji": emoji, "count": n, "me": bool(mine)})
-    return out
 
 
 def members_of(session: Session, cid: str) -> list[Participant]:

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core.ids import iso, utcnow
-from domain import events, push_delivery
+from domain import events, push_planning
 from domain.conversations import unread_counts
 from domain.errors import NotFound
 from domain.pagination import decode_cursor, encode_cursor
@@ -170,4 +170,4 @@ def _read(session: Session, notes: Iterable[Notification]) -> None:
     for note in notes:
         note.read_at = now
         _emit(session, note, None, None)
-    push_delivery.retract(session, notes)
+    push_planning.retract(session, notes)

@@ -27,14 +27,8 @@ from domain.audience import skip_reason
 from domain.fanout import NOTIFY_OFFLINE_TASK
 from domain.messages import members_of
 from domain.push import VERIFY_TASK, email_code
-from domain.push_delivery import (
-    DELIVER_TASK,
-    MAX_COUNTDOWN_S,
-    backoff,
-    finish,
-    plan_notify,
-    prepare,
-)
+from domain.push_delivery import MAX_COUNTDOWN_S, backoff, finish, prepare
+from domain.push_planning import DELIVER_TASK, plan_notify
 from domain.render import message_text
 from models import Message, PushDelivery, PushSubscription
 from push.base import Digest, Outcome, Provider, Result, Target

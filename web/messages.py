@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint
 
 from core.services import services
+from domain import message_actions as actions
 from domain import messages as msgs
 from domain import review
 from domain.conversations import unread_counts
@@ -38,7 +39,7 @@ def _render(session: Any, msg: Message, *, fresh: bool = False) -> dict[str, Any
         return render_message(services(), msg, who, None, [], {})
     members = msgs.members_of(session, msg.conversation_id)
     part = next((p for p in members if p.user_id == who.user_id), None)
-    reactions = msgs.reactions_for(session, [msg.id], who.user_id)
+    reactions = actions.reactions_for(session, [msg.id], who.user_id)
     return render_message(services(), msg, who, part, members, reactions)
 
 
@@ -83,7 +84,7 @@ def list_messages(cid: str) -> dict[str, Any]:
             query=q,
         )
         members = msgs.members_of(s, cid)
-        reactions = msgs.reactions_for(s, [m.id for m in rows], who.user_id)
+        reactions = actions.reactions_for(s, [m.id for m in rows], who.user_id)
         items = [render_message(svc, m, who, part, members, reactions) for m in rows]
     return {"items": items, "next_cursor": next_cursor}
 
@@ -127,7 +128,7 @@ def delete_message(mid: str) -> dict[str, Any]:
 def pin(mid: str) -> dict[str, Any]:
     """Pin (owners, admins and moderators of the conversation)."""
     with services().Session.begin() as s:
-        return _render(s, msgs.set_pinned(s, current(), mid, True))
+        return _render(s, actions.set_pinned(s, current(), mid, True))
 
 
 @bp.delete("/messages/<mid>/pin")
@@ -135,7 +136,7 @@ def pin(mid: str) -> dict[str, Any]:
 def unpin(mid: str) -> dict[str, Any]:
     """Unpin (owners, admins and moderators of the conversation)."""
     with services().Session.begin() as s:
-        return _render(s, msgs.set_pinned(s, current(), mid, False))
+        return _render(s, actions.set_pinned(s, current(), mid, False))
 
 
 REACTION = (
@@ -150,7 +151,7 @@ REACTION = (
 def add_reaction(mid: str, emoji: str) -> dict[str, Any]:
     """Add the caller's reaction (idempotent)."""
     with services().Session.begin() as s:
-        return _render(s, msgs.react(s, current(), mid, emoji, True))
+        return _render(s, actions.react(s, current(), mid, emoji, True))
 
 
 @bp.delete("/messages/<mid>/reactions/<emoji>")
@@ -166,7 +167,7 @@ def add_reaction(mid: str, emoji: str) -> dict[str, Any]:
 def remove_reaction(mid: str, emoji: str) -> dict[str, Any]:
     """Remove the caller's reaction (idempotent)."""
     with services().Session.begin() as s:
-        return _render(s, msgs.react(s, current(), mid, emoji, False))
+        return _render(s, actions.react(s, current(), mid, emoji, False))
 
 
 @bp.post("/messages/<mid>/reports")
@@ -181,7 +182,7 @@ def report_message(mid: str) -> tuple[dict[str, Any], int]:
     body = json_body(ReportCreateSchema())
     svc = services()
     with svc.Session.begin() as s:
-        row, created = msgs.report(s, current(), mid, body["reason"], body.get("note"))
+        row, created = actions.report(s, current(), mid, body["reason"], body.get("note"))
         if created:
             msg, _, _ = msgs.get_visible(s, current(), mid)
             review.hold_after_reports(s, msg, svc.settings.reports_auto_hold)
@@ -203,7 +204,7 @@ def mark_read(cid: str) -> dict[str, Any]:
     body = json_body(ReadSchema())
     who = current()
     with services().Session.begin() as s:
-        part = msgs.mark_read(s, who, cid, body["seq"])
+        part = actions.mark_read(s, who, cid, body["seq"])
         s.flush()
         unread = unread_counts(s, part.user_id, [cid]).get(cid, 0)
         return {"conversation_id": cid, "read_seq": part.read_seq, "unread_count": unread}

@@ -8,7 +8,8 @@ from flask import Blueprint
 
 from core.services import services
 from domain import review
-from domain.messages import members_of, reactions_for
+from domain.message_actions import reactions_for
+from domain.messages import members_of
 from domain.render import render_message
 from models import AuditEntry, User
 from web.auth import current, require_auth

@@ -2,5 +2,6 @@
 
 `text` holds the pure rules, `index` writes and removes a message's keyed tokens (the pipeline
 stage, edits, deletes, key rotation), `query` answers a search for one caller. Imported by
-module, not re-exported here: domain.messages uses `index`, and `query` uses domain.messages.
+module, not re-exported here: domain.messages uses `index`, and `query` uses
+domain.message_actions (which uses domain.messages).
 """

@@ -21,7 +21,7 @@ from core.crypto import MissingKeyError
 from core.services import Services
 from domain.conversations import readable, unexpired, visible_to_reader
 from domain.errors import Invalid
-from domain.messages import reactions_for
+from domain.message_actions import reactions_for
 from domain.pagination import decode_cursor, encode_cursor
 from domain.principals import Principal
 from domain.render import message_text, render_message

@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from core.services import Services
 from domain.errors import DomainError
-from domain.messages import mark_read
+from domain.message_actions import mark_read
 from web.live import protocol
 from web.live.frames import CLIENT_FRAMES, load_client_frame
 from web.live.opening import Opening, authenticate_user
