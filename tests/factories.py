@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 from werkzeug.test import TestResponse
@@ -15,6 +16,10 @@ from werkzeug.test import TestResponse
 from core.events import EventLog
 from domain import apikeys
 from tests.conftest import Stack, wait_for
+
+# Edge behaviour (HTTP, counters in Redis, tokens, logging) does not depend on the database, so
+# those tests run on SQLite only; what touches delivery and the outbox runs on both.
+ONE_DATABASE = pytest.mark.parametrize("stack", ["sqlite"], indirect=True)
 
 
 def uid(prefix: str = "u") -> str:

@@ -1,17 +1,21 @@
-"""Structured log fields: every `extra=` field and the bound context reach the text and the JSON
-output of the handler `configure_logging` installs, and text-like fields never do."""
+"""Logs (core/logs.py): every `extra=` field and the bound context reach the text and the JSON
+output of the handler `configure_logging` installs, text-like fields never do; and end to end,
+web and worker lines carry request ids and callers but never message text, tokens or API keys.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from core import logs
-from tests.factories import uid
+from tests.conftest import Stack, wait_for
+from tests.factories import ONE_DATABASE, Api, uid, wait_delivered
 
 # A logger under one of our packages, so it goes through the handler configure_logging installs.
 log = logging.getLogger("domain.test_logs")
@@ -103,3 +107,37 @@ def test_fields_named_like_text_or_credentials_never_reach_the_output(
         assert all(doc[k] == logs.REDACTED for k in secrets)
     else:
         assert all(f" {k}={logs.REDACTED}" in line for k in secrets)
+
+
+@ONE_DATABASE
+def test_logs_carry_request_ids_and_callers_but_no_message_text_or_secrets(
+    api: Api, live: Stack, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Post a canary text with a token and an API key: neither web nor worker logs them."""
+    a, b = uid(), uid()
+    canary = "canary-" + uuid.uuid4().hex
+    cid = api.conversation(a, b)
+    rid = "ops-" + uid("r")
+    resp = api.post(
+        f"/v1/conversations/{cid}/messages",
+        user=a,
+        json={"text": f"{canary} my mail is x@example.com"},
+        headers={"X-Request-ID": rid},
+    )
+    mid = resp.get_json()["id"]
+    api.patch(f"/v1/messages/{mid}", user=a, json={"text": f"{canary} edited"})
+    key = api.api_key("ops-canary")
+    api.get("/v1/conversations", key=key)
+    api.get("/v1/conversations", headers={"Authorization": "Bearer not-a-valid-token"})
+    wait_delivered(live, b, [mid])
+    wait_for(lambda: rid in live.worker.log(), 15, what="the worker's lines for the request")
+    web_log = capfd.readouterr().err
+    worker_log = live.worker.log()
+    token = api.token(a)
+    for where, text in (("web", web_log), ("worker", worker_log)):
+        assert canary not in text, f"message text in the {where} log"
+        assert token not in text and token.split(".")[2] not in text, f"a JWT in the {where} log"
+        assert key not in text and key.split("_")[-1] not in text, f"an API key in the {where} log"
+        assert "not-a-valid-token" not in text
+    access = [line for line in web_log.splitlines() if f"/v1/conversations/{cid}/messages" in line]
+    assert any(rid in line and a in line and "duration_ms=" in line for line in access), access
