@@ -113,9 +113,9 @@ def drain(svc: Services, conversation_id: str) -> None:
     pushes = [(mid, [u for u in users if u not in online]) for mid, users in pushes]
     pushes = [(mid, users) for mid, users in pushes if users]
     if pushes:
-        outbox.send(NOTIFY_OFFLINE_TASK, [pushes])  # one push-intent task per batch
+        outbox.send(svc.tasks, NOTIFY_OFFLINE_TASK, [pushes])  # one push-intent task per batch
     if more:
-        outbox.send(FANOUT_TASK, [conversation_id])
+        outbox.send(svc.tasks, FANOUT_TASK, [conversation_id])
 
 
 def _push_candidates(msg: Message, members: Sequence[Row[str, str, datetime | None]]) -> list[str]:

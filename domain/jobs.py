@@ -22,7 +22,7 @@ from sqlalchemy import or_, update
 from sqlalchemy.orm import Session
 
 from core.ids import new_id, utcnow
-from core.services import Services, services
+from core.services import Services
 from domain import outbox
 from domain.errors import NotFound
 from models import Job
@@ -125,9 +125,10 @@ def run(svc: Services, job_id: str, kind: JobKind, *, retryable: Errors = ()) ->
                 kind.finish(s, row, result)
 
 
-def follow(job_id: str, poll_s: float = 0.5, timeout_s: float = 3600) -> Iterator[str]:
+def follow(
+    svc: Services, job_id: str, poll_s: float = 0.5, timeout_s: float = 3600
+) -> Iterator[str]:
     """Lines of a job's progress as it changes, until it ends or `timeout_s` passes (the CLI)."""
-    svc = services()
     deadline = time.monotonic() + timeout_s
     last = None
     while time.monotonic() < deadline:

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from core import logs
 from core.ids import utcnow
 from models import Outbox
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 logger = logging.getLogger(__name__)
 
@@ -38,14 +42,12 @@ def mark_done(session: Session, ref_ids: Sequence[str], task: str | None = None)
     session.execute(stmt.values(done_at=utcnow()))
 
 
-def send(task: str, args: Sequence[Any]) -> bool:
-    """Send one task; False (logged) when the broker is unreachable."""
-    from core import logs
-    from core.services import services
-
+def send(producer: Celery, task: str, args: Sequence[Any]) -> bool:
+    """Send one task through this process's producer; False (logged) when the broker is
+    unreachable."""
     rid = logs.current("request_id")
     try:
-        services().tasks.send_task(
+        producer.send_task(
             task,
             args=list(args),
             headers={"request_id": rid} if rid else None,
@@ -58,14 +60,15 @@ def send(task: str, args: Sequence[Any]) -> bool:
         return False
 
 
-def install(session_factory: sessionmaker[Session]) -> None:
-    """Send queued outbox rows after each successful commit of sessions from this factory."""
+def install(session_factory: sessionmaker[Session], producer: Celery) -> None:
+    """Send queued outbox rows through `producer` after each successful commit of sessions
+    from this factory."""
 
     @event.listens_for(session_factory, "after_commit")
     def _after_commit(session: Session) -> None:
         rows = session.info.pop(_PENDING, [])
         for row in rows:
-            send(row.task, row.args)
+            send(producer, row.task, row.args)
 
     @event.listens_for(session_factory, "after_rollback")
     def _after_rollback(session: Session) -> None:

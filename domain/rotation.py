@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from core.services import Services, services
+from core.services import Services
 from domain import jobs
 from domain.keys import create_data_key, rewrap_batch, stale_key_count
 from domain.messages import edit_aad, message_aad
@@ -59,9 +59,9 @@ def rotate(svc: Services, job: Job, progress: jobs.Progress) -> Mapping[str, Any
 ROTATION = jobs.JobKind("key_rotation", TASK, rotation_size, rotate)
 
 
-def start_rotation(*, reencrypt: bool, actor: str) -> str:
+def start_rotation(svc: Services, *, reencrypt: bool, actor: str) -> str:
     """Queue a rotation (the CLI); returns the job's id."""
-    with services().Session.begin() as s:
+    with svc.Session.begin() as s:
         return jobs.start(s, ROTATION, {"reencrypt": reencrypt}, actor).id
 
 

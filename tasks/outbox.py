@@ -45,7 +45,7 @@ def sweep() -> int:
             .limit(SWEEP_BATCH)
         ).all()
         for row in rows:
-            if due(row, stale) and outbox.send(row.task, row.args):
+            if due(row, stale) and outbox.send(svc.tasks, row.task, row.args):
                 row.dispatched_at = utcnow()
                 row.attempts += 1
                 resent += 1

@@ -293,3 +293,31 @@ def test_no_module_over_400_lines_outside_migrations() -> None:
         if "migrations" not in path.parts and (n := len(path.read_text().splitlines())) > 400
     }
     assert not big, big
+
+
+def test_domain_never_reaches_into_flask_or_celery() -> None:
+    """The rules take what they need as arguments (the Services object, its producer), so they
+    run the same from a view, a task, the CLI or a test, with no app context."""
+    def runtime_nodes(tree: ast.AST) -> Iterator[ast.AST]:
+        for node in ast.iter_child_nodes(tree):
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                continue  # annotations only: never imported at run time
+            yield node
+            yield from runtime_nodes(node)
+
+    found = []
+    for path in (ROOT / "domain").rglob("*.py"):
+        for node in runtime_nodes(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+                if node.module == "core.services":
+                    names += [f"core.services.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top in ("flask", "celery", "web", "tasks") or name == "core.services.services":
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}")
+    assert not found, found

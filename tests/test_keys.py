@@ -78,7 +78,7 @@ def test_rotation_rewraps_and_reencrypts_while_reads_and_writes_continue(
     with st.app.app_context():
         from domain.rotation import start_rotation
 
-        job_id = start_rotation(reencrypt=True, actor="test")
+        job_id = start_rotation(st.svc, reencrypt=True, actor="test")
     during = [api.send(b, cid, f"during rotation {i}")["id"] for i in range(10)]
 
     def finished() -> Job | None:

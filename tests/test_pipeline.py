@@ -17,6 +17,7 @@ from pathlib import Path
 
 from sqlalchemy import select, text
 
+from domain.messages import MODERATE_TASK
 from models import Message, Notification, Outbox
 from tests.conftest import ROOT, Stack, wait_for
 from tests.factories import (
@@ -51,9 +52,15 @@ def test_posted_message_is_delivered_once_to_every_member(api: Api, live: Stack)
     assert conv["unread_count"] == 1
     assert conv["last_message"]["id"] == mid
     assert conv["last_message"]["text"] == "the van arrives at nine"
-    with live.svc.Session() as s:
-        row = s.scalar(select(Outbox).where(Outbox.ref_id == mid))
-        assert row is not None and row.done_at is not None
+
+    def outbox_rows() -> list[tuple[str, bool]]:
+        with live.svc.Session() as s:
+            rows = s.scalars(select(Outbox).where(Outbox.ref_id == mid)).all()
+            return sorted((r.task, r.done_at is not None) for r in rows)
+
+    # every stage the message queued (moderation, then the search index) is marked done
+    wait_for(lambda: all(done for _, done in outbox_rows()), 30, what="outbox rows done")
+    assert MODERATE_TASK in {task for task, _ in outbox_rows()}
 
 
 def test_profanity_is_masked_for_recipients_while_the_sender_sees_the_verdict(

@@ -32,7 +32,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
     svc: Services = build_services(settings, producer=make_celery(settings))
-    outbox.install(svc.Session)
+    outbox.install(svc.Session, svc.tasks)
     app.extensions["parley"] = svc
 
     from web import (

@@ -105,10 +105,10 @@ def register_cli(app: Flask) -> None:
         from domain.jobs import follow
         from domain.rotation import start_rotation
 
-        job_id = start_rotation(reencrypt=reencrypt, actor="cli")
+        job_id = start_rotation(services(), reencrypt=reencrypt, actor="cli")
         click.echo(f"rotation job {job_id} queued")
         if wait:
-            for line in follow(job_id):
+            for line in follow(services(), job_id):
                 click.echo(line)
 
     @token.command("issue")
