@@ -29,7 +29,7 @@ from domain.pagination import encode_cursor
 from models import Attachment, Message, Outbox
 from tests.conftest import ROOT, RedisServer, Stack, Worker, wait_for
 from tests.factories import Api, files_containing, stream_events, uid, wait_delivered
-from tests.test_storage import s3_client, start_moto
+from tests.storage.test_storage import s3_client, start_moto
 
 MB = 1024 * 1024
 

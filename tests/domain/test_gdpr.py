@@ -36,8 +36,8 @@ from models import (
     User,
 )
 from tests.conftest import Stack, wait_for
+from tests.domain.test_retention import stored, upload_text
 from tests.factories import Api, stream_events, uid, wait_delivered
-from tests.test_retention import stored, upload_text
 
 
 def job_done(api: Api, job_id: str, **who: Any) -> dict[str, Any]:

@@ -11,7 +11,7 @@
 
 Repeatable: every run sends the same cases (CI always). Hypothesis is derandomized (its choices
 are seeded from each test's code, so they change only with the code or the pinned Hypothesis) and
-keeps no example database. The requests that once failed are in tests/fuzz_examples.json and are
+keeps no example database. The requests that once failed are in tests/web/fuzz_examples.json and are
 sent every time, first. To explore new cases on your machine, set PARLEY_FUZZ_EXPLORE=1 (ignored
 when CI is set): each run then draws fresh ones; record what it finds in fuzz_examples.json.
 """
@@ -192,7 +192,7 @@ def cases_digest(app: Flask, examples: int) -> str:
     return digest.hexdigest()
 
 
-DIGEST_SCRIPT = "from web import create_app; from tests.test_fuzz import cases_digest; " + (
+DIGEST_SCRIPT = "from web import create_app; from tests.web.test_fuzz import cases_digest; " + (
     "print(cases_digest(create_app(), 2))"
 )
 

@@ -2,7 +2,7 @@
 
 The frame types expected here are the contract (API.md, docs/websocket.md), not read from the
 code; that the frames the server really sends match the document is checked on every socket
-of tests/test_ws.py (its `connect` fixture) with the checker tested below.
+of tests/web/live/test_ws.py (its `connect` fixture) with the checker tested below.
 """
 
 from __future__ import annotations

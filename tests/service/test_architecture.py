@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("core", "domain", "models", "web", "tasks", "moderation", "storage", "push")
 TOP_MODULES = ("celery_config.py", "worker.py")
 
@@ -298,6 +298,7 @@ def test_no_module_over_400_lines_outside_migrations() -> None:
 def test_domain_never_reaches_into_flask_or_celery() -> None:
     """The rules take what they need as arguments (the Services object, its producer), so they
     run the same from a view, a task, the CLI or a test, with no app context."""
+
     def runtime_nodes(tree: ast.AST) -> Iterator[ast.AST]:
         for node in ast.iter_child_nodes(tree):
             if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):

@@ -24,7 +24,7 @@ import pytest
 from core.ids import utcnow
 from tests.conftest import JWT_SECRET, ROOT, RedisServer, free_port, wait_for
 from tests.live_server import LiveClient
-from tests.test_run_service import _descendants, _still_alive
+from tests.service.test_run_service import _descendants, _still_alive
 
 RECIPE = re.compile(r"<!-- recipe: Procfile\.cluster -->\s*```procfile\n(.*?)```", re.S)
 STOP_TIMEOUT_S = 40

@@ -24,7 +24,7 @@ import redis
 
 from core.redis_server import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 90
 STOP_TIMEOUT_S = 30
 TASK_SUCCEEDED = re.compile(r"Task [\w.]+\[[0-9a-f-]+\] succeeded")
