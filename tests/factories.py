@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
 from werkzeug.test import TestResponse
 
 from core.events import EventLog
@@ -180,3 +181,41 @@ def scrape(api: Api, **kw: Any) -> Samples:
     assert resp.status_code == 200, resp.get_data(as_text=True)
     assert resp.content_type.startswith("text/plain")
     return parse(resp.get_data(as_text=True))
+
+
+def plaintext_at_rest(stack: Stack, needle: bytes) -> list[str]:
+    """Every place at rest holding `needle`: files in the data dir (logs aside), PostgreSQL
+    tables (each row as JSON), and Redis values of every kind. Empty when nothing leaks."""
+    found = [
+        f"file {h}"
+        for h in files_containing(stack.data_dir, [needle])
+        if not h.split(":")[0].endswith(".log")
+    ]
+    if stack.name == "postgres":
+        tables_sql = text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        with stack.svc.engine.connect() as conn:
+            for table in conn.execute(tables_sql).scalars().all():
+                query = f'SELECT row_to_json(t)::text FROM "{table}" t'  # noqa: S608 (pg_tables)
+                rows = conn.execute(text(query)).scalars()
+                if any(needle.decode() in row for row in rows):
+                    found.append(f"table {table}")
+    r = stack.redis
+    for key in r.scan_iter(count=1000):
+        kind = r.type(key).decode()
+        if kind == "string":
+            values = [r.get(key) or b""]
+        elif kind == "stream":
+            values = [b"".join(v for f in e[1].items() for v in f) for e in r.xrange(key)]
+        elif kind == "list":
+            values = r.lrange(key, 0, -1)
+        elif kind == "hash":
+            values = [k + v for k, v in r.hgetall(key).items()]
+        elif kind == "set":
+            values = list(r.smembers(key))
+        elif kind == "zset":
+            values = r.zrange(key, 0, -1)
+        else:
+            values = []
+        if any(needle in v for v in values):
+            found.append(f"redis key {key!r}")
+    return found
