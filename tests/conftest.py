@@ -106,26 +106,33 @@ def _postgres_problem() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh, migrated PostgreSQL database for this run, dropped at the end."""
+def fresh_postgres(prefix: str) -> Iterator[str]:
+    """A fresh PostgreSQL database (skipped, and said so, where there is no server), dropped
+    when the generator closes: the body of every PostgreSQL fixture."""
     from sqlalchemy import create_engine, text
 
     problem = _postgres_problem()
     if problem:
         SERVICES["postgresql"] = f"SKIPPED — {problem}; PostgreSQL variants did not run"
         pytest.skip(f"PostgreSQL unavailable: {problem}")
-    name = f"parley_test_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
         version = conn.execute(text("SHOW server_version")).scalar()
-    SERVICES["postgresql"] = f"PostgreSQL {version} at {PG_HOST}:{PG_PORT} (database {name})"
-    url = f"postgresql+psycopg://postgres@{PG_HOST}:{PG_PORT}/{name}"
-    yield url
+    SERVICES.setdefault(
+        "postgresql", f"PostgreSQL {version} at {PG_HOST}:{PG_PORT} (database {name})"
+    )
+    yield f"postgresql+psycopg://postgres@{PG_HOST}:{PG_PORT}/{name}"
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for this run, dropped at the end."""
+    yield from fresh_postgres("parley_test")
 
 
 # --- the stack: app + worker per database -----------------------------------------------------

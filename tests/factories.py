@@ -191,7 +191,7 @@ def plaintext_at_rest(stack: Stack, needle: bytes) -> list[str]:
         for h in files_containing(stack.data_dir, [needle])
         if not h.split(":")[0].endswith(".log")
     ]
-    if stack.name == "postgres":
+    if stack.svc.dialect == "postgresql":
         tables_sql = text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
         with stack.svc.engine.connect() as conn:
             for table in conn.execute(tables_sql).scalars().all():

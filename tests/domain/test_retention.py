@@ -11,13 +11,12 @@ from __future__ import annotations
 import io
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select
 from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.test import encode_multipart
 
@@ -27,12 +26,11 @@ from domain.retention.purge import LOCK_KEY, PurgeReport, purge_lock
 from domain.retention.purge import run as run_purge
 from models import Attachment, Message, MessageEdit, Notification, Reaction, Report
 from tests.conftest import (
-    PG_ADMIN_URL,
     SERVICES,
     RedisServer,
     Stack,
     _make_stack,
-    _postgres_problem,
+    fresh_postgres,
     wait_for,
 )
 from tests.factories import Api, stream_events, uid, wait_delivered
@@ -43,19 +41,7 @@ GRACE = timedelta(days=7)  # the default PARLEY_RETENTION_GRACE_S
 @pytest.fixture(scope="module")
 def private_pg() -> Iterator[str]:
     """A PostgreSQL database for this module alone, dropped at the end."""
-    problem = _postgres_problem()
-    if problem:
-        pytest.skip(f"PostgreSQL unavailable: {problem}")
-    name = f"parley_retention_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-        version = conn.execute(text("SHOW server_version")).scalar()
-    SERVICES.setdefault("postgresql", f"PostgreSQL {version} (database {name})")
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    yield from fresh_postgres("parley_retention")
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
