@@ -254,7 +254,7 @@ def _announce(
 
 
 def unexpired() -> Any:
-    """Messages retention has not hidden (domain/retention.py): every read path filters on it,
+    """Messages retention has not hidden (domain/retention/purge.py): every read path filters on it,
     moderators included, so a hidden message is gone everywhere at once."""
     return Message.expired_at.is_(None)
 

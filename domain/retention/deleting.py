@@ -62,7 +62,7 @@ def delete_messages(
 def delete_attachment_files(svc: Services, atts: Sequence[Attachment]) -> int:
     """Delete the stored bytes of these attachments: every variant and the upload spool.
 
-    The hook for storage/: keys come from domain/attachments.py; deleting a missing object is
+    The hook for storage/: keys come from domain/attachments/stored.py; deleting a missing object is
     fine, so a retry or a concurrent purge is harmless. Returns how many objects were named."""
     if not atts:
         return 0
