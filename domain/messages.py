@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 MODERATE_TASK = "tasks.moderate.moderate_message"
 MEDIA_TYPES = frozenset({"image", "file", "audio", "video"})
+PASSED = ("allow", "mask")  # verdicts that let a message reach its recipients
 
 
 def post(
@@ -168,9 +169,16 @@ def _check_content(svc: Services, mtype: str, text: str | None, body: Mapping[st
 
 
 def can_see(msg: Message, who: Principal, part: Participant | None) -> bool:
+    """Whether `who` may open this one message. A member may as soon as its verdict lets it
+    through: the verdict commits before the fan-out appends `message.new`, and the fan-out
+    commits `delivered` only after, so a client fetching what its socket just announced must
+    not get a 404 in between. (Listings still wait for `delivered`, which keeps them in
+    order.)"""
     if msg.expired_at is not None:  # hidden by retention: gone for everyone
         return False
     if msg.state == "delivered" or who.is_moderator:
+        return True
+    if part is not None and msg.state == "pending" and msg.moderation_action in PASSED:
         return True
     if part is not None and part.role == "moderator":
         return True

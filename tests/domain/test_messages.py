@@ -147,6 +147,25 @@ def test_recipients_do_not_see_messages_before_delivery_senders_do(api: Api, idl
     assert api.get(f"/v1/messages/{mid}", user=b).status_code == 404
 
 
+def test_a_message_opens_for_members_once_its_verdict_commits(api: Api, idle: Stack) -> None:
+    """The fan-out appends `message.new` after the verdict commits and marks the message
+    delivered after that: in between, a member fetching what its socket announced gets it."""
+    a, b, outsider = uid(), uid(), uid()
+    cid = api.conversation(a, b)
+    mid = api.send(a, cid, "passed, not yet delivered")["id"]
+    with idle.svc.Session.begin() as s:  # what the moderate stage commits before the fan-out
+        s.execute(update(Message).where(Message.id == mid).values(moderation_action="allow"))
+    resp = api.get(f"/v1/messages/{mid}", user=b)
+    assert resp.status_code == 200, resp.get_json()
+    assert resp.get_json()["text"] == "passed, not yet delivered"
+    assert api.get(f"/v1/messages/{mid}", user=outsider).status_code == 404
+    with idle.svc.Session.begin() as s:  # a held message stays its sender's
+        s.execute(
+            update(Message).where(Message.id == mid).values(moderation_action="hold", state="held")
+        )
+    assert api.get(f"/v1/messages/{mid}", user=b).status_code == 404
+
+
 def _deliver(stack: Stack, mid: str) -> None:
     """Mark a message delivered directly, for REST tests that do not run the pipeline."""
     with stack.svc.Session.begin() as s:
