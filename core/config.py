@@ -193,8 +193,8 @@ def load_settings(
 ) -> Settings:
     """Build settings: defaults < environment (.env does not override real env) < overrides.
 
-    `.env` is loaded into os.environ, not only into Settings, because LOG_LEVEL, LOG_FORMAT,
-    PROMETHEUS_MULTIPROC_DIR and celery beat's periods are read from there.
+    `.env` is loaded into os.environ, not only into Settings, because LOG_LEVEL, LOG_FORMAT
+    and PROMETHEUS_MULTIPROC_DIR are read from there.
     """
     if env_file is not None:
         load_dotenv(env_file, override=False)

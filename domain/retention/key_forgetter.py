@@ -27,7 +27,7 @@ class KeyForgetter:
     Listens on `parley:keys:shredded`; after a reconnect it first replays the recent-shreds set,
     so a key shredded while it was away is forgotten too. One daemon thread per process (a
     greenlet under gevent); started by web/privacy.py on the first request and by
-    tasks/retention.py in each worker process.
+    worker.py in each worker process.
     """
 
     def __init__(self, svc: Services, poll_s: float = 1.0) -> None:
