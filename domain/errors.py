@@ -38,6 +38,16 @@ class Conflict(DomainError):
     title = "Conflict"
 
 
+class TooLarge(DomainError):
+    status = 413
+    title = "Content Too Large"
+
+
+class UnsupportedType(DomainError):
+    status = 415
+    title = "Unsupported Media Type"
+
+
 class Invalid(DomainError):
     status = 422
     title = "Unprocessable Content"

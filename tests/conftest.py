@@ -252,6 +252,25 @@ def _make_stack(
     return Stack(name, app, env, redis_server.client(redis_db), data_dir, worker)
 
 
+def stack_on(
+    request: pytest.FixtureRequest,
+    redis_server: RedisServer,
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_dbs: tuple[int, int],
+    name: str = "",
+    postgres_fixture: str = "postgres_url",
+) -> Stack:
+    """A stack on the database `request.param` names ("sqlite" or "postgres"), with its own
+    data dir and Redis db (`redis_dbs`: the SQLite one, the PostgreSQL one)."""
+    prefix = f"{name}-" if name else ""
+    data_dir = tmp_path_factory.mktemp(f"{prefix or 'data-'}{request.param}")
+    if request.param == "sqlite":
+        url, db = f"sqlite:///{data_dir / 'parley.db'}", redis_dbs[0]
+    else:
+        url, db = request.getfixturevalue(postgres_fixture), redis_dbs[1]
+    return _make_stack(f"{prefix}{request.param}", url, db, redis_server, data_dir)
+
+
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
 def stack(
     request: pytest.FixtureRequest,
@@ -259,14 +278,7 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
     """The app on SQLite and on PostgreSQL (each with its own Redis db and data dir)."""
-    data_dir = tmp_path_factory.mktemp(f"data-{request.param}")
-    if request.param == "sqlite":
-        url = f"sqlite:///{data_dir / 'parley.db'}"
-        redis_db = 1
-    else:
-        url = request.getfixturevalue("postgres_url")
-        redis_db = 2
-    st = _make_stack(request.param, url, redis_db, redis_server, data_dir)
+    st = stack_on(request, redis_server, tmp_path_factory, redis_dbs=(1, 2))
     yield st
     st.worker.stop()
     st.svc.engine.dispose()

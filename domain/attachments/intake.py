@@ -30,7 +30,14 @@ from domain.attachments.stored import (
     upload_key_aad,
 )
 from domain.conversations import membership
-from domain.errors import Conflict, DomainError, Forbidden, Invalid, NotFound
+from domain.errors import (
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    TooLarge,
+    UnsupportedType,
+)
 from domain.keys import conversation_key
 from domain.principals import Principal
 from models import Attachment, Conversation
@@ -39,16 +46,6 @@ from storage.sniff import Confirmed, FileType, Rejected, Sniffer, TooManyPixels,
 logger = logging.getLogger(__name__)
 
 FILENAME_MAX = 200
-
-
-class TooLarge(DomainError):
-    status = 413
-    title = "Content Too Large"
-
-
-class UnsupportedType(DomainError):
-    status = 415
-    title = "Unsupported Media Type"
 
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2066-\u2069/\\:*?\"<>|]+")

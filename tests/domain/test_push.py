@@ -20,7 +20,7 @@ from sqlalchemy import select
 from core.config import with_overrides
 from core.ids import utcnow
 from models import Notification, PushDelivery, PushSubscription
-from tests.conftest import SERVICES, RedisServer, Stack, _make_stack, free_port, wait_for
+from tests.conftest import SERVICES, RedisServer, Stack, free_port, stack_on, wait_for
 from tests.factories import Api, scrape, stream_events, uid, value, wait_delivered
 from tests.push_receivers import Browser, HttpReceiver, SmtpSink, signature_ok, verify_vapid
 
@@ -63,12 +63,7 @@ def push(
     smtp: SmtpSink,
 ) -> Iterator[Stack]:
     """A stack whose worker pushes to the local receivers (Redis dbs 11/12)."""
-    data_dir = tmp_path_factory.mktemp(f"push-{request.param}")
-    if request.param == "sqlite":
-        url, db = f"sqlite:///{data_dir / 'parley.db'}", 11
-    else:
-        url, db = request.getfixturevalue("postgres_url"), 12
-    st = _make_stack(f"push-{request.param}", url, db, redis_server, data_dir)
+    st = stack_on(request, redis_server, tmp_path_factory, (11, 12), "push")
     values = {name: value for name, (_, value) in SETTINGS.items()}
     values["smtp_url"] = smtp.url
     values["platform_webhook_url"] = http.url(PLATFORM_PATH)

@@ -29,8 +29,8 @@ from tests.conftest import (
     SERVICES,
     RedisServer,
     Stack,
-    _make_stack,
     fresh_postgres,
+    stack_on,
     wait_for,
 )
 from tests.factories import Api, stream_events, uid, wait_delivered
@@ -50,12 +50,14 @@ def ret(
     redis_server: RedisServer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
-    data_dir = tmp_path_factory.mktemp(f"retention-{request.param}")
-    if request.param == "sqlite":
-        url, db = f"sqlite:///{data_dir / 'parley.db'}", 13
-    else:
-        url, db = request.getfixturevalue("private_pg"), 14
-    st = _make_stack(f"retention-{request.param}", url, db, redis_server, data_dir)
+    st = stack_on(
+        request,
+        redis_server,
+        tmp_path_factory,
+        (13, 14),
+        "retention",
+        postgres_fixture="private_pg",
+    )
     st.redis.flushdb()
     st.worker.start(st.app)
     SERVICES["celery worker"] = "real `celery -A worker worker` subprocess(es)"
