@@ -8,7 +8,9 @@ for --seconds (after a 2 s warm-up); the figure is 2xx responses per second. The
 parses the JSON body and answers 202 with an id, as Parley does; Parley also authenticates the
 JWT, checks membership, encrypts, commits the row and its outbox entry, and enqueues the
 pipeline task. No worker runs: this is the web node's own ceiling. Rate limits are off
-(bench/stack.py). Figures go to bench/out/ingest.json.
+(bench/stack.py). Besides req/s it reports the CPU per request of the web process(es) (CPU
+seconds of every gunicorn worker over the timed run / requests answered), for both sides.
+Figures go to bench/out/ingest.json.
 """
 
 from __future__ import annotations
@@ -20,15 +22,17 @@ import threading
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from flask import Flask, request
 
 from bench import report
 from bench.profile import Profiler
-from bench.stack import http_json, percentile, services
+from bench.stack import Stack, cpu_s, http_json, percentile, services
 
 TARGET = "ratio >= 0.4"
+CPU_TARGET = "value <= 1.5"  # ms of web-process CPU per POST (issue #17)
 
 
 def bare_app() -> Flask:
@@ -81,15 +85,30 @@ def load(port: int, paths: list[tuple[str, str]], threads: int, seconds: float) 
     return {"ok": ok[0], "errors": errors[0], "latencies": lat}
 
 
+def web_workers(stack: Stack) -> list[int]:
+    """The pids of the gunicorn workers of the web process `stack` started last."""
+    master = stack.procs[-1].pid
+    return [int(p) for p in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
+
+
 def blast(
-    port: int, paths: list[tuple[str, str]], clients: int, threads: int, seconds: float
+    port: int,
+    paths: list[tuple[str, str]],
+    clients: int,
+    threads: int,
+    seconds: float,
+    pids: list[int],
 ) -> dict[str, Any]:
+    """Warm up, then load for `seconds`; the CPU of `pids` (the web workers) is read around
+    the timed part only."""
     with ProcessPoolExecutor(clients) as pool:
         warm = [pool.submit(load, port, paths, threads, 2.0) for _ in range(clients)]
         for f in warm:
             f.result()
+        cpu0 = sum(cpu_s(pid) for pid in pids)
         runs = [pool.submit(load, port, paths, threads, seconds) for _ in range(clients)]
         parts = [f.result() for f in runs]
+        cpu = sum(cpu_s(pid) for pid in pids) - cpu0
     lat = [x * 1000 for p in parts for x in p["latencies"]]
     ok = sum(p["ok"] for p in parts)
     return {
@@ -98,6 +117,7 @@ def blast(
         "errors": sum(p["errors"] for p in parts),
         "p50_ms": round(percentile(lat, 0.5), 2),
         "p99_ms": round(percentile(lat, 0.99), 2),
+        "cpu_ms_per_request": round(1000 * cpu / max(ok, 1), 3),
     }
 
 
@@ -126,11 +146,19 @@ def main() -> None:
         profiler = Profiler()
         if args.profile:
             profiler.attach(web_pid, "ingest-web")
-        parley = blast(port, paths, args.clients, args.threads, args.seconds)
+        pids = web_workers(stack)
+        parley = blast(port, paths, args.clients, args.threads, args.seconds, pids)
         profiler.stop()
         bare_port, _ = stack.web("bare", "bench.ingest:bare_app()", processes=args.web_processes)
         print(f"  bare Flask: same load, {args.seconds:g} s", flush=True)
-        bare = blast(bare_port, [("/messages", "")], args.clients, args.threads, args.seconds)
+        bare = blast(
+            bare_port,
+            [("/messages", "")],
+            args.clients,
+            args.threads,
+            args.seconds,
+            web_workers(stack),
+        )
     if parley["errors"] or bare["errors"]:
         print(f"WARNING: errors: parley {parley['errors']}, bare {bare['errors']}")
     figures = [
@@ -145,6 +173,17 @@ def main() -> None:
         ),
         report.Figure(
             "ingest", "POST latency p50 under load", "ms", parley["p50_ms"], bare["p50_ms"]
+        ),
+        report.Figure(
+            "ingest", "POST latency p99 under load", "ms", parley["p99_ms"], bare["p99_ms"]
+        ),
+        report.Figure(
+            "ingest",
+            "web CPU per POST",
+            "ms",
+            parley["cpu_ms_per_request"],
+            bare["cpu_ms_per_request"],
+            CPU_TARGET,
         ),
     ]
     report.write("ingest", figures, {"args": vars(args), "parley": parley, "bare": bare})
