@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "ingest": ("bench.ingest", [], ["--seconds", "3"]),
     "ws": ("bench.ws", [], ["--sockets", "500", "--members", "200", "--messages", "5"]),
     "thumbnails": ("bench.thumbnails", [], ["--images", "2", "--rounds", "1"]),
+    "peer": ("bench.peer", [], ["--messages", "40,80,10", "--group", "10"]),
 }
 
 
