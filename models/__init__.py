@@ -22,7 +22,7 @@ from models.push import (
     PushPreference,
     PushSubscription,
 )
-from models.search import SearchToken
+from models.search import SearchConversation, SearchPostings
 
 __all__ = [
     "ATTACHMENT_KINDS",
@@ -54,6 +54,7 @@ __all__ = [
     "PushSubscription",
     "Reaction",
     "Report",
-    "SearchToken",
+    "SearchConversation",
+    "SearchPostings",
     "User",
 ]

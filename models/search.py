@@ -1,33 +1,46 @@
-"""The blind search index (issue #15): keyed hashes of message terms, never the terms."""
+"""The blind search index (issue #15): keyed hashes of message terms, never the terms.
+
+Stored as compact posting lists (docs/search.md): a conversation's messages are cut into
+segments of `SEGMENT_SEQS` seqs, and each segment's tokens into `BUCKETS` buckets by their
+low bits; one row per (conversation, bucket, segment) holds that bucket's sorted tokens and,
+for each, the seqs (as offsets in the segment) of the messages holding it. The layout of
+`data` is domain/search/postings.py's.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, ForeignKeyConstraint, Index, String
+from sqlalchemy import ForeignKey, Integer, LargeBinary, SmallInteger, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base
 
 
-class SearchToken(Base):
-    """One term (or prefix) of one message, as a 64-bit HMAC under its conversation's key.
+class SearchConversation(Base):
+    """A conversation's short reference in the index, and the row its index writers lock.
 
-    The message is referenced by (conversation_id, seq), which is unique in `messages` and
-    narrower than its id; the foreign key cascades, so purging, erasing or deleting a message or
-    its conversation removes its tokens. On SQLite the table is WITHOUT ROWID: its primary key
-    is the table, so the only other structure is the token index (docs/search.md).
-    """
+    The 26-character conversation id would otherwise be repeated in every postings row; the
+    foreign key cascades, so deleting the conversation row deletes its index."""
 
-    __tablename__ = "search_tokens"
-    __table_args__ = (
-        ForeignKeyConstraint(
-            ["conversation_id", "seq"],
-            ["messages.conversation_id", "messages.seq"],
-            ondelete="CASCADE",
-        ),
-        Index("ix_search_tokens_token", "token"),
-        {"sqlite_with_rowid": False},
+    __tablename__ = "search_conversations"
+
+    ref: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    conversation_id: Mapped[str] = mapped_column(
+        String(26), ForeignKey("conversations.id", ondelete="CASCADE"), unique=True
     )
 
-    conversation_id: Mapped[str] = mapped_column(String(26), primary_key=True)
-    seq: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
-    token: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+
+class SearchPostings(Base):
+    """One bucket of one segment of a conversation's index (see the module docstring)."""
+
+    __tablename__ = "search_postings"
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+    ref: Mapped[int] = mapped_column(
+        Integer,
+        ForeignKey("search_conversations.ref", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    )
+    bucket: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    segment: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    data: Mapped[bytes] = mapped_column(LargeBinary)

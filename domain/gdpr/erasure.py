@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from redis.exceptions import RedisError
-from sqlalchemy import String, cast, delete, func, select, tuple_, update
+from sqlalchemy import String, cast, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from core.events import PRESENCE_PREFIX, stream_key
@@ -25,6 +25,7 @@ from domain.gdpr.export import user_items
 from domain.gdpr.stored_exports import EXPORT, drop_export
 from domain.retention.deleting import delete_attachment_files, rowcount
 from domain.retention.shredding import forget_keys
+from domain.search import index as search_index
 from models import (
     Attachment,
     AuditEntry,
@@ -41,7 +42,6 @@ from models import (
     PushSubscription,
     Reaction,
     Report,
-    SearchToken,
     User,
 )
 
@@ -123,13 +123,6 @@ class _Erasure:
                 ids = [r.id for r in rows]
                 if ids:
                     s.execute(delete(MessageEdit).where(MessageEdit.message_id.in_(ids)))
-                    s.execute(  # the tombstones keep their rows, not their search tokens
-                        delete(SearchToken).where(
-                            tuple_(SearchToken.conversation_id, SearchToken.seq).in_(
-                                [(r.conversation_id, r.seq) for r in rows]
-                            )
-                        )
-                    )
                     s.execute(
                         update(Message)
                         .where(Message.id.in_(ids))
@@ -144,6 +137,8 @@ class _Erasure:
                             deleted_at=func.coalesce(Message.deleted_at, now),
                         )
                     )
+                    # The tombstones keep their rows, not their search tokens.
+                    search_index.forget_messages(s, ids)
             self.touched.update(r.conversation_id for r in rows)
             self._count("messages", len(ids))
             if len(ids) < self.batch:

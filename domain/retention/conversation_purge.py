@@ -18,6 +18,7 @@ from domain import jobs
 from domain.principals import Principal
 from domain.retention.deleting import delete_attachment_files, delete_messages, rowcount
 from domain.retention.shredding import forget_keys, shred_conversation_keys
+from domain.search import index as search_index
 from models import (
     Attachment,
     Conversation,
@@ -66,6 +67,8 @@ def purge_conversation(svc: Services, cid: str, progress: jobs.Progress) -> int:
     store = files.storage_for(svc)
     for key in list(store.keys(f"attachments/{cid}/")):  # stray variants a media run left
         store.delete(key)
+    with svc.Session.begin() as s:  # its keys are shredded: its whole index goes at once
+        search_index.drop_conversation(s, cid)
     while True:
         with svc.Session.begin() as s:
             ids = list(

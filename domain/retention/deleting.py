@@ -15,6 +15,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from core.services import Services
+from domain.search import index as search_index
 from models import (
     Attachment,
     Conversation,
@@ -56,6 +57,7 @@ def delete_messages(
         .where(Conversation.last_message_id.in_(ids))
         .values(last_message_id=None)
     )
+    search_index.forget_messages(session, ids)  # postings hold seqs, not foreign keys
     return rowcount(session.execute(delete(Message).where(Message.id.in_(ids)))), atts
 
 

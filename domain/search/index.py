@@ -1,9 +1,13 @@
-"""The blind index: each term of a message stored only as a keyed 64-bit hash.
+"""The blind index: each term of a message stored only as a keyed 32-bit hash.
 
 The key is derived (HKDF) from the data key the message is sealed under, so shredding a
 conversation's keys makes its tokens meaningless, and tokens of one conversation say nothing
-about another's. A message's tokens are replaced as a whole (delete, then insert, in the
-caller's transaction), so a stage that runs twice leaves the same rows.
+about another's. Tokens are kept in compact posting lists (models/search.py,
+domain/search/postings.py). Every writer of a conversation's index first locks its
+`search_conversations` row (FOR UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE serializes
+writers anyway), then reads and rewrites the few rows it changes, so two writers never lose
+each other's postings. A message's postings are replaced as a whole, so a stage that runs
+twice leaves the same rows.
 """
 
 from __future__ import annotations
@@ -11,11 +15,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from typing import cast
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import delete, select
+from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -23,13 +29,16 @@ from core.crypto import MissingKeyError
 from core.services import Services
 from domain import outbox
 from domain.keys import message_aad
+from domain.search import postings
 from domain.search.text import index_terms
-from models import Message, SearchToken
+from models import Message, SearchConversation, SearchPostings
 
 logger = logging.getLogger(__name__)
 
 INDEX_TASK = "tasks.index.index_messages"
-TOKEN_BYTES = 8
+TOKEN_BYTES = 4
+
+Entry = tuple[int, str, str]  # (seq, data key id, text) of a message to index
 
 
 def index_key(svc: Services, dk_id: str) -> bytes:
@@ -38,15 +47,16 @@ def index_key(svc: Services, dk_id: str) -> bytes:
         algorithm=hashes.SHA256(),
         length=32,
         salt=None,
-        info=b"parley-search-index:v1:" + dk_id.encode(),
+        info=b"parley-search-index:v2:" + dk_id.encode(),
     ).derive(svc.keyring.data_key(dk_id))
 
 
 def token(key: bytes, term: tuple[str, str]) -> int:
-    """A term's token: HMAC-SHA256 truncated to a signed 64-bit integer. The kind ("t" full
-    term, "p" prefix) separates the domains, so a prefix never equals a term."""
+    """A term's token: HMAC-SHA256 truncated to a signed 32-bit integer. The kind ("t" full
+    term, "p" prefix) separates the domains, so a prefix never equals a term. Collisions
+    within a conversation only add candidates, which are checked in memory."""
     kind, value = term
-    digest = hmac.new(key, kind.encode() + b"\x00" + value.encode(), hashlib.sha256).digest()
+    digest = hmac.digest(key, kind.encode() + b"\x00" + value.encode(), hashlib.sha256)
     return int.from_bytes(digest[:TOKEN_BYTES], "big", signed=True)
 
 
@@ -54,61 +64,197 @@ def tokens(key: bytes, terms: Iterable[tuple[str, str]]) -> set[int]:
     return {token(key, t) for t in terms}
 
 
-def remove(session: Session, conversation_id: str, seq: int) -> None:
-    """Drop a message's tokens (a soft delete, or before they are written again)."""
-    session.execute(
-        delete(SearchToken).where(
-            SearchToken.conversation_id == conversation_id, SearchToken.seq == seq
+def _dialect(session: Session) -> str:
+    return session.get_bind().dialect.name
+
+
+def lock(session: Session, conversation_id: str, create: bool = True) -> int | None:
+    """The conversation's index reference, its row locked for this transaction (made first
+    when `create`); None when it has no index and `create` is false."""
+    pg = _dialect(session) == "postgresql"
+    if create:
+        ins = (postgresql if pg else sqlite).insert(SearchConversation)
+        session.execute(
+            ins.values(conversation_id=conversation_id).on_conflict_do_nothing(
+                index_elements=["conversation_id"]
+            )
         )
+    stmt = select(SearchConversation.ref).where(
+        SearchConversation.conversation_id == conversation_id
     )
+    if pg:
+        stmt = stmt.with_for_update()
+    return session.scalar(stmt)
+
+
+def write(
+    svc: Services,
+    session: Session,
+    conversation_id: str,
+    drop: Iterable[int] = (),
+    entries: Iterable[Entry] = (),
+) -> int:
+    """Make the postings of the seqs in `drop` and in `entries` exactly those of the entries'
+    texts (a seq only in `drop` ends with none), in the caller's transaction. Returns the
+    tokens written."""
+    adds: dict[int, set[int]] = defaultdict(set)  # seq -> tokens
+    keys: dict[str, bytes] = {}
+    for seq, dk_id, text in entries:
+        if dk_id not in keys:
+            keys[dk_id] = index_key(svc, dk_id)
+        adds[seq] |= tokens(keys[dk_id], index_terms(text))
+    seqs = set(drop) | set(adds)
+    if not seqs:
+        return 0
+    ref = lock(session, conversation_id, create=bool(adds))
+    if ref is None:
+        return 0
+    _rewrite(session, ref, seqs, adds)
+    return sum(len(t) for t in adds.values())
+
+
+def _rewrite(session: Session, ref: int, seqs: set[int], adds: dict[int, set[int]]) -> None:
+    """Rewrite the postings rows of `seqs`' segments: their old postings out, `adds` in."""
+    clear: dict[int, set[int]] = defaultdict(set)  # segment -> offsets to clear
+    for seq in seqs:
+        segment, offset = postings.place(seq)
+        clear[segment].add(offset)
+    old = {
+        (b, g): data
+        for b, g, data in session.execute(
+            select(SearchPostings.bucket, SearchPostings.segment, SearchPostings.data).where(
+                SearchPostings.ref == ref,
+                SearchPostings.bucket.in_(range(postings.BUCKETS)),
+                SearchPostings.segment.in_(sorted(clear)),
+            )
+        )
+    }
+    rows: dict[tuple[int, int], postings.Postings] = {}
+    changed: set[tuple[int, int]] = set()
+    for (b, g), data in old.items():
+        if any(postings.holds(data, o) for o in clear[g]):
+            rows[b, g] = postings.decode(data)
+            if postings.without(rows[b, g], clear[g]):
+                changed.add((b, g))
+    for seq, found in adds.items():
+        segment, offset = postings.place(seq)
+        for t in found:
+            where = (postings.bucket(t), segment)
+            if where not in rows:
+                rows[where] = postings.decode(old[where]) if where in old else {}
+            if postings.add(rows[where], t, offset):
+                changed.add(where)
+    inserts, updates, deletes = [], [], []
+    for b, g in changed:
+        data = postings.encode(rows[b, g])
+        key = {"r": ref, "b": b, "g": g}
+        if (b, g) not in old:
+            inserts.append({"ref": ref, "bucket": b, "segment": g, "data": data})
+        elif not rows[b, g]:
+            deletes.append(key)
+        elif data != old[b, g]:
+            updates.append({**key, "d": data})
+    table = cast(Table, SearchPostings.__table__)  # Core: plain executemany, no ORM state
+    match = (
+        table.c.ref == bindparam("r"),
+        table.c.bucket == bindparam("b"),
+        table.c.segment == bindparam("g"),
+    )
+    if inserts:
+        session.execute(insert(table), inserts)
+    if updates:
+        session.execute(update(table).where(*match).values(data=bindparam("d")), updates)
+    if deletes:
+        session.execute(delete(table).where(*match), deletes)
 
 
 def replace(
     svc: Services, session: Session, conversation_id: str, seq: int, dk_id: str, text: str
 ) -> int:
     """Make the message's tokens those of `text` under `dk_id`'s search key; returns how many."""
-    remove(session, conversation_id, seq)
-    found = tokens(index_key(svc, dk_id), index_terms(text))
-    if found:
-        rows = [{"conversation_id": conversation_id, "seq": seq, "token": t} for t in found]
-        dialect = postgresql if svc.dialect == "postgresql" else sqlite
-        # A concurrent run of the same stage may have inserted them after our delete.
-        session.execute(dialect.insert(SearchToken).on_conflict_do_nothing(), rows)
-    return len(found)
+    return write(svc, session, conversation_id, entries=[(seq, dk_id, text)])
+
+
+def remove(session: Session, conversation_id: str, seq: int) -> None:
+    """Drop a message's tokens (a soft delete, an erasure)."""
+    forget(session, conversation_id, [seq])
+
+
+def forget(session: Session, conversation_id: str, seqs: Iterable[int]) -> None:
+    """Drop the tokens of these messages of one conversation."""
+    seqs = set(seqs)
+    if seqs:
+        ref = lock(session, conversation_id, create=False)
+        if ref is not None:
+            _rewrite(session, ref, seqs, {})
+
+
+def forget_messages(session: Session, message_ids: Sequence[str]) -> None:
+    """Drop the tokens of these messages (before their rows are deleted: the purge)."""
+    by_conv: dict[str, set[int]] = defaultdict(set)
+    for cid, seq in session.execute(
+        select(Message.conversation_id, Message.seq).where(Message.id.in_(list(message_ids)))
+    ):
+        by_conv[cid].add(seq)
+    for cid in sorted(by_conv):  # one lock order for every writer of several conversations
+        forget(session, cid, by_conv[cid])
+
+
+def drop_conversation(session: Session, conversation_id: str) -> None:
+    """Drop a conversation's whole index (it is being deleted; its keys are shredded)."""
+    ref = lock(session, conversation_id, create=False)
+    if ref is not None:
+        session.execute(delete(SearchPostings).where(SearchPostings.ref == ref))
+        session.execute(delete(SearchConversation).where(SearchConversation.ref == ref))
 
 
 def index_messages(svc: Services, conversation_id: str, message_ids: Sequence[str]) -> int:
     """The index stage: (re)write the tokens of these messages, mark the stage done. Messages
     gone, deleted, expired or without text get no tokens. Returns the tokens written."""
-    written = 0
     with svc.Session.begin() as s:
-        rows = s.execute(
-            select(
-                Message.id,
-                Message.seq,
-                Message.key_id,
-                Message.text_ct,
-                Message.deleted_at,
-                Message.expired_at,
-            ).where(Message.id.in_(message_ids), Message.conversation_id == conversation_id)
-        ).all()
-        for mid, seq, dk_id, blob, deleted_at, expired_at in rows:
-            if dk_id is None or blob is None or deleted_at is not None or expired_at is not None:
-                remove(s, conversation_id, seq)
-                continue
-            try:
-                text = svc.keyring.open_text(dk_id, blob, message_aad(mid))
-                written += replace(svc, s, conversation_id, seq, dk_id, text)
-            except MissingKeyError:  # the conversation was deleted meanwhile: nothing to index
-                remove(s, conversation_id, seq)
+        written, n = index_batch(svc, s, conversation_id, message_ids)
         outbox.mark_done(s, list(message_ids), INDEX_TASK)
     logger.info(
         "indexed %d message(s), %d token(s)",
-        len(rows),
+        n,
         written,
         extra={"conversation_id": conversation_id},
     )
     return written
+
+
+def index_batch(
+    svc: Services, s: Session, conversation_id: str, message_ids: Sequence[str]
+) -> tuple[int, int]:
+    """The stage's work in the caller's transaction: (tokens written, messages read). The
+    conversation's index row is locked before the texts are read, so an edit committing
+    meanwhile is either seen here or rewrites the postings after us."""
+    lock(s, conversation_id)
+    rows = s.execute(
+        select(
+            Message.id,
+            Message.seq,
+            Message.key_id,
+            Message.text_ct,
+            Message.deleted_at,
+            Message.expired_at,
+        ).where(Message.id.in_(list(message_ids)), Message.conversation_id == conversation_id)
+    ).all()
+    drop: list[int] = []
+    entries: list[Entry] = []
+    for mid, seq, dk_id, blob, deleted_at, expired_at in rows:
+        if dk_id is None or blob is None or deleted_at is not None or expired_at is not None:
+            drop.append(seq)
+            continue
+        try:
+            entries.append((seq, dk_id, svc.keyring.open_text(dk_id, blob, message_aad(mid))))
+        except MissingKeyError:  # the conversation was deleted meanwhile: nothing to index
+            drop.append(seq)
+    try:
+        written = write(svc, s, conversation_id, drop, entries)
+    except MissingKeyError:
+        written = write(svc, s, conversation_id, drop + [e[0] for e in entries])
+    return written, len(rows)
 
 
 def hand_off(session: Session, conversation_id: str, message_ids: Sequence[str]) -> None:

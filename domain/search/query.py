@@ -10,11 +10,13 @@ makes a hit.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, distinct, exists, func, or_, select
+from sqlalchemy import Integer, String, and_, bindparam, exists, func, or_, select, tuple_
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from core.crypto import MissingKeyError
@@ -25,9 +27,18 @@ from domain.message_actions import reactions_for
 from domain.pagination import decode_cursor, encode_cursor
 from domain.principals import Principal
 from domain.render import message_text, render_message
+from domain.search import postings
 from domain.search.index import index_key, token
 from domain.search.text import Query, match, parse
-from models import Attachment, Conversation, DataKey, Message, Participant, SearchToken
+from models import (
+    Attachment,
+    Conversation,
+    DataKey,
+    Message,
+    Participant,
+    SearchConversation,
+    SearchPostings,
+)
 
 BATCH = 100  # candidates read per query round
 MAX_EXAMINED = 2000  # candidates opened per request; past it the page ends with a cursor
@@ -44,29 +55,14 @@ def search(
         at, last_id = decode_cursor(params["cursor"], {"t": datetime, "id": str})
         after = (at, last_id)
     roles, stmt = _scope(session, who, params.get("conversation_id"))
-    needs = sorted(query.needs())
-    wanted: set[int] = set()
-    for (dk_id,) in session.execute(
-        select(DataKey.id).where(DataKey.conversation_id.in_(list(roles)))
-    ):
-        try:
-            key = index_key(svc, dk_id)
-        except MissingKeyError:  # shredded meanwhile
-            continue
-        wanted.update(token(key, need) for need in needs)
-    if not wanted:
+    found = _candidates(svc, session, list(roles), sorted(query.needs()))
+    if not found:
         return [], None
-    candidates = (
-        select(SearchToken.conversation_id, SearchToken.seq)
-        .where(SearchToken.token.in_(sorted(wanted)))
-        .group_by(SearchToken.conversation_id, SearchToken.seq)
-        .having(func.count(distinct(SearchToken.token)) >= len(needs))
-        .subquery()
-    )
+    candidates = _relation(session, found)
     stmt = stmt.join(
         candidates,
         and_(
-            Message.conversation_id == candidates.c.conversation_id,
+            Message.conversation_id == candidates.c.cid,
             Message.seq == candidates.c.seq,
         ),
     )
@@ -106,6 +102,70 @@ def search(
     elif examined >= MAX_EXAMINED and last is not None:
         next_cursor = _cursor(last)  # more may match: the client asks again from here
     return _render(svc, session, who, roles, hits), next_cursor
+
+
+def _candidates(
+    svc: Services, session: Session, cids: list[str], needs: list[tuple[str, str]]
+) -> list[tuple[str, int]]:
+    """(conversation, seq) of every message whose postings hold all of `needs`, under any
+    data key of its conversation."""
+    refs: dict[int, str] = {
+        ref: cid
+        for ref, cid in session.execute(
+            select(SearchConversation.ref, SearchConversation.conversation_id).where(
+                SearchConversation.conversation_id.in_(cids)
+            )
+        )
+    }
+    by_cid = {cid: ref for ref, cid in refs.items()}
+    wanted: list[tuple[int, list[int]]] = []  # (ref, the needs' tokens under one data key)
+    for cid, dk_id in session.execute(
+        select(DataKey.conversation_id, DataKey.id).where(DataKey.conversation_id.in_(list(by_cid)))
+    ):
+        try:
+            key = index_key(svc, dk_id)
+        except MissingKeyError:  # shredded meanwhile
+            continue
+        if cid is not None:
+            wanted.append((by_cid[cid], [token(key, need) for need in needs]))
+    pairs = sorted({(ref, postings.bucket(t)) for ref, ts in wanted for t in ts})
+    if not pairs:
+        return []
+    rows: dict[tuple[int, int], dict[int, bytes]] = {}
+    for ref, b, g, data in session.execute(
+        select(
+            SearchPostings.ref, SearchPostings.bucket, SearchPostings.segment, SearchPostings.data
+        ).where(tuple_(SearchPostings.ref, SearchPostings.bucket).in_(pairs))
+    ):
+        rows.setdefault((ref, b), {})[g] = data
+    found: set[tuple[str, int]] = set()
+    for ref, ts in wanted:
+        first = rows.get((ref, postings.bucket(ts[0])), {})
+        for g, data in first.items():
+            offsets = set(postings.lookup(data, ts[0]))
+            for t in ts[1:]:
+                if not offsets:
+                    break
+                other = rows.get((ref, postings.bucket(t)), {}).get(g)
+                offsets &= set(postings.lookup(other, t)) if other is not None else set()
+            base = g * postings.SEGMENT_SEQS
+            found.update((refs[ref], base + o) for o in offsets)
+    return sorted(found)
+
+
+def _relation(session: Session, found: list[tuple[str, int]]) -> Any:
+    """The candidates as a relation (cid, seq) the SQL can join, in one bound parameter per
+    column whatever their number."""
+    if session.get_bind().dialect.name == "postgresql":
+        return select(
+            func.unnest(bindparam("cand_c", [c for c, _ in found], ARRAY(String))).label("cid"),
+            func.unnest(bindparam("cand_s", [q for _, q in found], ARRAY(Integer))).label("seq"),
+        ).subquery()
+    each = func.json_each(bindparam("cand", json.dumps(found))).table_valued("value")
+    return select(
+        func.json_extract(each.c.value, "$[0]").label("cid"),
+        func.json_extract(each.c.value, "$[1]").label("seq"),
+    ).subquery()
 
 
 def _scope(session: Session, who: Principal, cid: str | None) -> tuple[dict[str, str | None], Any]:

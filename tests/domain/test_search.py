@@ -3,13 +3,16 @@ the real pipeline (a Celery worker), and GET /v1/search/messages with every rule
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from domain.retention.deleting import delete_messages
-from models import Message, SearchToken
+from domain.search import index, postings
+from models import SearchConversation, SearchPostings
 from tests.conftest import Stack, wait_for
 from tests.factories import Api, plaintext_at_rest, uid, wait_delivered
 
@@ -45,16 +48,32 @@ def wait_found(api: Api, user: str, q: str, n: int = 1, **params: Any) -> list[d
     return found
 
 
-def tokens_of(stack: Stack, cid: str) -> int:
+def stored(stack: Stack, cid: str) -> dict[tuple[int, int], bytes]:
+    """The conversation's postings rows as stored: (bucket, segment) -> data."""
     with stack.svc.Session() as s:
-        return (
-            s.scalar(
-                select(func.count())
-                .select_from(SearchToken)
-                .where(SearchToken.conversation_id == cid)
+        return {
+            (b, g): d
+            for b, g, d in s.execute(
+                select(SearchPostings.bucket, SearchPostings.segment, SearchPostings.data)
+                .join(SearchConversation, SearchConversation.ref == SearchPostings.ref)
+                .where(SearchConversation.conversation_id == cid)
             )
-            or 0
-        )
+        }
+
+
+def indexed(stack: Stack, cid: str) -> dict[int, int]:
+    """How many tokens the index holds for each seq of the conversation."""
+    counts: dict[int, int] = {}
+    for (_, g), data in stored(stack, cid).items():
+        for offsets in postings.decode(data).values():
+            for o in offsets:
+                seq = g * postings.SEGMENT_SEQS + o
+                counts[seq] = counts.get(seq, 0) + 1
+    return counts
+
+
+def tokens_of(stack: Stack, cid: str) -> int:
+    return sum(indexed(stack, cid).values())
 
 
 def test_a_canary_word_is_found_by_search_and_stored_nowhere_in_plaintext(
@@ -146,18 +165,7 @@ def test_erasing_a_user_removes_the_index_rows_of_their_messages(api: Api, live:
     resp = api.post(f"/v1/privacy/users/{a}/erase", key=key, json={"reason": "user request"})
     assert resp.status_code == 202, resp.get_json()
     wait_for(lambda: hits(api, b, mine) == [], 60, what="the erasure")
-    with live.svc.Session() as s:
-        rows = s.scalar(
-            select(func.count())
-            .select_from(SearchToken)
-            .join(
-                Message,
-                (Message.conversation_id == SearchToken.conversation_id)
-                & (Message.seq == SearchToken.seq),
-            )
-            .where(Message.conversation_id == cid, Message.seq == 1)
-        )
-    assert rows == 0
+    assert set(indexed(live, cid)) == {2}  # seq 1 was theirs
     assert [h["message"]["sender_id"] for h in hits(api, b, theirs)] == [b]
 
 
@@ -262,3 +270,84 @@ def test_conversations_list_matches_subject_or_member_name(api: Api, live: Stack
     none = api.get("/v1/conversations", user=a, query_string={"q": "%"}).get_json()
     assert none["items"] == []  # a wildcard is matched literally
     assert api.get("/v1/conversations", user=a, query_string={"q": ""}).status_code == 422
+
+
+def test_two_index_runs_for_one_conversation_at_once_keep_both_messages(
+    api: Api, live: Stack
+) -> None:
+    """Two writers of one conversation's postings rows: the second waits for the first's lock
+    (its rows are read after the first commits), so neither loses the other's postings."""
+    a, b = uid(), uid()
+    cid = api.conversation(a, b)
+    one, two = word(), word()
+    first = api.send(a, cid, f"alpha {one}")
+    second = api.send(a, cid, f"beta {two}")
+    wait_found(api, b, two)
+    wait_found(api, b, one)
+    with live.svc.Session.begin() as s:
+        index.forget(s, cid, [first["seq"], second["seq"]])
+    assert tokens_of(live, cid) == 0
+    started = threading.Event()
+    errors: list[BaseException] = []
+
+    def slow_first() -> None:
+        try:
+            with live.svc.Session.begin() as s:
+                index.index_batch(live.svc, s, cid, [first["id"]])
+                started.set()
+                time.sleep(0.5)  # the other run starts while this one holds the lock
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+            started.set()
+
+    def then_second() -> None:
+        started.wait(10)
+        try:
+            index.index_messages(live.svc, cid, [second["id"]])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=slow_first), threading.Thread(target=then_second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    assert set(indexed(live, cid)) == {first["seq"], second["seq"]}
+    assert [h["message"]["id"] for h in hits(api, b, one)] == [first["id"]]
+    assert [h["message"]["id"] for h in hits(api, b, two)] == [second["id"]]
+
+
+def test_running_the_index_stage_again_leaves_the_same_rows(api: Api, live: Stack) -> None:
+    a, b = uid(), uid()
+    cid = api.conversation(a, b)
+    tag = word()
+    sent = [api.send(a, cid, f"{tag} again and again {i} {word()}") for i in range(3)]
+    wait_found(api, b, tag, 3)
+    before = stored(live, cid)
+    assert before
+    index.index_messages(live.svc, cid, [m["id"] for m in sent])
+    index.index_messages(live.svc, cid, [sent[1]["id"]])
+    assert stored(live, cid) == before
+
+
+def test_postings_shrink_when_messages_are_deleted_or_purged(api: Api, live: Stack) -> None:
+    """No stale seq is left behind: a soft delete and the purge rewrite the rows that named
+    the message, and rows left empty are deleted."""
+    a, b = uid(), uid()
+    cid = api.conversation(a, b)
+    shared = word()
+    keep = api.send(a, cid, f"{shared} {word()} {word()}")
+    gone = api.send(a, cid, f"{shared} {word()} {word()} {word()}")
+    purged = api.send(a, cid, f"{shared} {word()}")
+    wait_found(api, b, shared, 3)
+    size = sum(map(len, stored(live, cid).values()))
+    assert set(indexed(live, cid)) == {keep["seq"], gone["seq"], purged["seq"]}
+    assert api.delete(f"/v1/messages/{gone['id']}", user=a).status_code in (200, 204)
+    after_delete = sum(map(len, stored(live, cid).values()))
+    assert after_delete < size
+    assert set(indexed(live, cid)) == {keep["seq"], purged["seq"]}
+    with live.svc.Session.begin() as s:
+        assert delete_messages(live.svc, s, [purged["id"], keep["id"]])[0] == 2
+    assert stored(live, cid) == {}
+    assert hits(api, b, shared) == []

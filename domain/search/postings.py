@@ -1,0 +1,103 @@
+"""The byte layout of one postings row (models.SearchPostings.data), pure.
+
+A row holds one bucket of one segment of a conversation's index:
+
+    n: u16 | w: u8 | tokens: n x i32, ascending | ends: n x u16 (u32 if w = 4) | postings
+
+little-endian. Token i's posting is `postings[ends[i-1]:ends[i]]` (from 0 for i = 0): one byte
+per message holding it, the message's seq minus the segment's first seq, ascending. A lookup
+unpacks the two arrays (C speed) and bisects; it never decodes the other tokens' postings.
+"""
+
+from __future__ import annotations
+
+import struct
+from bisect import bisect_left
+
+SEGMENT_SEQS = 128  # seqs per segment: an offset fits one byte
+BUCKETS = 16  # rows per segment; a query reads one of them per token
+_HEAD = struct.Struct("<HB")
+
+Postings = dict[int, bytes]  # token -> ascending offsets, one byte each
+
+
+def place(seq: int) -> tuple[int, int]:
+    """(segment, offset) of a seq."""
+    return divmod(seq, SEGMENT_SEQS)
+
+
+def bucket(token: int) -> int:
+    return token & (BUCKETS - 1)
+
+
+def _arrays(data: bytes) -> tuple[tuple[int, ...], tuple[int, ...], int]:
+    n, w = _HEAD.unpack_from(data)
+    tokens = struct.unpack_from(f"<{n}i", data, 3)
+    ends = struct.unpack_from(f"<{n}{'H' if w == 2 else 'I'}", data, 3 + 4 * n)
+    return tokens, ends, 3 + (4 + w) * n
+
+
+def lookup(data: bytes, token: int) -> bytes:
+    """The offsets (one byte each) of the messages holding `token`; empty when none."""
+    tokens, ends, base = _arrays(data)
+    i = bisect_left(tokens, token)
+    if i == len(tokens) or tokens[i] != token:
+        return b""
+    return data[base + (ends[i - 1] if i else 0) : base + ends[i]]
+
+
+def decode(data: bytes) -> Postings:
+    tokens, ends, base = _arrays(data)
+    starts = (0, *ends[:-1])
+    return {t: data[base + s : base + e] for t, s, e in zip(tokens, starts, ends, strict=True)}
+
+
+def encode(postings: Postings) -> bytes:
+    tokens = sorted(t for t, p in postings.items() if p)
+    lists = [postings[t] for t in tokens]
+    ends: list[int] = []
+    total = 0
+    for p in lists:
+        total += len(p)
+        ends.append(total)
+    n = len(tokens)
+    w = 2 if total <= 0xFFFF else 4  # long texts in a full segment may need wider ends
+    return b"".join(
+        (
+            _HEAD.pack(n, w),
+            struct.pack(f"<{n}i", *tokens),
+            struct.pack(f"<{n}{'H' if w == 2 else 'I'}", *ends),
+            *lists,
+        )
+    )
+
+
+def holds(data: bytes, offset: int) -> bool:
+    """Whether any posting of the row may name `offset` (a cheap test before a rewrite)."""
+    n, w = _HEAD.unpack_from(data)
+    return data.find(bytes((offset,)), 3 + (4 + w) * n) >= 0
+
+
+def without(postings: Postings, offsets: set[int]) -> bool:
+    """Drop `offsets` from every posting, in place (emptied tokens go); True if any changed."""
+    if not offsets:
+        return False
+    changed = False
+    for t, p in list(postings.items()):
+        if any(b in offsets for b in p):
+            kept = bytes(b for b in p if b not in offsets)
+            changed = True
+            if kept:
+                postings[t] = kept
+            else:
+                del postings[t]
+    return changed
+
+
+def add(postings: Postings, token: int, offset: int) -> bool:
+    """Add `offset` to `token`'s posting, in place; True if it was not there."""
+    p = postings.get(token, b"")
+    if offset in p:
+        return False
+    postings[token] = bytes(sorted((*p, offset)))
+    return True
