@@ -22,7 +22,8 @@ Parley runs from the Procfile's command lines (bench/stack.py) on SQLite (`--pos
 PostgreSQL database) with rate limits off. `--synapse` also installs Synapse (pinned,
 bench/peer_synapse.py) into its own venv under bench/out/, runs the same scenarios against its
 client-server API, and prints the ratios Parley / Synapse and the targets. Figures (medians
-over --runs, with the spread) go to bench/out/peer.json.
+over --runs, with the spread) go to bench/out/peer.json. `--profile` records Parley's web and
+worker with py-spy in each measured phase (bench/out/profile-peer-*; it slows them down).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from bench import report
 from bench.peer_common import Inbox, Scenario, Setup, check, cpu_snapshot, cpu_used
 from bench.peer_parley import parley
 from bench.peer_synapse import synapse
+from bench.profile import Profiler
 from bench.stack import percentile
 
 WARMUP = 8  # messages per scenario before the measured ones: first use (Celery children, caches)
@@ -91,7 +93,9 @@ def await_all(inboxes: list[Inbox], sent: list[list[str]], timeout: float) -> bo
     return all(inbox.wait(deadline) for inbox in inboxes)
 
 
-def run_scenario(side: Side, sc: Scenario, run: int, timeout: float) -> dict[str, Any]:
+def run_scenario(
+    side: Side, sc: Scenario, run: int, timeout: float, profile: bool = False
+) -> dict[str, Any]:
     tag = f"{sc.key}-{run}-{secrets.token_hex(3)}"
     setup = side.prepare(sc, tag)
     try:
@@ -99,11 +103,17 @@ def run_scenario(side: Side, sc: Scenario, run: int, timeout: float) -> dict[str
         warm_sent, _ = send(setup, warm, 0)
         await_all(setup.inboxes, warm_sent, 180)
         time.sleep(0.5)  # the warm-up's leftovers (push checks, cursors) out of the way
+        profiler = Profiler()
+        for name in ("web", "worker") if profile else ():  # Parley's: gunicorn, Celery
+            profiler.attach(side.roots[name], f"peer-{sc.key}-{name}")
+        if profile:
+            time.sleep(1.0)  # py-spy attached before the first message
         before = cpu_snapshot(side.roots)
         start = time.perf_counter()
         sent, at = send(setup, sc.shares(), warm[0])
         await_all(setup.inboxes, sent, timeout)
         cpu = cpu_used(before, cpu_snapshot(side.roots))
+        profiler.stop()
     finally:
         setup.close()
     problems = check([w + s for w, s in zip(warm_sent, sent, strict=True)], setup.inboxes)
@@ -134,11 +144,13 @@ def run_scenario(side: Side, sc: Scenario, run: int, timeout: float) -> dict[str
     }
 
 
-def run_side(side: Side, plan: list[Scenario], run: int, timeout: float) -> dict[str, Any]:
+def run_side(
+    side: Side, plan: list[Scenario], run: int, timeout: float, profile: bool = False
+) -> dict[str, Any]:
     out = {}
     for sc in plan:
         progress(f"{side.name}: {sc.label}, {sc.messages} messages")
-        out[sc.key] = result = run_scenario(side, sc, run, timeout)
+        out[sc.key] = result = run_scenario(side, sc, run, timeout, profile)
         progress(
             f"{side.name}: {sc.label}: {result['msgs_per_s']} msgs/s, "
             f"{result['deliveries_per_s']} deliveries/s, p50 {result['p50_ms']} ms, "
@@ -210,6 +222,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="Parley's worker children")
     parser.add_argument("--timeout", type=float, default=300, help="s to wait for receipts")
     parser.add_argument("--postgres", action="store_true", help="Parley on PostgreSQL")
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy Parley's web and worker (not timed runs)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the tmp dirs with the logs")
     args = parser.parse_args()
     plan = scenarios([int(n) for n in args.messages.split(",")], args.group)
@@ -219,7 +234,7 @@ def main() -> int:
     for run in range(args.runs):
         print(f"run {run + 1}/{args.runs}", flush=True)
         with parley(args.keep, args.postgres, args.workers) as ours:
-            runs["parley"].append(run_side(ours, plan, run, args.timeout))
+            runs["parley"].append(run_side(ours, plan, run, args.timeout, args.profile))
         if args.synapse:
             with synapse(args.keep) as theirs:
                 versions["synapse"] = theirs.version

@@ -54,3 +54,31 @@ def test_the_ingest_bench_runs_the_procfile_web_process_and_reports(tmp_path: Pa
     assert figure["ratio"] == pytest.approx(figure["value"] / figure["baseline"])
     assert doc["parley"]["errors"] == 0 and doc["bare"]["errors"] == 0
     assert doc["parley"]["ok"] > 0
+
+
+def test_the_peer_bench_delivers_every_message_exactly_once_and_reports(tmp_path: Path) -> None:
+    """Parley's side of bench.peer (no Synapse) at small N: every receiver got every message
+    once, in each sender's order, and the JSON has a figure per scenario and metric."""
+    env = {**os.environ, "PARLEY_BENCH_OUT": str(tmp_path)}
+    argv = ["--messages", "6,8,3", "--group", "3", "--workers", "1"]
+    subprocess.run(
+        [sys.executable, "-m", "bench.peer", *argv],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    doc = json.loads((tmp_path / "peer.json").read_text())
+    assert doc["exactly_once"] is True and doc["versions"] == {}
+    run = doc["runs"]["parley"][0]
+    assert set(run) == {"1to1", "8to1", "1to50"} and doc["runs"]["synapse"] == []
+    for key, (messages, receivers) in {"1to1": (6, 1), "8to1": (8, 1), "1to50": (3, 3)}.items():
+        result = run[key]
+        assert result["exactly_once"] and result["problems"] == []
+        assert (result["messages"], result["receivers"]) == (messages, receivers)
+        assert result["deliveries"] == messages * receivers
+        assert {"web", "worker", "beat", "redis"} == set(result["cpu_ms_per_message_by_process"])
+    names = [f["name"] for f in doc["figures"]]
+    assert len(names) == 13 and all(f["scenario"] == "peer" for f in doc["figures"])
+    assert all(f["baseline"] is None and f["target"] == "" for f in doc["figures"])
