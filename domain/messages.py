@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, exists, select, update
@@ -43,18 +43,15 @@ PASSED = ("allow", "mask")  # verdicts that let a message reach its recipients
 def post(
     svc: Services, session: Session, who: Principal, cid: str, body: Mapping[str, Any]
 ) -> tuple[Message, bool]:
-    """Persist a message and its outbox row in one transaction. Returns (message, created)."""
+    """Persist a message and its outbox row in one ORM transaction. Returns (message, created).
+
+    The path of messages with attachments (claimed with the message); the others are posted
+    in batches with whatever else the process is posting (domain/ingest.py, same rules)."""
     conv, part = readable(session, who, cid)
     mtype = body.get("type", "text")
     sender = who.user_id
-    if who.is_service:
-        if mtype != "system":
-            raise Invalid("an API key posts system messages only", {"type": ["must be system"]})
-    else:
-        if mtype == "system":
-            raise Forbidden("system messages are posted with an API key")
-        if part is None or part.role == "observer":
-            raise Forbidden("observers and non-members cannot post in this conversation")
+    check_poster(who, mtype, part.role if part is not None else None)
+    if not who.is_service:
         _check_sender_standing(session, sender)
     if conv.status != "active":
         raise Conflict(f"the conversation is {conv.status}; reopen it to post")
@@ -120,14 +117,31 @@ def _same_request(existing: Message, cid: str) -> Message:
     return existing
 
 
+def check_poster(who: Principal, mtype: str, role: str | None) -> None:
+    """Who may post what: API keys post system messages only, members (not observers) the
+    rest. `role` is the caller's current role in the conversation, None if not a member."""
+    if who.is_service:
+        if mtype != "system":
+            raise Invalid("an API key posts system messages only", {"type": ["must be system"]})
+    else:
+        if mtype == "system":
+            raise Forbidden("system messages are posted with an API key")
+        if role is None or role == "observer":
+            raise Forbidden("observers and non-members cannot post in this conversation")
+
+
+def check_standing(banned_at: datetime | None, muted_until: datetime | None) -> None:
+    """A banned user posts nothing; a muted one nothing until the mute ends."""
+    if banned_at is not None:
+        raise Forbidden("this user is banned from posting")
+    if muted_until is not None and muted_until > utcnow():
+        raise Forbidden(f"this user is muted until {muted_until.isoformat()}")
+
+
 def _check_sender_standing(session: Session, user_id: str | None) -> None:
     user = session.get(User, user_id) if user_id else None
-    if user is None:
-        return
-    if user.banned_at is not None:
-        raise Forbidden("this user is banned from posting")
-    if user.muted_until is not None and user.muted_until > utcnow():
-        raise Forbidden(f"this user is muted until {user.muted_until.isoformat()}")
+    if user is not None:
+        check_standing(user.banned_at, user.muted_until)
 
 
 def _check_content(svc: Services, mtype: str, text: str | None, body: Mapping[str, Any]) -> None:

@@ -42,22 +42,45 @@ def mark_done(session: Session, ref_ids: Sequence[str], task: str | None = None)
     session.execute(stmt.values(done_at=utcnow()))
 
 
+RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2}
+
+
 def send(producer: Celery, task: str, args: Sequence[Any]) -> bool:
     """Send one task through this process's producer; False (logged) when the broker is
     unreachable."""
-    rid = logs.current("request_id")
+    return send_many(producer, [(task, args, logs.current("request_id"))]) == 1
+
+
+def send_many(producer: Celery, tasks: Sequence[tuple[str, Sequence[Any], str | None]]) -> int:
+    """Send (task, args, request id) back to back over one producer: one connection checkout
+    and, on Redis, one pipeline for the lot (kombu's `Producer.batch`; other transports publish
+    each at once). Returns how many were sent: all, or none when the broker is unreachable (a
+    batch that fails may have delivered part of it; tasks are idempotent, so the sweeper's
+    re-send of the rest, or of all, is harmless)."""
+    if not tasks:
+        return 0
     try:
-        producer.send_task(
-            task,
-            args=list(args),
-            headers={"request_id": rid} if rid else None,
-            retry=True,
-            retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2},
-        )
-        return True
+        with producer.producer_or_acquire() as prod, prod.batch():
+            for task, args, rid in tasks:
+                producer.send_task(
+                    task,
+                    args=list(args),
+                    headers={"request_id": rid} if rid else None,
+                    producer=prod,
+                    retry=True,
+                    retry_policy=RETRY_POLICY,
+                )
     except Exception as exc:  # broker down: the sweeper will re-send
-        logger.warning("enqueue of %s%s failed, left to the sweeper: %s", task, list(args), exc)
-        return False
+        task, args, _ = tasks[0]
+        logger.warning(
+            "enqueue of %d task(s) (%s%s…) failed, left to the sweeper: %s",
+            len(tasks),
+            task,
+            list(args),
+            exc,
+        )
+        return 0
+    return len(tasks)
 
 
 def install(session_factory: sessionmaker[Session], producer: Celery) -> None:
@@ -67,8 +90,9 @@ def install(session_factory: sessionmaker[Session], producer: Celery) -> None:
     @event.listens_for(session_factory, "after_commit")
     def _after_commit(session: Session) -> None:
         rows = session.info.pop(_PENDING, [])
-        for row in rows:
-            send(producer, row.task, row.args)
+        if rows:
+            rid = logs.current("request_id")
+            send_many(producer, [(row.task, row.args, rid) for row in rows])
 
     @event.listens_for(session_factory, "after_rollback")
     def _after_rollback(session: Session) -> None:

@@ -1,0 +1,385 @@
+"""Posting messages through group commit (domain/group_commit.py), in Core SQL.
+
+The POSTs a web process serves at the same moment share one transaction: per request one
+statement checks everything it needs (the conversation, the caller's membership and standing,
+an earlier message with the same client_msg_id, the reply target); per conversation one
+`UPDATE … RETURNING` reserves the batch's seqs (consecutive, in arrival order, gap-free: the
+row lock on PostgreSQL, `BEGIN IMMEDIATE` on SQLite); then one multi-row INSERT of the messages
+and one of their outbox rows, and one commit. A request whose own input is refused gets its own
+error and writes nothing, so it costs the others nothing. Every request is answered after the
+commit, then the batch's moderate tasks go to the broker back to back over one producer
+connection (domain/outbox.send_many); the sweeper re-sends any the broker lost.
+
+Messages that carry attachments take the ORM path (domain/messages.post), one transaction each:
+their attachments are locked and claimed with the message. A batch that hits a unique
+constraint (a concurrent request elsewhere with the same client_msg_id) is retried one request
+per transaction, where the loser finds the winner's message.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+from weakref import WeakKeyDictionary
+
+from sqlalchemy import Table, and_, bindparam, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from core import logs
+from core.ids import iso, new_id, utcnow
+from core.services import Services
+from domain import outbox
+from domain.errors import Conflict, DomainError, Invalid, NotFound
+from domain.group_commit import GroupCommit, Item
+from domain.keys import create_data_key, message_aad
+from domain.messages import MODERATE_TASK, _check_content, check_poster, check_standing
+from domain.principals import Principal
+from models import Conversation, Message, Outbox, Participant, User
+
+logger = logging.getLogger(__name__)
+
+WINDOW_S = 0.001  # how long a batch's leader waits for more POSTs when others are in flight
+MAX_BATCH = 64
+
+_conv = cast(Table, Conversation.__table__)
+_part = cast(Table, Participant.__table__)
+_user = cast(Table, User.__table__)
+_msg = cast(Table, Message.__table__)
+_outbox = cast(Table, Outbox.__table__)
+_earlier = _msg.alias("earlier")
+_target = _msg.alias("target")
+
+# Everything one POST needs to know, in one statement (one row if the conversation exists).
+_CHECK = (
+    select(
+        _conv.c.status,
+        _conv.c.deleted_at,
+        _part.c.role,
+        _part.c.left_at,
+        _user.c.banned_at,
+        _user.c.muted_until,
+        _earlier.c.id,
+        _earlier.c.conversation_id,
+        _target.c.conversation_id,
+    )
+    .select_from(
+        _conv.outerjoin(
+            _part,
+            and_(_part.c.conversation_id == _conv.c.id, _part.c.user_id == bindparam("uid")),
+        )
+        .outerjoin(_user, _user.c.id == bindparam("uid"))
+        .outerjoin(
+            _earlier,
+            and_(
+                _earlier.c.sender_id == bindparam("uid"),
+                _earlier.c.client_msg_id == bindparam("cmid"),
+            ),
+        )
+        .outerjoin(_target, _target.c.id == bindparam("reply_to"))
+    )
+    .where(_conv.c.id == bindparam("cid"))
+)
+
+# A conversation's seqs for a batch: `n` more, the last of them returned.
+_RESERVE = (
+    update(_conv)
+    .where(_conv.c.id == bindparam("conv"))
+    .values(last_seq=_conv.c.last_seq + bindparam("n"), last_activity_at=bindparam("at"))
+    .returning(_conv.c.last_seq, _conv.c.data_key_id)
+)
+_SET_KEY = update(_conv).where(_conv.c.id == bindparam("conv")).values(data_key_id=bindparam("dk"))
+_INSERT_MESSAGES = insert(_msg)
+_INSERT_OUTBOX = insert(_outbox)
+
+
+@dataclass(frozen=True)
+class Posting:
+    """One POST: who, where, the validated body, and its request id (for the task header)."""
+
+    who: Principal
+    cid: str
+    body: Mapping[str, Any]
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Posted:
+    """The outcome: the new message (`created`, with the poster's answer), or the id of the
+    one this request repeats."""
+
+    message_id: str
+    created: bool
+    answer: dict[str, Any] | None = None
+
+
+class _Replay(Exception):
+    def __init__(self, message_id: str) -> None:
+        self.message_id = message_id
+
+
+def post(svc: Services, who: Principal, cid: str, body: Mapping[str, Any]) -> Posted:
+    """Post a message without attachments; returns once its row and outbox row are committed.
+    Raises the request's own DomainError if it is refused."""
+    posted: Posted = _committer(svc).submit(Posting(who, cid, body, logs.current("request_id")))
+    return posted
+
+
+_committers: WeakKeyDictionary[sessionmaker[Session], GroupCommit[Posting]] = WeakKeyDictionary()
+_committers_lock = threading.Lock()
+
+
+def _committer(svc: Services) -> GroupCommit[Posting]:
+    """One group commit per process and database (the test suite runs two apps side by side)."""
+    found = _committers.get(svc.Session)
+    if found is None:
+        with _committers_lock:
+            found = _committers.get(svc.Session)
+            if found is None:
+                found = GroupCommit(
+                    lambda batch: write(svc, batch),
+                    lambda batch: publish(svc, batch),
+                    window_s=WINDOW_S,
+                    max_batch=MAX_BATCH,
+                )
+                _committers[svc.Session] = found
+    return found
+
+
+def write(svc: Services, batch: Sequence[Item[Posting]]) -> None:
+    """Write a batch in one transaction and give each item its outcome; after a unique
+    violation, once more one item per transaction."""
+    try:
+        _write(svc, batch)
+    except IntegrityError:
+        if len(batch) == 1:
+            _lost_race(svc, batch[0])
+            return
+        logger.info("group commit: unique violation in a batch of %d, one by one", len(batch))
+        for item in batch:
+            try:
+                _write(svc, [item])
+            except IntegrityError:
+                _lost_race(svc, item)
+
+
+def _lost_race(svc: Services, item: Item[Posting]) -> None:
+    """A concurrent request with the same client_msg_id committed first: return its message."""
+    p = item.value
+    cmid = p.body.get("client_msg_id")
+    found = None
+    if cmid and p.who.user_id is not None:
+        with svc.ReadSession() as s:
+            found = s.execute(
+                select(_msg.c.id, _msg.c.conversation_id).where(
+                    _msg.c.sender_id == p.who.user_id, _msg.c.client_msg_id == cmid
+                )
+            ).first()
+    if found is None:
+        item.answer(error=RuntimeError("the message could not be stored (unique violation)"))
+    elif found.conversation_id != p.cid:
+        item.answer(error=_other_conversation())
+    else:
+        item.answer(Posted(found.id, False))
+
+
+def _write(svc: Services, batch: Sequence[Item[Posting]]) -> None:
+    outcomes: dict[int, Posted | BaseException] = {}
+    accepted: list[tuple[int, Item[Posting]]] = []
+    first_of: dict[tuple[str, str], int] = {}  # (sender, client_msg_id) → its item in this batch
+    with svc.Session.begin() as s:
+        conn = s.connection()
+        for k, item in enumerate(batch):
+            try:
+                _check(svc, conn, item.value)
+                key = _idempotency_key(item.value)
+                if key is not None:
+                    if key in first_of:  # the same request twice in one batch
+                        earlier = batch[first_of[key]].value
+                        if earlier.cid != item.value.cid:
+                            raise _other_conversation()
+                        outcomes[k] = _Replay("")  # filled in with the first one's id below
+                        continue
+                    first_of[key] = k
+                accepted.append((k, item))
+            except _Replay as replay:
+                outcomes[k] = Posted(replay.message_id, False)
+            except DomainError as exc:
+                outcomes[k] = exc
+        if accepted:
+            rows = _insert(svc, s, [item.value for _, item in accepted])
+            for (k, item), row in zip(accepted, rows, strict=True):
+                outcomes[k] = Posted(row["id"], True, _answer(row, item.value))
+    for k, item in enumerate(batch):
+        got = outcomes[k]
+        if isinstance(got, _Replay):
+            key = _idempotency_key(item.value)
+            assert key is not None
+            first = outcomes[first_of[key]]
+            assert isinstance(first, Posted)
+            item.answer(Posted(first.message_id, False))
+        elif isinstance(got, Posted):
+            item.answer(got)
+        else:
+            item.answer(error=got)
+
+
+def _idempotency_key(p: Posting) -> tuple[str, str] | None:
+    cmid = p.body.get("client_msg_id")
+    return (p.who.user_id, cmid) if cmid and p.who.user_id is not None else None
+
+
+def _other_conversation() -> Conflict:
+    return Conflict("client_msg_id was already used for a message in another conversation")
+
+
+def _check(svc: Services, conn: Any, p: Posting) -> None:
+    """The rules of domain/messages.post, in its order, from one row. Raises the request's
+    DomainError, or _Replay with the message an earlier request with its client_msg_id made."""
+    who, body = p.who, p.body
+    row = conn.execute(
+        _CHECK,
+        {
+            "cid": p.cid,
+            "uid": who.user_id,
+            "cmid": body.get("client_msg_id"),
+            "reply_to": body.get("reply_to"),
+        },
+    ).first()
+    if row is None or row.deleted_at is not None:
+        raise NotFound(f"conversation {p.cid} does not exist or you are not a participant")
+    role = row.role if row.role is not None and row.left_at is None else None
+    if role is None and not who.is_moderator:
+        raise NotFound(f"conversation {p.cid} does not exist or you are not a participant")
+    mtype = body.get("type", "text")
+    check_poster(who, mtype, role)
+    if not who.is_service:
+        check_standing(row.banned_at, row.muted_until)
+    if row.status != "active":
+        raise Conflict(f"the conversation is {row.status}; reopen it to post")
+    _check_content(svc, mtype, body.get("text"), body)
+    if row[6] is not None:  # earlier.id: this client_msg_id was used before
+        if row[7] != p.cid:
+            raise _other_conversation()
+        raise _Replay(row[6])
+    if body.get("reply_to") is not None and row[8] != p.cid:
+        raise Invalid(
+            "reply_to must be a message of this conversation", {"reply_to": ["unknown message"]}
+        )
+
+
+def _insert(svc: Services, s: Session, posts: Sequence[Posting]) -> list[dict[str, Any]]:
+    """Seqs per conversation (one UPDATE each, in id order so two writers never wait on each
+    other in a cycle), the sealed texts, then one INSERT of the messages and one of the
+    outbox rows. Returns the message rows, in the order of `posts`."""
+    conn = s.connection()
+    now = utcnow()
+    by_conv: dict[str, list[int]] = {}
+    for i, p in enumerate(posts):
+        by_conv.setdefault(p.cid, []).append(i)
+    seqs: list[int] = [0] * len(posts)
+    keys: dict[str, str] = {}
+    for cid in sorted(by_conv):
+        mine = by_conv[cid]
+        last, dk = conn.execute(_RESERVE, {"conv": cid, "n": len(mine), "at": now}).one()
+        if dk is None:  # the conversation's first message: its data key, in this transaction
+            dk = create_data_key(svc, s, cid)
+            s.flush()
+            conn.execute(_SET_KEY, {"conv": cid, "dk": dk})
+        keys[cid] = dk
+        for n, i in enumerate(mine):
+            seqs[i] = last - len(mine) + 1 + n
+    rows = []
+    for i, p in enumerate(posts):
+        mid = new_id()
+        text = p.body.get("text")
+        dk = keys[p.cid]
+        rows.append(
+            {
+                "id": mid,
+                "conversation_id": p.cid,
+                "seq": seqs[i],
+                "sender_id": p.who.user_id,
+                "client_msg_id": p.body.get("client_msg_id"),
+                "type": p.body.get("type", "text"),
+                "text_ct": svc.keyring.seal_text(dk, text, message_aad(mid))
+                if text is not None
+                else None,
+                "key_id": dk if text is not None else None,
+                "reply_to_id": p.body.get("reply_to"),
+                "state": "pending",
+                "moderation_labels": [],
+                "moderation_spans": [],
+                "metadata": p.body.get("metadata") or {},
+                "created_at": now,
+            }
+        )
+    conn.execute(_INSERT_MESSAGES, rows)
+    conn.execute(
+        _INSERT_OUTBOX,
+        [
+            {
+                "task": MODERATE_TASK,
+                "args": [r["id"], r["conversation_id"]],
+                "ref_id": r["id"],
+                "created_at": now,
+                "attempts": 0,
+            }
+            for r in rows
+        ],
+    )
+    # One line per batch (a line per message cost more than its INSERT); the ids are in it.
+    logger.info(
+        "%d message(s) accepted in one transaction",
+        len(rows),
+        extra={
+            "message_ids": " ".join(f"{r['id']}:{r['conversation_id']}:{r['seq']}" for r in rows)
+        },
+    )
+    return rows
+
+
+def _answer(row: Mapping[str, Any], p: Posting) -> dict[str, Any]:
+    """What domain/render.render_message gives the poster for this row, built from what the
+    request already holds (the text it sent, no verdict, no attachments, no reactions) rather
+    than from an ORM object and a second decryption. The poster is its sender, or an API key
+    (a moderator): either way privileged, so the text is the original and `moderation` is
+    present; tests/domain/test_ingest.py holds the two shapes equal."""
+    is_sender = row["sender_id"] is not None and row["sender_id"] == p.who.user_id
+    out: dict[str, Any] = {
+        "id": row["id"],
+        "conversation_id": row["conversation_id"],
+        "seq": row["seq"],
+        "sender_id": row["sender_id"],
+        "type": row["type"],
+        "text": p.body.get("text"),
+        "state": row["state"],
+        "created_at": iso(row["created_at"]),
+        "edited_at": None,
+        "deleted": False,
+        "reply_to": row["reply_to_id"],
+        "attachments": [],
+        "reactions": [],
+        "pinned": False,
+        "metadata": row["metadata"],
+    }
+    if row["client_msg_id"] and is_sender:
+        out["client_msg_id"] = row["client_msg_id"]
+    out["moderation"] = None
+    if is_sender:
+        out["status"] = "sent"
+    return out
+
+
+def publish(svc: Services, batch: Sequence[Item[Posting]]) -> None:
+    """After the commit: each new message's moderate task, over one producer connection."""
+    tasks = [
+        (MODERATE_TASK, [r.message_id, item.value.cid], item.value.request_id)
+        for item in batch
+        if isinstance(r := item.result, Posted) and r.created
+    ]
+    if tasks:
+        outbox.send_many(svc.tasks, tasks)

@@ -1,0 +1,215 @@
+"""Group commit of POSTs (domain/group_commit.py, domain/ingest.py): concurrent requests share a
+transaction, and each still gets its own answer, its own error, a gap-free seq in arrival
+order, and the same message again for the same client_msg_id."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from domain.group_commit import GroupCommit, Item
+from models import Message, Outbox
+from tests.conftest import Stack
+from tests.factories import Api, uid
+
+
+def test_concurrent_submits_share_batches_and_each_gets_its_own_outcome() -> None:
+    """20 threads submit at once while a batch is being written: the rest queue up and go in
+    the next batch; item 7's own error reaches item 7 only."""
+    batches: list[list[int]] = []
+
+    def write(batch: Sequence[Item[int]]) -> None:
+        batches.append([item.value for item in batch])
+        time.sleep(0.05)  # the transaction: others arrive meanwhile
+        for item in batch:
+            if item.value == 7:
+                item.answer(error=ValueError("seven is refused"))
+            else:
+                item.answer(item.value * 10)
+
+    gc: GroupCommit[int] = GroupCommit(write)
+    start = threading.Barrier(20)
+    got: dict[int, Any] = {}
+
+    def submit(n: int) -> None:
+        start.wait()
+        try:
+            got[n] = gc.submit(n)
+        except ValueError as exc:
+            got[n] = str(exc)
+
+    threads = [threading.Thread(target=submit, args=(n,)) for n in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert got == {n: ("seven is refused" if n == 7 else n * 10) for n in range(20)}
+    assert sorted(n for batch in batches for n in batch) == list(range(20))
+    assert len(batches) < 20 and max(len(b) for b in batches) > 1
+
+
+def test_a_failed_write_answers_every_item_of_its_batch_and_the_next_batch_goes_on() -> None:
+    calls: list[list[str]] = []
+
+    def write(batch: Sequence[Item[str]]) -> None:
+        calls.append([item.value for item in batch])
+        if any(item.value == "boom" for item in batch):
+            raise RuntimeError("the database went away")
+        for item in batch:
+            item.answer(item.value.upper())
+
+    gc: GroupCommit[str] = GroupCommit(write)
+    with pytest.raises(RuntimeError, match="went away"):
+        gc.submit("boom")
+    assert gc.submit("fine") == "FINE"  # a request alone: its own batch, no waiting
+    assert calls == [["boom"], ["fine"]]
+
+
+def _post(stack: Stack, token: str, cid: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    resp = stack.app.test_client().post(
+        f"/v1/conversations/{cid}/messages",
+        headers={"Authorization": f"Bearer {token}"},
+        json=body,
+    )
+    return resp.status_code, resp.get_json()
+
+
+def _burst(
+    stack: Stack, calls: list[tuple[str, str, dict[str, Any]]]
+) -> list[tuple[int, dict[str, Any]]]:
+    """POST all `calls` (token, cid, body) at once, one thread each; the answers in order."""
+    out: list[Any] = [None] * len(calls)
+    start = threading.Barrier(len(calls))
+
+    def one(k: int) -> None:
+        start.wait()
+        out[k] = _post(stack, *calls[k])
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return out
+
+
+def test_a_burst_over_several_conversations_stores_each_message_once_with_gap_free_seqs(
+    api: Api, stack: Stack
+) -> None:
+    """48 POSTs at once over 3 conversations, with refused requests mixed in (a non-member, a
+    reply to an unknown message, an observer): each refused one gets its own problem, the
+    others 202 with their own text, seqs 1..16 in every conversation, one outbox row each."""
+    users = [uid() for _ in range(4)]
+    observer, stranger = uid(), uid()
+    cids = [api.conversation(users[0], *users[1:]) for _ in range(3)]
+    added = api.post(
+        f"/v1/conversations/{cids[0]}/members",
+        user=users[0],
+        json={"user_ids": [observer], "role": "observer"},
+    )
+    assert added.status_code in (200, 201), added.get_json()
+    tokens = {u: api.token(u) for u in [*users, observer, stranger]}
+    calls = [
+        (tokens[users[k % 4]], cids[k % 3], {"text": f"m{k}", "client_msg_id": f"burst-{k}"})
+        for k in range(48)
+    ]
+    bad = [
+        (tokens[stranger], cids[0], {"text": "let me in"}),
+        (tokens[users[1]], cids[1], {"text": "re", "reply_to": "01NOTAMESSAGE00000000000000"}),
+        (tokens[observer], cids[0], {"text": "I only watch"}),
+    ]
+    answers = _burst(stack, calls[:20] + bad + calls[20:])
+    good = answers[:20] + answers[23:]
+    assert [a[0] for a in answers[20:23]] == [404, 422, 403]
+    assert all(body["status"] == code for code, body in answers[20:23])
+    for (_, cid, body), (code, got) in zip(calls, good, strict=True):
+        assert code == 202, got
+        assert (got["text"], got["client_msg_id"], got["conversation_id"]) == (
+            body["text"],
+            body["client_msg_id"],
+            cid,
+        )
+    with stack.svc.Session() as s:
+        for cid in cids:
+            rows = s.execute(
+                select(Message.seq, Message.id).where(Message.conversation_id == cid)
+            ).all()
+            assert sorted(seq for seq, _ in rows) == list(range(1, 17))
+            answered = {
+                got["id"]: got["seq"] for code, got in good if got["conversation_id"] == cid
+            }
+            assert answered == {mid: seq for seq, mid in rows}
+        outbox = s.scalar(
+            select(func.count())
+            .select_from(Outbox)
+            .where(Outbox.ref_id.in_([got["id"] for _, got in good]))
+        )
+        assert outbox == 48
+
+
+def test_the_same_client_msg_id_twice_in_one_burst_is_one_message(api: Api, stack: Stack) -> None:
+    """Six copies of one request (a client retrying hard) and six other messages at once:
+    the copies all answer with the same message, stored once; one of them is the 202."""
+    a, b = uid(), uid()
+    cid = api.conversation(a, b)
+    token = api.token(a)
+    same = (token, cid, {"text": "only once", "client_msg_id": "retry-1"})
+    others = [(token, cid, {"text": f"other {k}"}) for k in range(6)]
+    answers = _burst(stack, [same, *others[:3], same, same, *others[3:], same, same, same])
+    copies = [answers[k] for k in (0, 4, 5, 9, 10, 11)]
+    assert len({got["id"] for _, got in copies}) == 1
+    assert sorted(code for code, _ in copies) == [200, 200, 200, 200, 200, 202]
+    with stack.svc.Session() as s:
+        stored = s.scalars(select(Message.seq).where(Message.conversation_id == cid)).all()
+        assert sorted(stored) == list(range(1, 8))
+        assert (
+            s.scalar(
+                select(func.count()).select_from(Message).where(Message.client_msg_id == "retry-1")
+            )
+            == 1
+        )
+
+
+def test_the_same_client_msg_id_in_another_conversation_is_a_conflict_even_in_one_burst(
+    api: Api, stack: Stack
+) -> None:
+    """Three copies to one conversation and three to another, at once: the first committed
+    wins (202), its copies get it again (200), the other conversation's get 409."""
+    a = uid()
+    one, two = api.conversation(a, uid()), api.conversation(a, uid())
+    token = api.token(a)
+    x = (token, one, {"text": "x", "client_msg_id": "c-1"})
+    y = (token, two, {"text": "y", "client_msg_id": "c-1"})
+    answers = _burst(stack, [x, y] * 3)
+    assert sorted(code for code, _ in answers) == [200, 200, 202, 409, 409, 409]
+    winners = {got["conversation_id"] for code, got in answers if code in (200, 202)}
+    assert len(winners) == 1
+    assert len({got["id"] for code, got in answers if code in (200, 202)}) == 1
+
+
+def test_the_answer_to_a_post_is_the_message_as_its_sender_reads_it(api: Api, idle: Stack) -> None:
+    """The POST's answer is built from the request, not read back: it must equal what GET
+    gives the sender while the message waits for moderation (system messages by API key too)."""
+    a, b = uid(), uid()
+    cid = api.conversation(a, b)
+    posted = api.post(
+        f"/v1/conversations/{cid}/messages",
+        user=a,
+        json={"text": "hello there", "client_msg_id": "shape-1", "metadata": {"k": "v"}},
+    )
+    assert posted.status_code == 202
+    read = api.get(f"/v1/messages/{posted.get_json()['id']}", user=a)
+    assert posted.get_json() == read.get_json()
+    key = api.api_key()
+    system = api.post(
+        f"/v1/conversations/{cid}/messages", key=key, json={"type": "system", "text": "joined"}
+    )
+    assert system.status_code == 202, system.get_json()
+    assert (
+        system.get_json() == api.get(f"/v1/messages/{system.get_json()['id']}", key=key).get_json()
+    )
