@@ -4,7 +4,8 @@ Each user has a capped stream (`parley:stream:<user>`); its entry ids are the `i
 resume from. Entries carry ids only (message, conversation, seq) — never text: the web process
 loads and decrypts at send time. A done-set per event key makes a re-run of the same stage add
 nothing, and the wake-up for the web hubs is published in the same script, so one round trip
-does append + dedupe + wake for a whole batch of recipients.
+does append + dedupe + wake for a whole batch of events and their recipients (`append_many`:
+the fan-out's batch across conversations).
 
 The wake-up (`parley:wake`) is a JSON object: each woken user id → [id of the entry before the
 new one ("0-0" if none), id of the new entry], and under the empty key the event itself
@@ -16,7 +17,7 @@ object yields the user ids, which is all that older hubs read from it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,25 +28,47 @@ DONE_PREFIX = "parley:done:"
 WAKE_CHANNEL = "parley:wake"
 DONE_TTL_S = 7 * 24 * 3600
 
-_APPEND_ONCE = """
-local maxlen, ttl, etype, data = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local woken = {}
-local wake = {[''] = {type = etype, data = data}}
-for i = 2, #KEYS do
-  local uid = ARGV[i + 3]
-  if redis.call('SADD', KEYS[1], uid) == 1 then
-    local last = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1)
-    local id = redis.call('XADD', KEYS[i], 'MAXLEN', '~', maxlen, '*', 'type', etype, 'data', data)
-    woken[#woken + 1] = uid
-    wake[uid] = {last[1] and last[1][1] or '0-0', id}
+# Appends a batch of events in one round trip. ARGV: maxlen, ttl, wake channel, then per event
+# its type, data, recipient count n and the n user ids; KEYS: per event its done-set, then the
+# n recipients' streams. Returns, per event, the users that got it now.
+_APPEND_MANY = """
+local maxlen, ttl, channel = ARGV[1], ARGV[2], ARGV[3]
+local all = {}
+local a, k = 4, 1
+while a <= #ARGV do
+  local etype, data, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  local done = KEYS[k]
+  local woken = {}
+  local wake = {[''] = {type = etype, data = data}}
+  for i = 1, n do
+    local uid = ARGV[a + 2 + i]
+    if redis.call('SADD', done, uid) == 1 then
+      local stream = KEYS[k + i]
+      local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+      local id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'type', etype, 'data', data)
+      woken[#woken + 1] = uid
+      wake[uid] = {last[1] and last[1][1] or '0-0', id}
+    end
   end
+  redis.call('EXPIRE', done, ttl)
+  if #woken > 0 then
+    redis.call('PUBLISH', channel, cjson.encode(wake))
+  end
+  all[#all + 1] = woken
+  a, k = a + 3 + n, k + 1 + n
 end
-redis.call('EXPIRE', KEYS[1], ttl)
-if #woken > 0 then
-  redis.call('PUBLISH', ARGV[#ARGV], cjson.encode(wake))
-end
-return woken
+return all
 """
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event for `append_many`: appended once per user under `key`."""
+
+    key: str
+    type: str
+    data: Mapping[str, Any]
+    users: Sequence[str]
 
 
 def stream_key(user_id: str) -> str:
@@ -58,7 +81,7 @@ class EventLog:
     def __init__(self, client: redis.Redis, maxlen: int) -> None:
         self.redis = client
         self.maxlen = maxlen
-        self._append = client.register_script(_APPEND_ONCE)
+        self._append = client.register_script(_APPEND_MANY)
 
     def append_once(
         self, event_key: str, etype: str, data: Mapping[str, Any], user_ids: Iterable[str]
@@ -67,13 +90,30 @@ class EventLog:
 
         Returns the users that got it now (the others had it from an earlier run).
         """
-        users = list(dict.fromkeys(user_ids))
-        if not users:
-            return []
-        keys = [DONE_PREFIX + event_key, *(stream_key(u) for u in users)]
-        argv: list[Any] = [self.maxlen, DONE_TTL_S, etype, json.dumps(data, separators=(",", ":"))]
-        woken = self._append(keys=keys, args=[*argv, *users, WAKE_CHANNEL])
-        return [w.decode() if isinstance(w, bytes) else str(w) for w in woken or []]
+        return self.append_many([Event(event_key, etype, data, list(user_ids))])[0]
+
+    def append_many(self, events: Sequence[Event]) -> list[list[str]]:
+        """`append_once` for each event, in order, in one round trip (one script run: a crash
+        part-way leaves a prefix appended, which a re-run completes without repeating it).
+
+        Returns, per event, the users that got it now."""
+        keys: list[str] = []
+        args: list[Any] = [self.maxlen, DONE_TTL_S, WAKE_CHANNEL]
+        sent: list[int] = []  # positions of the events that have recipients
+        for n, event in enumerate(events):
+            users = list(dict.fromkeys(event.users))
+            if not users:
+                continue
+            sent.append(n)
+            keys += [DONE_PREFIX + event.key, *(stream_key(u) for u in users)]
+            data = json.dumps(event.data, separators=(",", ":"))
+            args += [event.type, data, len(users), *users]
+        woken: list[list[str]] = [[] for _ in events]
+        if sent:
+            replies = self._append(keys=keys, args=args) or []
+            for n, reply in zip(sent, replies, strict=True):
+                woken[n] = [_s(w) for w in reply or []]
+        return woken
 
     def read(self, user_id: str, since: str = "0", count: int = 500) -> list[tuple[str, dict]]:
         """Entries after `since` (exclusive), oldest first."""

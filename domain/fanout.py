@@ -12,13 +12,13 @@ stage (domain/moderation_stage.py).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, select
+from sqlalchemy import Row, and_, or_, select
 
-from core.events import DONE_PREFIX, EventLog, online_among
+from core.events import DONE_PREFIX, Event, EventLog, online_among
 from core.ids import utcnow
 from core.services import Services
 from domain import outbox
@@ -48,65 +48,100 @@ def fanned_out(svc: Services, message_id: str) -> bool:
 
 
 def drain(svc: Services, conversation_id: str) -> None:
-    """Fan out every message of the conversation that is ready, in seq order; send the push
-    intents of those who may be away, and a fan-out task for what did not fit in the batch."""
-    log = event_log(svc)
+    """Fan out every message of the conversation that is ready (see `drain_many`)."""
+    drain_many(svc, [conversation_id])
+
+
+def drain_many(svc: Services, conversation_ids: Iterable[str]) -> None:
+    """Fan out every ready message of these conversations, in seq order within each, in one
+    transaction and one Redis round trip; send the push intents of those who may be away, and
+    a fan-out task for each conversation whose backlog did not fit in the batch.
+
+    The delivery cursors are locked in conversation-id order (PostgreSQL; SQLite's BEGIN
+    IMMEDIATE serializes writers anyway), so two drains over overlapping sets never deadlock:
+    the later one waits, then finds the cursors moved."""
+    cids = sorted(set(conversation_ids))
+    if not cids:
+        return
+    events: list[Event] = []
     pushes: list[tuple[str, list[str]]] = []  # (message id, users to consider for a push)
+    more: list[str] = []
     with svc.Session.begin() as s:
-        stmt = select(DeliveryCursor).where(DeliveryCursor.conversation_id == conversation_id)
-        if svc.dialect != "sqlite":  # SQLite's BEGIN IMMEDIATE already serializes writers
+        stmt = (
+            select(DeliveryCursor)
+            .where(DeliveryCursor.conversation_id.in_(cids))
+            .order_by(DeliveryCursor.conversation_id)
+        )
+        if svc.dialect != "sqlite":
             stmt = stmt.with_for_update()
-        cursor = s.scalar(stmt)
-        if cursor is None:
-            logger.warning("fan-out: conversation gone", extra={"conversation_id": conversation_id})
+        cursors = {c.conversation_id: c for c in s.scalars(stmt)}
+        for gone in set(cids) - cursors.keys():
+            logger.warning("fan-out: conversation gone", extra={"conversation_id": gone})
+        if not cursors:
             return
-        conv = s.get(Conversation, conversation_id)
-        assert conv is not None
+        convs = {
+            c.id: c for c in s.scalars(select(Conversation).where(Conversation.id.in_(cursors)))
+        }
+        members: dict[str, list[Row[str, str, str, datetime | None]]] = {c: [] for c in cursors}
         # Plain rows: a 1,000-member group would otherwise build 1,000 ORM objects per batch.
-        members = list(
-            s.execute(
-                select(
-                    Participant.user_id, Participant.notification_level, Participant.muted_until
-                ).where(
-                    Participant.conversation_id == conversation_id, Participant.left_at.is_(None)
+        for row in s.execute(
+            select(
+                Participant.conversation_id,
+                Participant.user_id,
+                Participant.notification_level,
+                Participant.muted_until,
+            ).where(Participant.conversation_id.in_(cursors), Participant.left_at.is_(None))
+        ):
+            members[row.conversation_id].append(row)
+        # seq is gap-free, so a window of BATCH seqs after each cursor is at most BATCH rows.
+        window = or_(
+            *(
+                and_(
+                    Message.conversation_id == cid,
+                    Message.seq > cur.fanout_seq,
+                    Message.seq <= cur.fanout_seq + BATCH,
                 )
+                for cid, cur in cursors.items()
             )
         )
-        member_ids = [p.user_id for p in members]
-        batch = list(
-            s.scalars(
-                select(Message)
-                .where(Message.conversation_id == conversation_id, Message.seq > cursor.fanout_seq)
-                .order_by(Message.seq)
-                .limit(BATCH)
-            )
+        rows = s.scalars(
+            select(Message).where(window).order_by(Message.conversation_id, Message.seq)
         )
+        batches: dict[str, list[Message]] = {c: [] for c in cursors}
+        for msg in rows:
+            batches[msg.conversation_id].append(msg)
         done: list[str] = []
-        for msg in batch:
-            if msg.moderation_action is None:
-                break  # still in moderation: its own moderate task resumes the walk
-            data = {"conversation_id": conversation_id, "message_id": msg.id, "seq": msg.seq}
-            if msg.state in ("held", "rejected"):
-                if msg.sender_id:
-                    log.append_once(
-                        f"msg:{msg.id}:{msg.state}", "message.updated", data, [msg.sender_id]
-                    )
-            else:
-                log.append_once(new_event_key(msg.id), "message.new", data, member_ids)
-                msg.state = "delivered"
-                conv.last_message_id = msg.id
-                pushes.append((msg.id, _push_candidates(msg, members)))
-            cursor.fanout_seq = msg.seq
-            done.append(msg.id)
+        for cid, batch in batches.items():
+            cursor, conv, member_rows = cursors[cid], convs[cid], members[cid]
+            member_ids = [p.user_id for p in member_rows]
+            walked = 0
+            for msg in batch:
+                if msg.moderation_action is None:
+                    break  # still in moderation: its moderating task resumes the walk
+                data = {"conversation_id": cid, "message_id": msg.id, "seq": msg.seq}
+                if msg.state in ("held", "rejected"):
+                    if msg.sender_id:
+                        key = f"msg:{msg.id}:{msg.state}"
+                        events.append(Event(key, "message.updated", data, [msg.sender_id]))
+                else:
+                    events.append(Event(new_event_key(msg.id), "message.new", data, member_ids))
+                    msg.state = "delivered"
+                    conv.last_message_id = msg.id
+                    pushes.append((msg.id, _push_candidates(msg, member_rows)))
+                cursor.fanout_seq = msg.seq
+                done.append(msg.id)
+                walked += 1
+            if walked == BATCH:
+                more.append(cid)
+            if walked:
+                logger.info(
+                    "fanned out %d message(s) to %d member(s)",
+                    walked,
+                    len(member_ids),
+                    extra={"conversation_id": cid, "seq": cursor.fanout_seq},
+                )
+        event_log(svc).append_many(events)  # before the commit: a crash in between repeats it
         outbox.mark_done(s, done, MODERATE_TASK)
-        more = len(batch) == BATCH and len(done) == BATCH
-    if done:
-        logger.info(
-            "fanned out %d message(s) to %d member(s)",
-            len(done),
-            len(member_ids),
-            extra={"conversation_id": conversation_id, "seq": cursor.fanout_seq},
-        )
     # Who is online now gets the message live: only the others are worth a push task (which
     # checks presence again before it records anything).
     online = online_among(svc.redis, (u for _, users in pushes for u in users))
@@ -114,11 +149,13 @@ def drain(svc: Services, conversation_id: str) -> None:
     pushes = [(mid, users) for mid, users in pushes if users]
     if pushes:
         outbox.send(svc.tasks, NOTIFY_OFFLINE_TASK, [pushes])  # one push-intent task per batch
-    if more:
-        outbox.send(svc.tasks, FANOUT_TASK, [conversation_id])
+    for cid in more:
+        outbox.send(svc.tasks, FANOUT_TASK, [cid])
 
 
-def _push_candidates(msg: Message, members: Sequence[Row[str, str, datetime | None]]) -> list[str]:
+def _push_candidates(
+    msg: Message, members: Sequence[Row[str, str, str, datetime | None]]
+) -> list[str]:
     """Recipients who asked to hear about messages now; who is offline is decided at push time."""
     now: datetime = utcnow()
     return [

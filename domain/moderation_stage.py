@@ -1,9 +1,9 @@
-"""The moderation stage: verdicts for a conversation's waiting messages, then their fan-out.
+"""The moderation stage: verdicts for the messages waiting, in any conversation, then fan-out.
 
-Messages are moderated in per-conversation batches: the first task of a burst moderates every
-message of its conversation still waiting, and the tasks of the others find their verdict
-made and their fan-out done, and end after one read. Verdicts commit before the fan-out
-appends anything: a hub may render the message before the fan-out's own commit.
+Messages are moderated in batches across conversations: the first task of a burst takes every
+message still waiting (up to BATCH, whatever its conversation), and the tasks of the others find
+their verdict made and their fan-out done, and end after one read. Verdicts commit before the
+fan-out appends anything: a hub may render the message before the fan-out's own commit.
 
 Fan-out runs in the same task execution (one broker hop per message instead of two); it is
 still its own stage (domain/fanout.py, tasks/fanout.py), with its own task for re-runs and for
@@ -14,6 +14,8 @@ this module decides which messages they run on, and records what they said.
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -28,7 +30,7 @@ from moderation import moderate, policy_for
 
 logger = logging.getLogger(__name__)
 
-BATCH = 100  # messages moderated in one transaction
+BATCH = 100  # messages moderated in one transaction, across conversations
 
 
 def conversation_to_moderate(
@@ -63,46 +65,78 @@ def conversation_to_moderate(
 
 
 def moderate_and_fan_out(svc: Services, conversation_id: str, message_id: str) -> None:
-    """Verdicts for the conversation's waiting messages, committed, then their fan-out.
+    """Verdicts for the messages waiting (across conversations), committed, then their fan-out.
 
     Two transactions on purpose: the hubs render a `message.new` as soon as it is in the
     streams, which is before the fan-out commits, so the verdict (and the spans to mask) must
     already be committed when the fan-out appends it."""
+    started = time.perf_counter()
     with svc.Session.begin() as s:
-        verdicts = moderate_waiting(svc, s, conversation_id, message_id)
-    for verdict_made in verdicts:  # counted once committed, so a retried run counts once
+        taken = moderate_waiting(svc, s, conversation_id, message_id)
+    for verdict_made in taken.verdicts:  # counted once committed, so a retried run counts once
         metrics.moderation_verdict(*verdict_made)
-    fanout.drain(svc, conversation_id)
+    committed = time.perf_counter()
+    fanout.drain_many(svc, taken.to_fan_out)
+    # Where a stage's time goes (bench/pipeline.py sums these lines from the worker's log).
+    logger.info(
+        "moderation batch: %d verdict(s), %d conversation(s) fanned out, "
+        "verdicts %.2f ms, fan-out %.2f ms",
+        len(taken.verdicts),
+        len(taken.to_fan_out),
+        (committed - started) * 1000,
+        (time.perf_counter() - committed) * 1000,
+    )
 
 
-def moderate_waiting(
-    svc: Services, s: Session, conversation_id: str, message_id: str
-) -> list[tuple[str, list[str]]]:
-    """Moderate every message of the conversation still waiting (up to BATCH, in seq order,
-    always including `message_id`), in the caller's transaction: under a burst each task
-    would otherwise take the write lock for one message, and the fan-out walk stops at the
-    first unmoderated one anyway. Rows another task is moderating right now are skipped
-    (PostgreSQL row locks; SQLite's BEGIN IMMEDIATE serializes the tasks anyway). Returns
-    the verdicts (action, labels) made."""
-    verdicts: list[tuple[str, list[str]]] = []
+@dataclass
+class Taken:
+    """What one moderation transaction did: the verdicts it made, and the conversations whose
+    fan-out its task runs next."""
+
+    verdicts: list[tuple[str, list[str]]] = field(default_factory=list)
+    to_fan_out: list[str] = field(default_factory=list)
+
+
+def moderate_waiting(svc: Services, s: Session, conversation_id: str, message_id: str) -> Taken:
+    """Moderate the messages waiting for a verdict, whatever their conversation (up to BATCH,
+    oldest first, always including `message_id` unless another task holds it), in the caller's
+    transaction: under a burst one task takes what is waiting and the others find their
+    message done, and the fan-out walk stops at the first unmoderated message anyway.
+
+    Rows another task is moderating (or fanning out) right now are skipped (PostgreSQL's
+    SKIP LOCKED; SQLite's BEGIN IMMEDIATE serializes the tasks anyway). The fan-out then
+    covers the batch's conversations and this message's own, unless its row was held by
+    another task: that task fans it out after its commit (and if it dies first, the outbox
+    sweeper re-sends this message's task)."""
+    taken = Taken()
     waiting = (
         select(Message)
-        .where(Message.conversation_id == conversation_id, Message.moderation_action.is_(None))
-        .order_by(Message.seq)
+        .where(Message.state == "pending", Message.moderation_action.is_(None))
+        .order_by(Message.created_at)
+        .limit(BATCH)
     )
     own_stmt = select(Message).where(Message.id == message_id)
     if svc.dialect != "sqlite":
         waiting = waiting.with_for_update(skip_locked=True)
         own_stmt = own_stmt.with_for_update(skip_locked=True)
-    batch = list(s.scalars(waiting.limit(BATCH)))
-    if message_id not in {m.id for m in batch}:
+    batch = list(s.scalars(waiting))
+    own_free = message_id in {m.id for m in batch}
+    if not own_free:
         own = s.scalar(own_stmt)
+        own_free = own is not None
         if own is not None and own.moderation_action is None:
             batch.append(own)
+    if own_free:
+        taken.to_fan_out.append(conversation_id)
     if not batch:
-        return verdicts
-    conv_type = s.scalar(select(Conversation.type).where(Conversation.id == conversation_id))
-    policy = policy_for(conv_type or "group", svc.settings.moderation_overrides)
+        return taken
+    cids = list(dict.fromkeys(m.conversation_id for m in batch))
+    types: dict[str, str] = {
+        cid: ctype
+        for cid, ctype in s.execute(
+            select(Conversation.id, Conversation.type).where(Conversation.id.in_(cids))
+        )
+    }
     texts = [
         svc.keyring.open_text(m.key_id, m.text_ct, message_aad(m.id))
         if m.text_ct is not None and m.key_id is not None
@@ -110,11 +144,11 @@ def moderate_waiting(
         for m in batch
     ]
     flooded = flood.record_and_check(
-        svc,
-        [(m.sender_id, text, conversation_id) for m, text in zip(batch, texts, strict=True)],
+        svc, [(m.sender_id, text, m.conversation_id) for m, text in zip(batch, texts, strict=True)]
     )
+    overrides = svc.settings.moderation_overrides
     for msg, text, is_flood in zip(batch, texts, flooded, strict=True):
-        verdict = moderate(text, policy)
+        verdict = moderate(text, policy_for(types.get(msg.conversation_id) or "group", overrides))
         action, reason = verdict.action, verdict.reason
         labels: list[str] = list(verdict.labels)
         if is_flood:
@@ -130,12 +164,14 @@ def moderate_waiting(
         logger.info(
             "moderated %s",
             action,
-            extra={"message_id": msg.id, "conversation_id": conversation_id},
+            extra={"message_id": msg.id, "conversation_id": msg.conversation_id},
         )
-        verdicts.append((action, msg.moderation_labels))
+        taken.verdicts.append((action, msg.moderation_labels))
     # The index stage reads the text again once these verdicts commit (docs/search.md).
-    search_index.hand_off(s, conversation_id, [m.id for m in batch])
-    return verdicts
+    for cid in cids:
+        search_index.hand_off(s, cid, [m.id for m in batch if m.conversation_id == cid])
+    taken.to_fan_out = list(dict.fromkeys([*taken.to_fan_out, *cids]))
+    return taken
 
 
 def masked_spans(text: str, masked: str) -> list[list[int]]:

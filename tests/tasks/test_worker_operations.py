@@ -16,6 +16,7 @@ import time
 import uuid
 from collections import Counter
 
+from domain.moderation_stage import BATCH
 from tests.conftest import ROOT, Stack, wait_for
 from tests.factories import (
     ONE_DATABASE,
@@ -76,7 +77,9 @@ def test_sigterm_to_a_worker_mid_batch_then_a_restart_delivers_every_message_onc
     a, b = uid(), uid()
     cids = [api.conversation(a, b) for _ in range(4)]  # message i goes to cids[i % 4]
     ids: list[str] = []
-    for i in range(48):
+    # Several of the moderation stage's batches (a batch takes what waits, up to BATCH,
+    # across conversations, and its fan-out appears in the streams at once).
+    for i in range(4 * BATCH):
         ids.append(api.send(a, cids[i % 4], f"batch {i}")["id"])
     log = idle.data_dir / f"sigterm-{uuid.uuid4().hex[:6]}.log"
     with log.open("ab") as out:
