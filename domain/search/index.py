@@ -13,7 +13,6 @@ twice leaves the same rows.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -52,12 +51,15 @@ def index_key(svc: Services, dk_id: str) -> bytes:
 
 
 def token(key: bytes, term: tuple[str, str]) -> int:
-    """A term's token: HMAC-SHA256 truncated to a signed 32-bit integer. The kind ("t" full
-    term, "p" prefix) separates the domains, so a prefix never equals a term. Collisions
-    within a conversation only add candidates, which are checked in memory."""
+    """A term's token: keyed BLAKE2b (a MAC and PRF, one compression for a word) truncated to a
+    signed 32-bit integer. The kind ("t" full term, "p" prefix) separates the domains, so a
+    prefix never equals a term. Collisions within a conversation only add candidates, which
+    are checked in memory."""
     kind, value = term
-    digest = hmac.digest(key, kind.encode() + b"\x00" + value.encode(), hashlib.sha256)
-    return int.from_bytes(digest[:TOKEN_BYTES], "big", signed=True)
+    digest = hashlib.blake2b(
+        kind.encode() + b"\x00" + value.encode(), key=key, digest_size=TOKEN_BYTES
+    ).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 def tokens(key: bytes, terms: Iterable[tuple[str, str]]) -> set[int]:
@@ -72,19 +74,39 @@ def lock(session: Session, conversation_id: str, create: bool = True) -> int | N
     """The conversation's index reference, its row locked for this transaction (made first
     when `create`); None when it has no index and `create` is false."""
     pg = _dialect(session) == "postgresql"
-    if create:
+    stmt = _REF_FOR_UPDATE if pg else _REF
+    ref = session.scalar(stmt, {"c": conversation_id})
+    if ref is None and create:
         ins = (postgresql if pg else sqlite).insert(SearchConversation)
         session.execute(
             ins.values(conversation_id=conversation_id).on_conflict_do_nothing(
                 index_elements=["conversation_id"]
             )
         )
-    stmt = select(SearchConversation.ref).where(
-        SearchConversation.conversation_id == conversation_id
-    )
-    if pg:
-        stmt = stmt.with_for_update()
-    return session.scalar(stmt)
+        ref = session.scalar(stmt, {"c": conversation_id})
+    return ref
+
+
+_REF = select(SearchConversation.ref).where(SearchConversation.conversation_id == bindparam("c"))
+_REF_FOR_UPDATE = _REF.with_for_update()
+# Built once: the stage runs them per batch, and building a statement costs more than running
+# it on SQLite.
+_ROWS = select(SearchPostings.bucket, SearchPostings.segment, SearchPostings.data).where(
+    SearchPostings.ref == bindparam("ref"),
+    SearchPostings.bucket.in_(list(range(postings.BUCKETS))),
+    SearchPostings.segment.in_(bindparam("segments", expanding=True)),
+)
+_TEXTS = select(
+    Message.id,
+    Message.seq,
+    Message.key_id,
+    Message.text_ct,
+    Message.deleted_at,
+    Message.expired_at,
+).where(
+    Message.id.in_(bindparam("ids", expanding=True)),
+    Message.conversation_id == bindparam("c"),
+)
 
 
 def write(
@@ -93,10 +115,11 @@ def write(
     conversation_id: str,
     drop: Iterable[int] = (),
     entries: Iterable[Entry] = (),
+    ref: int | None = None,
 ) -> int:
     """Make the postings of the seqs in `drop` and in `entries` exactly those of the entries'
     texts (a seq only in `drop` ends with none), in the caller's transaction. Returns the
-    tokens written."""
+    tokens written. `ref`: the conversation's index row, when the caller has locked it."""
     adds: dict[int, set[int]] = defaultdict(set)  # seq -> tokens
     keys: dict[str, bytes] = {}
     for seq, dk_id, text in entries:
@@ -106,7 +129,8 @@ def write(
     seqs = set(drop) | set(adds)
     if not seqs:
         return 0
-    ref = lock(session, conversation_id, create=bool(adds))
+    if ref is None:
+        ref = lock(session, conversation_id, create=bool(adds))
     if ref is None:
         return 0
     _rewrite(session, ref, seqs, adds)
@@ -121,13 +145,7 @@ def _rewrite(session: Session, ref: int, seqs: set[int], adds: dict[int, set[int
         clear[segment].add(offset)
     old = {
         (b, g): data
-        for b, g, data in session.execute(
-            select(SearchPostings.bucket, SearchPostings.segment, SearchPostings.data).where(
-                SearchPostings.ref == ref,
-                SearchPostings.bucket.in_(range(postings.BUCKETS)),
-                SearchPostings.segment.in_(sorted(clear)),
-            )
-        )
+        for b, g, data in session.execute(_ROWS, {"ref": ref, "segments": sorted(clear)})
     }
     rows: dict[tuple[int, int], postings.Postings] = {}
     changed: set[tuple[int, int]] = set()
@@ -136,14 +154,17 @@ def _rewrite(session: Session, ref: int, seqs: set[int], adds: dict[int, set[int
             rows[b, g] = postings.decode(data)
             if postings.without(rows[b, g], clear[g]):
                 changed.add((b, g))
+    grouped: dict[tuple[int, int], dict[int, set[int]]] = defaultdict(lambda: defaultdict(set))
+    mask = postings.BUCKETS - 1
     for seq, found in adds.items():
         segment, offset = postings.place(seq)
         for t in found:
-            where = (postings.bucket(t), segment)
-            if where not in rows:
-                rows[where] = postings.decode(old[where]) if where in old else {}
-            if postings.add(rows[where], t, offset):
-                changed.add(where)
+            grouped[t & mask, segment][t].add(offset)
+    for where, additions in grouped.items():
+        if where not in rows:
+            rows[where] = postings.decode(old[where]) if where in old else {}
+        if postings.merge(rows[where], additions):
+            changed.add(where)
     inserts, updates, deletes = [], [], []
     for b, g in changed:
         data = postings.encode(rows[b, g])
@@ -229,17 +250,8 @@ def index_batch(
     """The stage's work in the caller's transaction: (tokens written, messages read). The
     conversation's index row is locked before the texts are read, so an edit committing
     meanwhile is either seen here or rewrites the postings after us."""
-    lock(s, conversation_id)
-    rows = s.execute(
-        select(
-            Message.id,
-            Message.seq,
-            Message.key_id,
-            Message.text_ct,
-            Message.deleted_at,
-            Message.expired_at,
-        ).where(Message.id.in_(list(message_ids)), Message.conversation_id == conversation_id)
-    ).all()
+    ref = lock(s, conversation_id)
+    rows = s.execute(_TEXTS, {"ids": list(message_ids), "c": conversation_id}).all()
     drop: list[int] = []
     entries: list[Entry] = []
     for mid, seq, dk_id, blob, deleted_at, expired_at in rows:
@@ -251,9 +263,9 @@ def index_batch(
         except MissingKeyError:  # the conversation was deleted meanwhile: nothing to index
             drop.append(seq)
     try:
-        written = write(svc, s, conversation_id, drop, entries)
+        written = write(svc, s, conversation_id, drop, entries, ref)
     except MissingKeyError:
-        written = write(svc, s, conversation_id, drop + [e[0] for e in entries])
+        written = write(svc, s, conversation_id, drop + [e[0] for e in entries], ref=ref)
     return written, len(rows)
 
 

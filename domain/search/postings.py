@@ -94,10 +94,12 @@ def without(postings: Postings, offsets: set[int]) -> bool:
     return changed
 
 
-def add(postings: Postings, token: int, offset: int) -> bool:
-    """Add `offset` to `token`'s posting, in place; True if it was not there."""
-    p = postings.get(token, b"")
-    if offset in p:
-        return False
-    postings[token] = bytes(sorted((*p, offset)))
-    return True
+def merge(postings: Postings, additions: dict[int, set[int]]) -> bool:
+    """Add each token's offsets to its posting, in place; True if any was not there."""
+    changed = False
+    for token, offsets in additions.items():
+        p = postings.get(token, b"")
+        if not offsets.issubset(p):
+            postings[token] = bytes(sorted(offsets.union(p)))
+            changed = True
+    return changed

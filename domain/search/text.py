@@ -23,8 +23,9 @@ MAX_QUERY_CHARS = 200
 MAX_QUERY_TERMS = 8
 MIN_PREFIX = 3
 # Prefixes indexed per word; a longer query prefix uses the longest of these that fits and
-# is verified in memory. Fewer lengths keep the index small (docs/search.md).
-PREFIX_LENGTHS = (3, 5)
+# is verified in memory. One length keeps the index small and its writes cheap (a 5-character
+# prefix too cost a third more tokens): docs/search.md.
+PREFIX_LENGTHS = (3,)
 
 # Letters and digits (not "_"), plus combining marks, so "nai\u0308ve" stays one word.
 _WORD = re.compile(
@@ -77,9 +78,16 @@ def words(text: str) -> list[Word]:
     (NFKC turns some characters into several): each piece keeps the word's offsets."""
     out: list[Word] = []
     for m in _WORD.finditer(text):
-        for piece in _PIECE.findall(fold(m.group())):
-            out.append(Word(m.start(), m.end(), piece, stem(piece)))
+        for piece, stemmed in _pieces(m.group()):
+            out.append(Word(m.start(), m.end(), piece, stemmed))
     return out
+
+
+@lru_cache(maxsize=65536)
+def _pieces(word: str) -> tuple[tuple[str, str], ...]:
+    """(folded, stem) of each piece of one word as written: chat repeats its words, so the
+    index stage and the in-memory check fold and stem each of them once."""
+    return tuple((piece, stem(piece)) for piece in _PIECE.findall(fold(word)))
 
 
 def index_terms(text: str) -> set[tuple[str, str]]:

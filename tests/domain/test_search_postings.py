@@ -35,9 +35,9 @@ def test_removing_and_adding_offsets_edits_in_place() -> None:
     assert postings.without(rows, {5})
     assert rows == {1: bytes([0, 9])}  # token 2 had only offset 5
     assert not postings.without(rows, {42})
-    assert postings.add(rows, 1, 3) and rows[1] == bytes([0, 3, 9])
-    assert not postings.add(rows, 1, 3)
-    assert postings.add(rows, -8, 127) and rows[-8] == bytes([127])
+    assert postings.merge(rows, {1: {3}}) and rows[1] == bytes([0, 3, 9])
+    assert not postings.merge(rows, {1: {3, 9}})
+    assert postings.merge(rows, {-8: {127, 4}}) and rows[-8] == bytes([4, 127])
 
 
 def test_seqs_map_to_segments_and_tokens_to_buckets() -> None:
