@@ -27,6 +27,11 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "ingest": ("bench.ingest", [], ["--seconds", "3"]),
     "ws": ("bench.ws", [], ["--sockets", "500", "--members", "200", "--messages", "5"]),
     "thumbnails": ("bench.thumbnails", [], ["--images", "2", "--rounds", "1"]),
+    "search": (
+        "bench.search",
+        [],
+        ["--messages", "2000", "--conversations", "50", "--queries", "20", "--moderate", "200"],
+    ),
     "peer": ("bench.peer", [], ["--messages", "40,80,10", "--group", "10"]),
 }
 

@@ -1,31 +1,307 @@
 """Search (#15): index size against sealed text size, one-term search latency for a user in
-200 conversations, and write throughput with and without the index.
+200 conversations, and the moderation stage's throughput with the index stage on and off.
 
-In process, on SQLite in a temporary data dir: no Redis, broker or worker is used. Messages are
-sealed and indexed through the domain functions the pipeline stage calls (domain/search/index),
-and searched through the one the API calls (domain/search/query). The default data set is
-scaled down; `--full` is the issue's 1M messages in 10k conversations. Texts are synthetic:
-words drawn from a Zipf-distributed vocabulary, 4-30 words a message.
+In process, on SQLite (or `--postgres`, a fresh database on the local server) with a private
+redis-server (the moderation stage's flood check and fan-out use it); no broker or worker.
+The data set is loaded with Core bulk inserts of sealed messages, and indexed per conversation
+batch through the stage's own code (domain.search.index.index_batch); searches go through the
+function the API calls (domain.search.query.search). `--full` is the issue's 1M messages in
+10k conversations. Texts are synthetic: 4-30 words drawn from a Zipf-distributed vocabulary.
+
+Throughput: `--moderate` pending messages (in `--moderate-conversations` conversations) are
+moderated by domain.moderation_stage.moderate_and_fan_out, as the moderate task would; with the
+index on, every index-stage outbox row those runs queue is then run by
+domain.search.index.index_messages, as the index task would. Both are measured in the same run,
+alternating, `--rounds` times each; the medians and their ratio are printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
+import secrets
 import statistics
 import tempfile
 import time
+from collections import defaultdict
+from contextlib import ExitStack
+from itertools import accumulate
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-OUT = Path(os.environ.get("PARLEY_BENCH_OUT", Path(__file__).parent / "out"))
+from bench.report import Figure, write
+
+ME = "bench-user"
 
 
 def _vocabulary(rng: random.Random, n: int) -> list[str]:
     letters = "abcdefghijklmnopqrstuvwxyz"
     return ["".join(rng.choice(letters) for _ in range(rng.randint(2, 10))) for _ in range(n)]
+
+
+class Texts:
+    def __init__(self, seed: int) -> None:
+        self.vocab = _vocabulary(random.Random(15), 20_000)  # one language for every run
+        self.rng = random.Random(seed)
+        self.cum = list(accumulate(1 / (i + 1) for i in range(20_000)))
+
+    def next(self) -> str:
+        words = self.rng.choices(self.vocab, cum_weights=self.cum, k=self.rng.randint(4, 30))
+        return " ".join(words).capitalize() + "."
+
+
+def _conversations(svc: Any, n: int, member_of: int) -> list[tuple[str, str]]:
+    from domain.keys import create_data_key
+    from models import Conversation, DeliveryCursor, Participant
+
+    out: list[tuple[str, str]] = []
+    for start in range(0, n, 1000):
+        with svc.Session.begin() as s:
+            for i in range(start, min(n, start + 1000)):
+                conv = Conversation(type="group")
+                s.add(conv)
+                s.flush()
+                conv.data_key_id = create_data_key(svc, s, conv.id)
+                s.add(DeliveryCursor(conversation_id=conv.id))
+                s.add(Participant(conversation_id=conv.id, user_id="other"))
+                if i < member_of:
+                    s.add(Participant(conversation_id=conv.id, user_id=ME))
+                out.append((conv.id, conv.data_key_id))
+    return out
+
+
+def _insert(
+    svc: Any,
+    texts: Texts,
+    convs: list[tuple[str, str]],
+    per_conv: dict[str, int],
+    n: int,
+    state: str,
+) -> tuple[dict[str, list[str]], int]:
+    """Insert `n` sealed messages spread over `convs` (Core, one statement); returns their
+    ids per conversation and the sealed bytes."""
+    from sqlalchemy import Table, bindparam, insert, update
+
+    from core.ids import new_id
+    from domain.keys import message_aad
+    from models import Conversation, Message
+
+    rng = texts.rng
+    values: list[dict[str, Any]] = []
+    ids: dict[str, list[str]] = defaultdict(list)
+    sealed = 0
+    for _ in range(n):
+        cid, dk = convs[rng.randrange(len(convs))]
+        per_conv[cid] = per_conv.get(cid, 0) + 1
+        mid = new_id()
+        ct = svc.keyring.seal_text(dk, texts.next(), message_aad(mid))
+        sealed += len(ct)
+        ids[cid].append(mid)
+        values.append(
+            {
+                "id": mid,
+                "conversation_id": cid,
+                "seq": per_conv[cid],
+                "sender_id": "other",
+                "text_ct": ct,
+                "key_id": dk,
+                "state": state,
+                "moderation_action": "allow" if state == "delivered" else None,
+            }
+        )
+    with svc.Session.begin() as s:
+        s.execute(insert(cast(Table, Message.__table__)), values)  # Core: plain executemany
+        conversations = cast(Table, Conversation.__table__)
+        s.execute(
+            update(conversations)
+            .where(conversations.c.id == bindparam("c"))
+            .values(last_seq=bindparam("q")),
+            [{"c": c, "q": per_conv[c]} for c in ids],
+        )
+    return ids, sealed
+
+
+def load(svc: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The searchable data set: delivered messages, indexed as the stage indexes them."""
+    from domain.search import index
+
+    texts = Texts(15)
+    started = time.perf_counter()
+    convs = _conversations(svc, args.conversations, args.member_of)
+    per_conv: dict[str, int] = {}
+    sealed = 0
+    indexing = 0.0
+    done = 0
+    while done < args.messages:
+        n = min(20_000, args.messages - done)
+        ids, size = _insert(svc, texts, convs, per_conv, n, "delivered")
+        sealed += size
+        t0 = time.perf_counter()
+        with svc.Session.begin() as s:
+            for cid, mids in ids.items():
+                index.index_batch(svc, s, cid, mids)
+        indexing += time.perf_counter() - t0
+        done += n
+        print(f"  loaded {done:,} messages ({time.perf_counter() - started:.0f} s)", flush=True)
+    return {
+        "sealed_bytes": sealed,
+        "load_s": time.perf_counter() - started,
+        "index_s": indexing,
+        "vocab": texts.vocab,
+    }
+
+
+def index_size(svc: Any) -> tuple[int, int]:
+    """(bytes of the index's tables and indexes, postings rows)."""
+    from sqlalchemy import func, select, text
+
+    from models import SearchPostings
+
+    with svc.engine.connect() as conn:
+        if svc.dialect == "postgresql":
+            size = conn.execute(
+                text(
+                    "SELECT pg_total_relation_size('search_postings')"
+                    " + pg_total_relation_size('search_conversations')"
+                )
+            ).scalar()
+        else:
+            size = conn.execute(
+                text(
+                    "SELECT SUM(pgsize) FROM dbstat WHERE name LIKE '%search_postings%'"
+                    " OR name LIKE '%search_conversations%'"
+                )
+            ).scalar()
+        rows = conn.execute(select(func.count()).select_from(SearchPostings)).scalar()
+    return int(size or 0), int(rows or 0)
+
+
+def latencies(svc: Any, vocab: list[str], queries: int) -> dict[str, dict[str, float]]:
+    from domain.principals import Principal
+    from domain.search import query as search_query
+
+    def pct(values: list[float], p: float) -> float:
+        ordered = sorted(values)
+        return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+    who = Principal(user_id=ME)
+    pools = {"common term": vocab[:50], "rarer term": vocab[1000:1200]}
+    times: dict[str, list[float]] = {k: [] for k in pools}
+    for i in range(queries):
+        for label, pool in pools.items():
+            started = time.perf_counter()
+            with svc.ReadSession() as s:
+                search_query.search(svc, s, who, {"q": pool[i % len(pool)], "limit": 20})
+            times[label].append((time.perf_counter() - started) * 1000)
+    return {
+        k: {"p50": statistics.median(v), "p99": pct(v, 0.99), "queries": len(v)}
+        for k, v in times.items()
+    }
+
+
+def moderation_round(svc: Any, args: argparse.Namespace, texts: Texts, indexed: bool) -> float:
+    """Post `--moderate` pending messages (untimed), then time the moderation stage over them,
+    with or without the index stage; returns messages per second."""
+    from sqlalchemy import select
+
+    from domain import moderation_stage, outbox
+    from domain.search import index
+    from models import Outbox
+
+    convs = _conversations(svc, args.moderate_conversations, 0)
+    per_conv: dict[str, int] = {}
+    ids, _ = _insert(svc, texts, convs, per_conv, args.moderate, "pending")
+    order = [(cid, mid) for cid, mids in ids.items() for mid in mids]
+    texts.rng.shuffle(order)
+    started = time.perf_counter()
+    for cid, mid in order:
+        if moderation_stage.conversation_to_moderate(svc, mid, cid) is not None:
+            moderation_stage.moderate_and_fan_out(svc, cid, mid)
+    if indexed:
+        with svc.ReadSession() as s:
+            queued = list(
+                s.scalars(
+                    select(Outbox.args).where(
+                        Outbox.task == index.INDEX_TASK, Outbox.done_at.is_(None)
+                    )
+                )
+            )
+        for task_args in queued:
+            index.index_messages(svc, *task_args)
+    elapsed = time.perf_counter() - started
+    if not indexed:  # leave no index work behind for the next round to count
+        with svc.Session.begin() as s:
+            outbox.mark_done(s, [mid for _, mid in order], index.INDEX_TASK)
+    return args.moderate / elapsed
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from bench.stack import _database
+    from core.redis_server import RedisServer
+    from models import User
+    from models.migrate import upgrade
+    from web import create_app
+
+    with ExitStack() as stack:
+        tmp = Path(tempfile.mkdtemp(prefix="parley-search-bench-"))
+        url = stack.enter_context(_database(tmp, args.postgres))
+        redis = RedisServer(tmp)
+        redis.start()
+        stack.callback(redis.stop)
+        upgrade(url)
+        app = create_app(
+            {
+                "database_url": url,
+                "redis_url": redis.url(),
+                "broker_url": "memory://",
+                "data_dir": tmp,
+                "jwt_secret": "bench-" + secrets.token_hex(16),
+                "testing": True,
+            }
+        )
+        svc = app.extensions["parley"]
+        stack.callback(svc.engine.dispose)
+        with app.app_context():
+            with svc.Session.begin() as s:
+                s.add(User(id=ME))
+                s.add(User(id="other"))
+            loaded = load(svc, args)
+            size, rows = index_size(svc)
+            search_ms = latencies(svc, loaded["vocab"], args.queries)
+            texts = Texts(16)
+            moderation_round(svc, args, texts, True)  # warm-up, not counted
+            rates: dict[str, list[float]] = {"index off": [], "index on": []}
+            for _ in range(args.rounds):
+                for label in rates:
+                    rates[label].append(moderation_round(svc, args, texts, label == "index on"))
+    off = statistics.median(rates["index off"])
+    on = statistics.median(rates["index on"])
+    return {
+        "database": "PostgreSQL" if args.postgres else "SQLite",
+        "messages": args.messages,
+        "conversations": args.conversations,
+        "member_of": args.member_of,
+        "load_s": loaded["load_s"],
+        "index_build_msgs_per_s": args.messages / loaded["index_s"],
+        "sealed_text_bytes": loaded["sealed_bytes"],
+        "index_bytes": size,
+        "postings_rows": rows,
+        "index_per_message_bytes": size / args.messages,
+        "index_to_sealed": size / loaded["sealed_bytes"],
+        "target_index_to_sealed": 3.0,
+        "search_ms": search_ms,
+        "target_search_ms": {"p50": 20, "p99": 100},
+        "moderation_msgs_per_s": {
+            "index off (baseline)": off,
+            "index on": on,
+            "spread": {k: [round(min(v)), round(max(v))] for k, v in rates.items()},
+            "ratio_on_to_off": on / off,
+            "target_ratio": 0.9,
+            "messages_per_round": args.moderate,
+            "rounds": args.rounds,
+        },
+    }
 
 
 def main() -> None:
@@ -34,157 +310,42 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--member-of", type=int, default=200)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--moderate", type=int, default=2000, help="messages per round")
+    parser.add_argument("--moderate-conversations", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--postgres", action="store_true", help="PostgreSQL, not SQLite")
     parser.add_argument("--full", action="store_true", help="1M messages, 10k conversations")
     args = parser.parse_args()
     if args.full:
         args.conversations, args.messages = 10_000, 1_000_000
-
-    from sqlalchemy import func, insert, select, text
-
-    from core.ids import new_id
-    from domain.keys import create_data_key, message_aad
-    from domain.principals import Principal
-    from domain.search import index as search_index
-    from domain.search import query as search_query
-    from models import Conversation, DeliveryCursor, Message, Participant, User
-    from models.migrate import upgrade
-    from web import create_app
-
-    tmp = Path(tempfile.mkdtemp(prefix="parley-search-bench-"))
-    url = f"sqlite:///{tmp / 'parley.db'}"
-    upgrade(url)
-    app = create_app(
-        {
-            "database_url": url,
-            "redis_url": "redis://127.0.0.1:1/0",  # never connected to
-            "broker_url": "memory://",
-            "data_dir": tmp,
-            "jwt_secret": "bench-" + "x" * 32,
-            "testing": True,
-        }
-    )
-    svc = app.extensions["parley"]
-    rng = random.Random(15)
-    vocab = _vocabulary(rng, 20_000)
-    weights = [1 / (i + 1) for i in range(len(vocab))]
-    me = "bench-user"
-    with app.app_context():
-        with svc.Session.begin() as s:
-            s.add(User(id=me))
-            s.add(User(id="other"))
-            conv_keys: list[tuple[str, str]] = []
-            for i in range(args.conversations):
-                conv = Conversation(type="group")
-                s.add(conv)
-                s.flush()
-                conv.data_key_id = create_data_key(svc, s, conv.id)
-                s.add(DeliveryCursor(conversation_id=conv.id))
-                s.add(Participant(conversation_id=conv.id, user_id="other"))
-                if i < args.member_of:
-                    s.add(Participant(conversation_id=conv.id, user_id=me))
-                conv_keys.append((conv.id, conv.data_key_id))
-        sealed_bytes = 0
-        timings = {"sealed only": 0.0, "sealed and indexed": 0.0}
-        per_conv: dict[str, int] = {}
-        batch = 500
-        done = 0
-        while done < args.messages:
-            n = min(batch, args.messages - done)
-            rows: list[dict[str, Any]] = []
-            texts: list[str] = []
-            for _ in range(n):
-                cid, dk = rng.choice(conv_keys)
-                per_conv[cid] = per_conv.get(cid, 0) + 1
-                words = rng.choices(vocab, weights, k=rng.randint(4, 30))
-                texts.append(" ".join(words).capitalize() + ".")
-                rows.append({"cid": cid, "dk": dk, "seq": per_conv[cid]})
-            # Half the batches measure sealing and inserting alone, half add the index stage.
-            indexed = (done // batch) % 2 == 1 or args.messages <= batch
-            started = time.perf_counter()
-            with svc.Session.begin() as s:
-                values = []
-                for row, body in zip(rows, texts, strict=True):
-                    mid = new_id()
-                    ct = svc.keyring.seal_text(row["dk"], body, message_aad(mid))
-                    sealed_bytes += len(ct)
-                    values.append(
-                        {
-                            "id": mid,
-                            "conversation_id": row["cid"],
-                            "seq": row["seq"],
-                            "sender_id": "other",
-                            "text_ct": ct,
-                            "key_id": row["dk"],
-                            "state": "delivered",
-                            "moderation_action": "allow",
-                        }
-                    )
-                s.execute(insert(Message), values)
-                if indexed:
-                    for row, body in zip(rows, texts, strict=True):
-                        search_index.replace(svc, s, row["cid"], row["seq"], row["dk"], body)
-            elapsed = time.perf_counter() - started
-            timings["sealed and indexed" if indexed else "sealed only"] += elapsed
-            done += n
-            if not indexed:  # index them too (untimed), so the whole set is searchable
-                with svc.Session.begin() as s:
-                    for row, body in zip(rows, texts, strict=True):
-                        search_index.replace(svc, s, row["cid"], row["seq"], row["dk"], body)
-        half = args.messages / 2
-        with svc.engine.connect() as conn:
-            conn.execute(text("ANALYZE"))
-            try:
-                sizes = dict(
-                    conn.execute(text("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name")).all()
-                )
-            except Exception:  # SQLite built without dbstat
-                sizes = {}
-            tokens = conn.execute(text("SELECT COUNT(*) FROM search_tokens")).scalar() or 0
-        index_bytes = sum(v for k, v in sizes.items() if "search_tokens" in k)
-        who = Principal(user_id=me)
-        common = vocab[:50]
-        rare = vocab[1000:1200]
-        latencies: dict[str, list[float]] = {"common term": [], "rarer term": []}
-        for i in range(args.queries):
-            for label, pool in (("common term", common), ("rarer term", rare)):
-                term = pool[i % len(pool)]
-                started = time.perf_counter()
-                with svc.ReadSession() as s:
-                    search_query.search(svc, s, who, {"q": term, "limit": 20})
-                latencies[label].append((time.perf_counter() - started) * 1000)
-        with svc.ReadSession() as s:
-            total = s.scalar(select(func.count()).select_from(Message)) or 0
-
-    def pct(values: list[float], p: float) -> float:
-        ordered = sorted(values)
-        return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
-
-    result = {
-        "messages": total,
-        "conversations": args.conversations,
-        "member_of": args.member_of,
-        "tokens": tokens,
-        "tokens_per_message": tokens / max(total, 1),
-        "sealed_text_bytes": sealed_bytes,
-        "index_bytes": index_bytes,
-        "index_to_sealed": index_bytes / sealed_bytes if sealed_bytes else None,
-        "search_ms": {
-            label: {
-                "p50": statistics.median(v),
-                "p99": pct(v, 0.99),
-            }
-            for label, v in latencies.items()
-        },
-        "write_msgs_per_s": {
-            "sealed only": half / timings["sealed only"] if timings["sealed only"] else None,
-            "sealed and indexed": half / timings["sealed and indexed"]
-            if timings["sealed and indexed"]
-            else None,
-        },
-    }
+    result = run(args)
     print(json.dumps(result, indent=2))
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "search.json").write_text(json.dumps(result, indent=2))
+    scenario = "search-pg" if args.postgres else "search"
+    mod = result["moderation_msgs_per_s"]
+    figures = [
+        Figure(
+            scenario,
+            "index size vs sealed text",
+            "KB",
+            result["index_bytes"] / 1024,
+            result["sealed_text_bytes"] / 1024,
+            "ratio <= 3",
+        ),
+        *(
+            Figure(scenario, f"one-term search, {label}, {p}", "ms", v[p], None, f"value <= {t}")
+            for label, v in result["search_ms"].items()
+            for p, t in (("p50", 20), ("p99", 100))
+        ),
+        Figure(
+            scenario,
+            "moderation stage with index stage",
+            "msgs/s",
+            mod["index on"],
+            mod["index off (baseline)"],
+            "ratio >= 0.9",
+        ),
+    ]
+    write(scenario, figures, result)
 
 
 if __name__ == "__main__":
