@@ -86,6 +86,7 @@ def reencrypt_conversation(svc: Services, cid: str, done: int, progress: jobs.Pr
                 )
                 .limit(batch)
             ).all()
+            resealed_texts: list[tuple[int, str, str]] = []
             for mid, old_key, blob, seq in rows:
                 assert old_key is not None and blob is not None  # filtered by the query
                 text = svc.keyring.open_text(old_key, blob, message_aad(mid))
@@ -98,8 +99,9 @@ def reencrypt_conversation(svc: Services, cid: str, done: int, progress: jobs.Pr
                     )
                 )
                 if resealed.rowcount:  # type: ignore[attr-defined]
-                    # Its search tokens follow its key (docs/search.md).
-                    search_index.replace(svc, s, cid, seq, new_key, text)
+                    resealed_texts.append((seq, new_key, text))
+            # Their search tokens follow their key, one rewrite per batch (docs/search.md).
+            search_index.write(svc, s, cid, entries=resealed_texts)
         done += len(rows)
         progress(done)
         if len(rows) < batch:
