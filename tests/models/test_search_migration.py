@@ -48,7 +48,9 @@ def test_upgrading_requeues_the_index_stage_for_what_search_must_find_again(
         for row in [*rows, kept, *skipped]:
             action = row.pop("action", "allow")
             conn.execute(
-                insert(cast(Table, Message.__table__)).values(**row, key_id="dk", moderation_action=action)
+                insert(cast(Table, Message.__table__)).values(
+                    **row, key_id="dk", moderation_action=action
+                )
             )
     upgrade(database_url)
     assert "search_tokens" not in inspect(engine).get_table_names()
