@@ -1,8 +1,9 @@
 """Posting messages through group commit (domain/group_commit.py), in Core SQL.
 
-The POSTs a web process serves at the same moment share one transaction: per request one
-statement checks everything it needs (the conversation, the caller's membership and standing,
-an earlier message with the same client_msg_id, the reply target); per conversation one
+The POSTs a web process serves at the same moment share one transaction: one statement looks
+up what every request of the batch needs (its conversation, the caller's membership and
+standing, an earlier message with the same client_msg_id, the reply target), and each is
+judged by domain/messages.post's rules (domain/ingest_checks.py); per conversation one
 `UPDATE … RETURNING` reserves the batch's seqs (consecutive, in arrival order, gap-free: the
 row lock on PostgreSQL, `BEGIN IMMEDIATE` on SQLite); then one multi-row INSERT of the messages
 and one of their outbox rows, and one commit. A request whose own input is refused gets its own
@@ -25,7 +26,13 @@ from dataclasses import dataclass
 from typing import Any, cast
 from weakref import WeakKeyDictionary
 
-from sqlalchemy import Table, and_, bindparam, insert, select, update
+from sqlalchemy import (
+    Table,
+    bindparam,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -33,56 +40,22 @@ from core import logs
 from core.ids import iso, new_id, utcnow
 from core.services import Services
 from domain import outbox
-from domain.errors import Conflict, DomainError, Invalid, NotFound
+from domain.errors import DomainError
 from domain.group_commit import GroupCommit, Item
+from domain.ingest_checks import Posting, Replay, check, lookup, other_conversation
 from domain.keys import create_data_key, message_aad
-from domain.messages import MODERATE_TASK, _check_content, check_poster, check_standing
+from domain.messages import MODERATE_TASK
 from domain.principals import Principal
-from models import Conversation, Message, Outbox, Participant, User
+from models import Conversation, Message, Outbox
 
 logger = logging.getLogger(__name__)
 
-WINDOW_S = 0.001  # how long a batch's leader waits for more POSTs when others are in flight
+WINDOW_S = 0.001  # at most, a leader lets the gevent loop run others to their submit
 MAX_BATCH = 64
 
 _conv = cast(Table, Conversation.__table__)
-_part = cast(Table, Participant.__table__)
-_user = cast(Table, User.__table__)
 _msg = cast(Table, Message.__table__)
 _outbox = cast(Table, Outbox.__table__)
-_earlier = _msg.alias("earlier")
-_target = _msg.alias("target")
-
-# Everything one POST needs to know, in one statement (one row if the conversation exists).
-_CHECK = (
-    select(
-        _conv.c.status,
-        _conv.c.deleted_at,
-        _part.c.role,
-        _part.c.left_at,
-        _user.c.banned_at,
-        _user.c.muted_until,
-        _earlier.c.id,
-        _earlier.c.conversation_id,
-        _target.c.conversation_id,
-    )
-    .select_from(
-        _conv.outerjoin(
-            _part,
-            and_(_part.c.conversation_id == _conv.c.id, _part.c.user_id == bindparam("uid")),
-        )
-        .outerjoin(_user, _user.c.id == bindparam("uid"))
-        .outerjoin(
-            _earlier,
-            and_(
-                _earlier.c.sender_id == bindparam("uid"),
-                _earlier.c.client_msg_id == bindparam("cmid"),
-            ),
-        )
-        .outerjoin(_target, _target.c.id == bindparam("reply_to"))
-    )
-    .where(_conv.c.id == bindparam("cid"))
-)
 
 # A conversation's seqs for a batch: `n` more, the last of them returned.
 _RESERVE = (
@@ -97,16 +70,6 @@ _INSERT_OUTBOX = insert(_outbox)
 
 
 @dataclass(frozen=True)
-class Posting:
-    """One POST: who, where, the validated body, and its request id (for the task header)."""
-
-    who: Principal
-    cid: str
-    body: Mapping[str, Any]
-    request_id: str | None = None
-
-
-@dataclass(frozen=True)
 class Posted:
     """The outcome: the new message (`created`, with the poster's answer), or the id of the
     one this request repeats."""
@@ -114,11 +77,6 @@ class Posted:
     message_id: str
     created: bool
     answer: dict[str, Any] | None = None
-
-
-class _Replay(Exception):
-    def __init__(self, message_id: str) -> None:
-        self.message_id = message_id
 
 
 def post(svc: Services, who: Principal, cid: str, body: Mapping[str, Any]) -> Posted:
@@ -181,7 +139,7 @@ def _lost_race(svc: Services, item: Item[Posting]) -> None:
     if found is None:
         item.answer(error=RuntimeError("the message could not be stored (unique violation)"))
     elif found.conversation_id != p.cid:
-        item.answer(error=_other_conversation())
+        item.answer(error=other_conversation())
     else:
         item.answer(Posted(found.id, False))
 
@@ -191,21 +149,21 @@ def _write(svc: Services, batch: Sequence[Item[Posting]]) -> None:
     accepted: list[tuple[int, Item[Posting]]] = []
     first_of: dict[tuple[str, str], int] = {}  # (sender, client_msg_id) → its item in this batch
     with svc.Session.begin() as s:
-        conn = s.connection()
+        looked_up = lookup(s.connection(), [item.value for item in batch])
         for k, item in enumerate(batch):
             try:
-                _check(svc, conn, item.value)
+                check(svc, item.value, looked_up[k])
                 key = _idempotency_key(item.value)
                 if key is not None:
                     if key in first_of:  # the same request twice in one batch
                         earlier = batch[first_of[key]].value
                         if earlier.cid != item.value.cid:
-                            raise _other_conversation()
-                        outcomes[k] = _Replay("")  # filled in with the first one's id below
+                            raise other_conversation()
+                        outcomes[k] = Replay("")  # filled in with the first one's id below
                         continue
                     first_of[key] = k
                 accepted.append((k, item))
-            except _Replay as replay:
+            except Replay as replay:
                 outcomes[k] = Posted(replay.message_id, False)
             except DomainError as exc:
                 outcomes[k] = exc
@@ -215,7 +173,7 @@ def _write(svc: Services, batch: Sequence[Item[Posting]]) -> None:
                 outcomes[k] = Posted(row["id"], True, _answer(row, item.value))
     for k, item in enumerate(batch):
         got = outcomes[k]
-        if isinstance(got, _Replay):
+        if isinstance(got, Replay):
             key = _idempotency_key(item.value)
             assert key is not None
             first = outcomes[first_of[key]]
@@ -230,45 +188,6 @@ def _write(svc: Services, batch: Sequence[Item[Posting]]) -> None:
 def _idempotency_key(p: Posting) -> tuple[str, str] | None:
     cmid = p.body.get("client_msg_id")
     return (p.who.user_id, cmid) if cmid and p.who.user_id is not None else None
-
-
-def _other_conversation() -> Conflict:
-    return Conflict("client_msg_id was already used for a message in another conversation")
-
-
-def _check(svc: Services, conn: Any, p: Posting) -> None:
-    """The rules of domain/messages.post, in its order, from one row. Raises the request's
-    DomainError, or _Replay with the message an earlier request with its client_msg_id made."""
-    who, body = p.who, p.body
-    row = conn.execute(
-        _CHECK,
-        {
-            "cid": p.cid,
-            "uid": who.user_id,
-            "cmid": body.get("client_msg_id"),
-            "reply_to": body.get("reply_to"),
-        },
-    ).first()
-    if row is None or row.deleted_at is not None:
-        raise NotFound(f"conversation {p.cid} does not exist or you are not a participant")
-    role = row.role if row.role is not None and row.left_at is None else None
-    if role is None and not who.is_moderator:
-        raise NotFound(f"conversation {p.cid} does not exist or you are not a participant")
-    mtype = body.get("type", "text")
-    check_poster(who, mtype, role)
-    if not who.is_service:
-        check_standing(row.banned_at, row.muted_until)
-    if row.status != "active":
-        raise Conflict(f"the conversation is {row.status}; reopen it to post")
-    _check_content(svc, mtype, body.get("text"), body)
-    if row[6] is not None:  # earlier.id: this client_msg_id was used before
-        if row[7] != p.cid:
-            raise _other_conversation()
-        raise _Replay(row[6])
-    if body.get("reply_to") is not None and row[8] != p.cid:
-        raise Invalid(
-            "reply_to must be a message of this conversation", {"reply_to": ["unknown message"]}
-        )
 
 
 def _insert(svc: Services, s: Session, posts: Sequence[Posting]) -> list[dict[str, Any]]:
