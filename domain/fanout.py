@@ -1,13 +1,13 @@
 """Fan-out: every ready message reaches every member's event stream, in seq order, exactly once.
 
-`drain` walks a conversation: under a lock on its delivery cursor it takes the messages after
-the cursor in seq order, stops at the first one still in moderation (its own moderate task
-resumes the walk), and appends `message.new` to each member's stream through
-`EventLog.append_once`, so a re-run adds nothing. Redis effects happen before the commit: a
-crash after them and before the commit repeats them harmlessly; a crash before them loses
-nothing because the cursor did not move. Run by tasks/fanout.py and, inline, by the moderation
-stage (domain/moderation_stage.py).
-"""
+`drain_many` walks a batch of conversations in one transaction: under locks on their delivery
+cursors it takes the messages after each cursor in seq order, stops at the first one still in
+moderation (its moderating task resumes the walk), and appends `message.new` to each member's
+stream through `EventLog.append_many` (one round trip for the batch), so a re-run adds
+nothing. The same transaction moves the cursors and queues the index stage. Redis effects
+happen before the commit: a crash after them and before the commit repeats them harmlessly; a
+crash before them loses nothing because the cursors did not move. Run by tasks/fanout.py and,
+inline, by the moderation stage (domain/moderation_stage.py)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from core.services import Services
 from domain import outbox
 from domain.events import PUBLISH_TASK
 from domain.messages import MODERATE_TASK
+from domain.search import index as search_index
 from models import Conversation, DeliveryCursor, Message, Participant
 
 logger = logging.getLogger(__name__)
@@ -133,6 +134,9 @@ def drain_many(svc: Services, conversation_ids: Iterable[str]) -> None:
                 walked += 1
             if walked == BATCH:
                 more.append(cid)
+            # The index stage reads the text again (docs/search.md): queued with the fan-out,
+            # so its write transaction never runs between a verdict and its fan-out.
+            search_index.hand_off(s, cid, done[len(done) - walked :])
             if walked:
                 logger.info(
                     "fanned out %d message(s) to %d member(s)",

@@ -24,7 +24,6 @@ from core import metrics
 from core.services import Services
 from domain import fanout, flood
 from domain.keys import message_aad
-from domain.search import index as search_index
 from models import Conversation, DeliveryCursor, Message
 from moderation import moderate, policy_for
 
@@ -167,9 +166,6 @@ def moderate_waiting(svc: Services, s: Session, conversation_id: str, message_id
             extra={"message_id": msg.id, "conversation_id": msg.conversation_id},
         )
         taken.verdicts.append((action, msg.moderation_labels))
-    # The index stage reads the text again once these verdicts commit (docs/search.md).
-    for cid in cids:
-        search_index.hand_off(s, cid, [m.id for m in batch if m.conversation_id == cid])
     taken.to_fan_out = list(dict.fromkeys([*taken.to_fan_out, *cids]))
     return taken
 
