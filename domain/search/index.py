@@ -30,7 +30,7 @@ from domain import outbox
 from domain.keys import message_aad
 from domain.search import postings
 from domain.search.text import index_terms
-from models import Message, SearchConversation, SearchPostings
+from models import Conversation, Message, SearchConversation, SearchPostings
 
 logger = logging.getLogger(__name__)
 
@@ -250,7 +250,16 @@ def index_batch(
     """The stage's work in the caller's transaction: (tokens written, messages read). The
     conversation's index row is locked before the texts are read, so an edit committing
     meanwhile is either seen here or rewrites the postings after us."""
-    ref = lock(s, conversation_id)
+    ref = lock(s, conversation_id, create=False)
+    if ref is None:
+        live = s.scalar(
+            select(Conversation.id).where(
+                Conversation.id == conversation_id, Conversation.deleted_at.is_(None)
+            )
+        )
+        if live is None:  # deleted (its keys shredded, its index dropped): nothing to index
+            return 0, 0
+        ref = lock(s, conversation_id)
     rows = s.execute(_TEXTS, {"ids": list(message_ids), "c": conversation_id}).all()
     drop: list[int] = []
     entries: list[Entry] = []

@@ -115,11 +115,14 @@ def test_a_deleted_conversation_gives_no_hits(api: Api, live: Stack) -> None:
     a, b = uid(), uid()
     cid = api.conversation(a, b)
     secret = word()
-    api.send(a, cid, f"shred {secret} please")
+    mid = api.send(a, cid, f"shred {secret} please")["id"]
     wait_found(api, a, secret)
     assert api.delete(f"/v1/conversations/{cid}", user=a).status_code in (200, 202)
     assert hits(api, a, secret) == []
     assert hits(api, b, secret) == []
+    wait_for(lambda: stored(live, cid) == {}, 30, what="the conversation purge")
+    index.index_messages(live.svc, cid, [mid])  # a late stage run indexes nothing
+    assert stored(live, cid) == {}
 
 
 def test_edits_and_deletes_are_reflected_at_once(api: Api, live: Stack) -> None:
