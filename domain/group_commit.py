@@ -70,8 +70,6 @@ class GroupCommit(Generic[T]):
         self._queue: deque[Item[T]] = deque()
         self._leading = False
         self._gevent = _gevent_patched()
-        self.batches = 0  # how many batches were written (for tests and metrics)
-        self.items = 0
 
     def submit(self, value: T) -> Any:
         """Block until `value` has its outcome; return its result or raise its exception."""
@@ -83,12 +81,12 @@ class GroupCommit(Generic[T]):
         if not lead:
             item._lead.wait()
         if not item._done:
-            self._lead_batch()
+            self._lead_batch(item)
         if item.error is not None:
             raise item.error
         return item.result
 
-    def _lead_batch(self) -> None:
+    def _lead_batch(self, own: Item[T]) -> None:
         batch: list[Item[T]] = []
         try:
             if self._gevent and self.window_s > 0:
@@ -105,10 +103,10 @@ class GroupCommit(Generic[T]):
             for item in batch:
                 if not item._done:
                     item.answer(error=RuntimeError("group commit left an item unanswered"))
-            self.batches += 1
-            self.items += len(batch)
         finally:
             with self._lock:
+                if not batch and own in self._queue:  # killed while waiting: leave no orphan
+                    self._queue.remove(own)
                 if self._queue:
                     self._queue[0]._lead.set()  # the oldest waiting request leads next
                 else:
