@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Integer, String, and_, bindparam, exists, func, or_, select, tuple_
+from sqlalchemy import Integer, String, and_, bindparam, exists, func, or_, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
@@ -135,7 +135,9 @@ def _candidates(
     for ref, b, g, data in session.execute(
         select(
             SearchPostings.ref, SearchPostings.bucket, SearchPostings.segment, SearchPostings.data
-        ).where(tuple_(SearchPostings.ref, SearchPostings.bucket).in_(pairs))
+        ).where(  # an OR of key lookups: a row-value IN would make SQLite scan the table
+            or_(*(and_(SearchPostings.ref == r, SearchPostings.bucket == b) for r, b in pairs))
+        )
     ):
         rows.setdefault((ref, b), {})[g] = data
     found: set[tuple[str, int]] = set()
