@@ -84,7 +84,8 @@ def _requeue() -> None:
     )
     now = datetime.now(UTC)
     pending: list[dict[str, object]] = []
-    cid, ids = None, []
+    cid: str | None = None
+    ids: list[str] = []
 
     def flush_chunk() -> None:
         if ids:
