@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import Row, and_, or_, select
 
-from core.events import DONE_PREFIX, Event, EventLog, online_among
+from core.events import Event, EventLog, online_among
 from core.ids import utcnow
 from core.services import Services
 from domain import outbox
@@ -43,9 +43,24 @@ def new_event_key(message_id: str) -> str:
     return f"msg:{message_id}:new"
 
 
+# Set after a fan-out commits, for each message it walked: the duplicate tasks of a burst
+# (one per message, most finding their message taken by an earlier batch) end on one EXISTS
+# instead of reading the database. Short-lived: a task that finds none reads the database.
+WALKED_PREFIX = "parley:walked:"
+WALKED_TTL_S = 600
+
+
 def fanned_out(svc: Services, message_id: str) -> bool:
-    """Whether the message's `message.new` is in the streams (its done-set entry exists)."""
-    return bool(svc.redis.exists(DONE_PREFIX + new_event_key(message_id)))
+    """Whether a committed fan-out has walked past the message (its `message.new` is in the
+    streams, or its held/rejected notice, and the cursor moved), as far as Redis still knows."""
+    return bool(svc.redis.exists(WALKED_PREFIX + message_id))
+
+
+def _mark_walked(svc: Services, message_ids: Sequence[str]) -> None:
+    pipe = svc.redis.pipeline(transaction=False)
+    for mid in message_ids:
+        pipe.set(WALKED_PREFIX + mid, 1, ex=WALKED_TTL_S)
+    pipe.execute()
 
 
 def drain(svc: Services, conversation_id: str) -> None:
@@ -146,6 +161,8 @@ def drain_many(svc: Services, conversation_ids: Iterable[str]) -> None:
                 )
         event_log(svc).append_many(events)  # before the commit: a crash in between repeats it
         outbox.mark_done(s, done, MODERATE_TASK)
+    if done:
+        _mark_walked(svc, done)
     # Who is online now gets the message live: only the others are worth a push task (which
     # checks presence again before it records anything).
     online = online_among(svc.redis, (u for _, users in pushes for u in users))

@@ -38,11 +38,13 @@ def conversation_to_moderate(
     """The conversation whose waiting messages a task for `message_id` must moderate, or None
     when there is nothing left to do (the message is gone, or moderated and fanned out).
 
-    A fresh message (no fan-out record in Redis) needs no read at all; a task finding its
-    message already fanned out (a burst's earlier task took it, a redelivery, the sweeper)
-    ends after a read that takes no write lock. Tasks queued before `conversation_id` was
-    passed look it up."""
-    if conversation_id is not None and not fanout.fanned_out(svc, message_id):
+    A task whose message a committed fan-out has walked past (a burst's earlier task took it,
+    a redelivery) ends on one Redis EXISTS; a fresh message needs no read at all. Tasks
+    queued before `conversation_id` was passed look it up, with a read that takes no write
+    lock."""
+    if fanout.fanned_out(svc, message_id):
+        return None
+    if conversation_id is not None:
         return conversation_id
     with svc.ReadSession() as s:
         row = s.execute(
