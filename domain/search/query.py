@@ -128,15 +128,23 @@ def _candidates(
             continue
         if cid is not None:
             wanted.append((by_cid[cid], [token(key, need) for need in needs]))
-    pairs = sorted({(ref, postings.bucket(t)) for ref, ts in wanted for t in ts})
-    if not pairs:
+    by_bucket: dict[int, set[int]] = {}
+    for ref, ts in wanted:
+        for t in ts:
+            by_bucket.setdefault(postings.bucket(t), set()).add(ref)
+    if not by_bucket:
         return []
     rows: dict[tuple[int, int], dict[int, bytes]] = {}
     for ref, b, g, data in session.execute(
         select(
             SearchPostings.ref, SearchPostings.bucket, SearchPostings.segment, SearchPostings.data
-        ).where(  # an OR of key lookups: a row-value IN would make SQLite scan the table
-            or_(*(and_(SearchPostings.ref == r, SearchPostings.bucket == b) for r, b in pairs))
+        ).where(  # key lookups, one IN per bucket: a row-value IN makes SQLite scan the table
+            or_(
+                *(
+                    and_(SearchPostings.bucket == b, SearchPostings.ref.in_(sorted(refs_b)))
+                    for b, refs_b in by_bucket.items()
+                )
+            )
         )
     ):
         rows.setdefault((ref, b), {})[g] = data
