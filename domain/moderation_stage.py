@@ -17,10 +17,11 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from core import metrics
+from core.crypto import MissingKeyError
 from core.services import Services
 from domain import fanout, flood
 from domain.keys import message_aad
@@ -112,7 +113,13 @@ def moderate_waiting(svc: Services, s: Session, conversation_id: str, message_id
     taken = Taken()
     waiting = (
         select(Message)
-        .where(Message.state == "pending", Message.moderation_action.is_(None))
+        .where(
+            Message.state == "pending",
+            Message.moderation_action.is_(None),
+            ~exists().where(  # a deleted conversation's messages wait for its purge
+                Conversation.id == Message.conversation_id, Conversation.deleted_at.is_not(None)
+            ),
+        )
         .order_by(Message.created_at)
         .limit(BATCH)
     )
@@ -131,6 +138,9 @@ def moderate_waiting(svc: Services, s: Session, conversation_id: str, message_id
         taken.to_fan_out.append(conversation_id)
     if not batch:
         return taken
+    batch, texts = _opened(svc, batch, message_id)
+    if not batch:
+        return taken
     cids = list(dict.fromkeys(m.conversation_id for m in batch))
     types: dict[str, str] = {
         cid: ctype
@@ -138,12 +148,6 @@ def moderate_waiting(svc: Services, s: Session, conversation_id: str, message_id
             select(Conversation.id, Conversation.type).where(Conversation.id.in_(cids))
         )
     }
-    texts = [
-        svc.keyring.open_text(m.key_id, m.text_ct, message_aad(m.id))
-        if m.text_ct is not None and m.key_id is not None
-        else ""
-        for m in batch
-    ]
     flooded = flood.record_and_check(
         svc, [(m.sender_id, text, m.conversation_id) for m, text in zip(batch, texts, strict=True)]
     )
@@ -170,6 +174,44 @@ def moderate_waiting(svc: Services, s: Session, conversation_id: str, message_id
         taken.verdicts.append((action, msg.moderation_labels))
     taken.to_fan_out = list(dict.fromkeys([*taken.to_fan_out, *cids]))
     return taken
+
+
+def _opened(
+    svc: Services, batch: list[Message], message_id: str
+) -> tuple[list[Message], list[str]]:
+    """The batch's messages whose text opens, with their texts.
+
+    A batch spans conversations, so one message that cannot be opened must not stall the
+    others: it is the oldest waiting, so every later batch would take it again. A message of a
+    conversation deleted meanwhile (keys shredded; its purge job deletes the row) is left out;
+    any other failure is logged and left out too, unless it is this task's own message, whose
+    task then fails and is retried as before."""
+    kept: list[Message] = []
+    texts: list[str] = []
+    for m in batch:
+        try:
+            text = (
+                svc.keyring.open_text(m.key_id, m.text_ct, message_aad(m.id))
+                if m.text_ct is not None and m.key_id is not None
+                else ""
+            )
+        except MissingKeyError:
+            logger.info(
+                "moderate: conversation deleted, message left to its purge",
+                extra={"message_id": m.id, "conversation_id": m.conversation_id},
+            )
+            continue
+        except Exception:
+            if m.id == message_id:
+                raise
+            logger.exception(
+                "moderate: message could not be opened, left to its own task",
+                extra={"message_id": m.id, "conversation_id": m.conversation_id},
+            )
+            continue
+        kept.append(m)
+        texts.append(text)
+    return kept, texts
 
 
 def masked_spans(text: str, masked: str) -> list[list[int]]:

@@ -135,6 +135,15 @@ def postgres_url() -> Iterator[str]:
     yield from fresh_postgres("parley_test")
 
 
+@pytest.fixture(scope="module")
+def module_postgres() -> Iterator[str]:
+    """A PostgreSQL database for one test module alone, dropped after it. A module whose stack
+    runs its own worker (and its own Redis db) needs it: a worker's moderation batch takes
+    whatever waits in its database, so sharing the session database with another stack's
+    worker would let that worker deliver this module's messages to the other Redis."""
+    yield from fresh_postgres("parley_module")
+
+
 # --- the stack: app + worker per database -----------------------------------------------------
 
 
@@ -258,16 +267,17 @@ def stack_on(
     tmp_path_factory: pytest.TempPathFactory,
     redis_dbs: tuple[int, int],
     name: str = "",
-    postgres_fixture: str = "postgres_url",
 ) -> Stack:
     """A stack on the database `request.param` names ("sqlite" or "postgres"), with its own
-    data dir and Redis db (`redis_dbs`: the SQLite one, the PostgreSQL one)."""
+    data dir and Redis db (`redis_dbs`: the SQLite one, the PostgreSQL one). A named stack
+    (a module's own) gets its own PostgreSQL database too (`module_postgres`)."""
     prefix = f"{name}-" if name else ""
     data_dir = tmp_path_factory.mktemp(f"{prefix or 'data-'}{request.param}")
     if request.param == "sqlite":
         url, db = f"sqlite:///{data_dir / 'parley.db'}", redis_dbs[0]
     else:
-        url, db = request.getfixturevalue(postgres_fixture), redis_dbs[1]
+        database = "module_postgres" if name else "postgres_url"
+        url, db = request.getfixturevalue(database), redis_dbs[1]
     return _make_stack(f"{prefix}{request.param}", url, db, redis_server, data_dir)
 
 

@@ -29,19 +29,12 @@ from tests.conftest import (
     SERVICES,
     RedisServer,
     Stack,
-    fresh_postgres,
     stack_on,
     wait_for,
 )
 from tests.factories import Api, stream_events, uid, wait_delivered
 
 GRACE = timedelta(days=7)  # the default PARLEY_RETENTION_GRACE_S
-
-
-@pytest.fixture(scope="module")
-def private_pg() -> Iterator[str]:
-    """A PostgreSQL database for this module alone, dropped at the end."""
-    yield from fresh_postgres("parley_retention")
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -56,7 +49,6 @@ def ret(
         tmp_path_factory,
         (13, 14),
         "retention",
-        postgres_fixture="private_pg",
     )
     st.redis.flushdb()
     st.worker.start(st.app)

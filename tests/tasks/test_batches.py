@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Callable
 from functools import partial
 
+import pytest
 from sqlalchemy import func, select
 
 from domain import fanout, moderation_stage
@@ -132,3 +133,33 @@ def test_overlapping_stage_runs_at_the_same_moment_deliver_once_in_order(
     _together([partial(fanout.drain_many, svc, cids)] * 2)
     _exactly_once_in_order(stack, expected)
     assert _pending_moderate_rows(stack, every) == 0
+
+
+def test_a_message_that_cannot_be_opened_does_not_stall_other_conversations(
+    api: Api, stack: Stack
+) -> None:
+    """A batch spans conversations and takes the oldest waiting messages first, so a message
+    whose text cannot be opened (its conversation deleted, keys shredded, before moderation; or
+    a damaged ciphertext) would be in every later batch. It is left out: other conversations'
+    messages get their verdicts and fan-out, and only its own task fails."""
+    stack.worker.stop()
+    a, b = uid(), uid()
+    deleted, damaged, healthy = (api.conversation(a, b) for _ in range(3))
+    api.send(a, deleted, "posted just before its conversation is deleted")
+    resp = api.delete(f"/v1/conversations/{deleted}", user=a)
+    assert resp.status_code in (200, 202), resp.get_json()
+    bad = api.send(a, damaged, "this ciphertext gets damaged at rest")["id"]
+    good = api.send(a, healthy, "this one must still get through")["id"]
+    svc = stack.svc
+    with svc.Session.begin() as s:
+        row = s.get(Message, bad)
+        assert row is not None and row.text_ct is not None
+        row.text_ct = bytes(reversed(row.text_ct))
+    moderation_stage.moderate_and_fan_out(svc, healthy, good)
+    assert good in delivered_ids(stack, b)
+    with svc.ReadSession() as s:
+        assert s.scalar(select(Message.moderation_action).where(Message.id == good)) == "allow"
+    with pytest.raises(Exception):  # noqa: B017 - whatever the cipher raises, the task retries
+        moderation_stage.moderate_and_fan_out(svc, damaged, bad)
+    resp = api.delete(f"/v1/conversations/{damaged}", user=a)  # leave nothing stuck behind
+    assert resp.status_code in (200, 202), resp.get_json()
