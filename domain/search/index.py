@@ -279,7 +279,8 @@ def index_batch(
 
 
 def hand_off(session: Session, conversation_id: str, message_ids: Sequence[str]) -> None:
-    """Queue the index stage for messages whose verdict this transaction commits (outbox-backed:
-    sent after the commit, re-sent by the sweeper if the broker lost it)."""
+    """Queue the index stage for moderated messages, in the fan-out's transaction (so it never
+    takes SQLite's write lock between a verdict's commit and its fan-out). Outbox-backed: sent
+    after the commit, re-sent by the sweeper if the broker lost it."""
     if message_ids:
         outbox.add(session, INDEX_TASK, [conversation_id, list(message_ids)], message_ids[0])
