@@ -43,17 +43,20 @@ def new_event_key(message_id: str) -> str:
     return f"msg:{message_id}:new"
 
 
-# Set after a fan-out commits, for each message it walked: the duplicate tasks of a burst
-# (one per message, most finding their message taken by an earlier batch) end on one EXISTS
-# instead of reading the database. Short-lived: a task that finds none reads the database.
+# Set after a fan-out commits, for each message it walked: the tasks of a burst that find
+# their messages taken by an earlier batch end on one Redis read instead of reading the
+# database. Short-lived: a task that finds none reads the database.
 WALKED_PREFIX = "parley:walked:"
 WALKED_TTL_S = 600
 
 
-def fanned_out(svc: Services, message_id: str) -> bool:
-    """Whether a committed fan-out has walked past the message (its `message.new` is in the
-    streams, or its held/rejected notice, and the cursor moved), as far as Redis still knows."""
-    return bool(svc.redis.exists(WALKED_PREFIX + message_id))
+def walked(svc: Services, message_ids: Sequence[str]) -> list[bool]:
+    """Whether a committed fan-out has walked past each message (its `message.new` is in the
+    streams, or its held/rejected notice, and the cursor moved), as far as Redis still knows:
+    one MGET for the lot."""
+    if not message_ids:
+        return []
+    return [v is not None for v in svc.redis.mget([WALKED_PREFIX + m for m in message_ids])]
 
 
 def _mark_walked(svc: Services, message_ids: Sequence[str]) -> None:

@@ -8,8 +8,9 @@ judged by domain/messages.post's rules (domain/ingest_checks.py); per conversati
 row lock on PostgreSQL, `BEGIN IMMEDIATE` on SQLite); then one multi-row INSERT of the messages
 and one of their outbox rows, and one commit. A request whose own input is refused gets its own
 error and writes nothing, so it costs the others nothing. Every request is answered after the
-commit, then the batch's moderate tasks go to the broker back to back over one producer
-connection (domain/outbox.send_many); the sweeper re-sends any the broker lost.
+commit, then one moderate task for the whole batch goes to the broker (the moderation stage
+takes what waits, across conversations, anyway); the sweeper re-sends, one task per outbox row,
+any message the broker lost.
 
 Messages that carry attachments take the ORM path (domain/messages.post), one transaction each:
 their attachments are locked and claimed with the message. A batch that hits a unique
@@ -44,7 +45,7 @@ from domain.errors import DomainError
 from domain.group_commit import GroupCommit, Item
 from domain.ingest_checks import Posting, Replay, check, lookup, other_conversation
 from domain.keys import create_data_key, message_aad
-from domain.messages import MODERATE_TASK
+from domain.messages import MODERATE_BATCH_TASK, MODERATE_TASK
 from domain.principals import Principal
 from models import Conversation, Message, Outbox
 
@@ -294,11 +295,15 @@ def _answer(row: Mapping[str, Any], p: Posting) -> dict[str, Any]:
 
 
 def publish(svc: Services, batch: Sequence[Item[Posting]]) -> None:
-    """After the commit: each new message's moderate task, over one producer connection."""
-    tasks = [
-        (MODERATE_TASK, [r.message_id, item.value.cid], item.value.request_id)
+    """After the commit: one moderate task for the batch's new messages (each also has its
+    outbox row, so the sweeper re-sends any message the task did not reach). The task carries
+    the batch's request ids, comma-separated, so each request's id is on the stage's logs."""
+    created = [
+        (r.message_id, item.value.cid, item.value.request_id)
         for item in batch
         if isinstance(r := item.result, Posted) and r.created
     ]
-    if tasks:
-        outbox.send_many(svc.tasks, tasks)
+    if created:
+        rids = ",".join(dict.fromkeys(rid for _, _, rid in created if rid))
+        messages = [[mid, cid] for mid, cid, _ in created]
+        outbox.send_many(svc.tasks, [(MODERATE_BATCH_TASK, [messages], rids or None)])

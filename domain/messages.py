@@ -36,6 +36,7 @@ from models import (
 logger = logging.getLogger(__name__)
 
 MODERATE_TASK = "tasks.moderate.moderate_message"
+MODERATE_BATCH_TASK = "tasks.moderate.moderate_messages"  # a group-commit batch (domain/ingest.py)
 MEDIA_TYPES = frozenset({"image", "file", "audio", "video"})
 PASSED = ("allow", "mask")  # verdicts that let a message reach its recipients
 

@@ -1,8 +1,9 @@
 """The moderation stage: verdicts for the messages waiting, in any conversation, then fan-out.
 
-Messages are moderated in batches across conversations: the first task of a burst takes every
-message still waiting (up to BATCH, whatever its conversation), and the tasks of the others find
-their verdict made and their fan-out done, and end after one read. Verdicts commit before the
+Messages are moderated in batches across conversations: a task names its own messages (the web
+sends one task for each group-commit batch of posts, the outbox sweeper one per message) and
+takes every message still waiting (up to BATCH, whatever its conversation); a task whose
+messages an earlier batch took ends after one Redis read. Verdicts commit before the
 fan-out appends anything: a hub may render the message before the fan-out's own commit.
 
 Fan-out runs in the same task execution (one broker hop per message instead of two); it is
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import exists, select
@@ -33,20 +35,27 @@ logger = logging.getLogger(__name__)
 BATCH = 100  # messages moderated in one transaction, across conversations
 
 
-def conversation_to_moderate(
-    svc: Services, message_id: str, conversation_id: str | None = None
-) -> str | None:
-    """The conversation whose waiting messages a task for `message_id` must moderate, or None
-    when there is nothing left to do (the message is gone, or moderated and fanned out).
+def still_to_moderate(svc: Services, messages: Sequence[tuple[str, str | None]]) -> dict[str, str]:
+    """Of these (message id, conversation id or None), the ones a task must still moderate,
+    by id, with their conversation; empty when there is nothing left to do (each message is
+    gone, or moderated and fanned out).
 
-    A task whose message a committed fan-out has walked past (a burst's earlier task took it,
-    a redelivery) ends on one Redis EXISTS; a fresh message needs no read at all. Tasks
-    queued before `conversation_id` was passed look it up, with a read that takes no write
-    lock."""
-    if fanout.fanned_out(svc, message_id):
-        return None
-    if conversation_id is not None:
-        return conversation_id
+    Messages a committed fan-out has walked past (an earlier task of a burst took them, a
+    redelivery) are dropped on one Redis round trip for the lot; a fresh message needs no read
+    at all. Tasks queued before the conversation id was passed look it up, with a read that
+    takes no write lock."""
+    walked = fanout.walked(svc, [mid for mid, _ in messages])
+    left: dict[str, str] = {}
+    for (mid, cid), done in zip(messages, walked, strict=True):
+        if done:
+            continue
+        found = cid if cid is not None else _conversation_to_moderate(svc, mid)
+        if found is not None:
+            left[mid] = found
+    return left
+
+
+def _conversation_to_moderate(svc: Services, message_id: str) -> str | None:
     with svc.ReadSession() as s:
         row = s.execute(
             select(Message.conversation_id, Message.seq, Message.moderation_action).where(
@@ -66,15 +75,16 @@ def conversation_to_moderate(
     return str(found)
 
 
-def moderate_and_fan_out(svc: Services, conversation_id: str, message_id: str) -> None:
-    """Verdicts for the messages waiting (across conversations), committed, then their fan-out.
+def moderate_and_fan_out(svc: Services, own: Mapping[str, str]) -> None:
+    """Verdicts for the messages waiting (across conversations, `own` among them: message id
+    to conversation id), committed, then their fan-out.
 
     Two transactions on purpose: the hubs render a `message.new` as soon as it is in the
     streams, which is before the fan-out commits, so the verdict (and the spans to mask) must
     already be committed when the fan-out appends it."""
     started = time.perf_counter()
     with svc.Session.begin() as s:
-        taken = moderate_waiting(svc, s, conversation_id, message_id)
+        taken = moderate_waiting(svc, s, own)
     for verdict_made in taken.verdicts:  # counted once committed, so a retried run counts once
         metrics.moderation_verdict(*verdict_made)
     committed = time.perf_counter()
@@ -99,17 +109,18 @@ class Taken:
     to_fan_out: list[str] = field(default_factory=list)
 
 
-def moderate_waiting(svc: Services, s: Session, conversation_id: str, message_id: str) -> Taken:
+def moderate_waiting(svc: Services, s: Session, own: Mapping[str, str]) -> Taken:
     """Moderate the messages waiting for a verdict, whatever their conversation (up to BATCH,
-    oldest first, always including `message_id` unless another task holds it), in the caller's
-    transaction: under a burst one task takes what is waiting and the others find their
-    message done, and the fan-out walk stops at the first unmoderated message anyway.
+    oldest first, always including the task's `own` messages unless another task holds them),
+    in the caller's transaction: under a burst one task takes what is waiting and the others
+    find their messages done, and the fan-out walk stops at the first unmoderated message
+    anyway.
 
     Rows another task is moderating (or fanning out) right now are skipped (PostgreSQL's
     SKIP LOCKED; SQLite's BEGIN IMMEDIATE serializes the tasks anyway). The fan-out then
-    covers the batch's conversations and this message's own, unless its row was held by
-    another task: that task fans it out after its commit (and if it dies first, the outbox
-    sweeper re-sends this message's task)."""
+    covers the batch's conversations and those of the task's own messages, except a message
+    whose row another task held: that task fans it out after its commit (and if it dies
+    first, the outbox sweeper re-sends this message's task)."""
     taken = Taken()
     waiting = (
         select(Message)
@@ -123,22 +134,19 @@ def moderate_waiting(svc: Services, s: Session, conversation_id: str, message_id
         .order_by(Message.created_at)
         .limit(BATCH)
     )
-    own_stmt = select(Message).where(Message.id == message_id)
-    if svc.dialect != "sqlite":
-        waiting = waiting.with_for_update(skip_locked=True)
-        own_stmt = own_stmt.with_for_update(skip_locked=True)
-    batch = list(s.scalars(waiting))
-    own_free = message_id in {m.id for m in batch}
-    if not own_free:
-        own = s.scalar(own_stmt)
-        own_free = own is not None
-        if own is not None and own.moderation_action is None:
-            batch.append(own)
-    if own_free:
-        taken.to_fan_out.append(conversation_id)
+    batch = list(s.scalars(waiting.with_for_update(skip_locked=True) if _locks(svc) else waiting))
+    free = {m.id for m in batch} & own.keys()
+    missing = [mid for mid in own if mid not in free]
+    if missing:
+        own_stmt = select(Message).where(Message.id.in_(missing))
+        for m in s.scalars(own_stmt.with_for_update(skip_locked=True) if _locks(svc) else own_stmt):
+            free.add(m.id)
+            if m.moderation_action is None:
+                batch.append(m)
+    taken.to_fan_out = list(dict.fromkeys(own[mid] for mid in own if mid in free))
     if not batch:
         return taken
-    batch, texts = _opened(svc, batch, message_id)
+    batch, texts = _opened(svc, batch, own.keys())
     if not batch:
         return taken
     cids = list(dict.fromkeys(m.conversation_id for m in batch))
@@ -176,16 +184,21 @@ def moderate_waiting(svc: Services, s: Session, conversation_id: str, message_id
     return taken
 
 
+def _locks(svc: Services) -> bool:
+    """Whether the database takes row locks (SQLite locks the whole file per writer)."""
+    return svc.dialect != "sqlite"
+
+
 def _opened(
-    svc: Services, batch: list[Message], message_id: str
+    svc: Services, batch: list[Message], own: Collection[str]
 ) -> tuple[list[Message], list[str]]:
     """The batch's messages whose text opens, with their texts.
 
     A batch spans conversations, so one message that cannot be opened must not stall the
     others: it is the oldest waiting, so every later batch would take it again. A message of a
     conversation deleted meanwhile (keys shredded; its purge job deletes the row) is left out;
-    any other failure is logged and left out too, unless it is this task's own message, whose
-    task then fails and is retried as before."""
+    any other failure is logged and left out too, unless it is one of this task's own
+    messages: the task then fails and is retried as before."""
     kept: list[Message] = []
     texts: list[str] = []
     for m in batch:
@@ -202,7 +215,7 @@ def _opened(
             )
             continue
         except Exception:
-            if m.id == message_id:
+            if m.id in own:
                 raise
             logger.exception(
                 "moderate: message could not be opened, left to its own task",

@@ -1,4 +1,4 @@
-"""Stage 1: moderate a posted message, then run the fan-out stage for its conversation.
+"""Stage 1: moderate posted messages, then run the fan-out stage for their conversations.
 
 Thin: ids in, the batch and its rules in domain/moderation_stage.py (text rules in
 moderation/), the fan-out in domain/fanout.py, which records the stage done.
@@ -6,18 +6,33 @@ moderation/), the fan-out in domain/fanout.py, which records the stage done.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from celery import shared_task
 
 from core.services import services
 from domain import moderation_stage
-from domain.messages import MODERATE_TASK
+from domain.messages import MODERATE_BATCH_TASK, MODERATE_TASK
 from tasks.retry import PIPELINE
 
 
 @shared_task(name=MODERATE_TASK, **PIPELINE)
 def moderate_message(message_id: str, conversation_id: str | None = None) -> None:
-    """Record verdicts once, then fan out; a message already done ends after one read."""
+    """One message's task (the outbox row's: re-sent by the sweeper, or a post with
+    attachments)."""
+    _moderate([(message_id, conversation_id)])
+
+
+@shared_task(name=MODERATE_BATCH_TASK, **PIPELINE)
+def moderate_messages(messages: Sequence[Sequence[str]]) -> None:
+    """A group-commit batch's task: [message id, conversation id] of each of its posts, so a
+    burst costs one task per batch rather than one per message."""
+    _moderate([(mid, cid) for mid, cid in messages])
+
+
+def _moderate(messages: list[tuple[str, str | None]]) -> None:
+    """Record verdicts once, then fan out; messages already done end after one Redis read."""
     svc = services()
-    waiting_in = moderation_stage.conversation_to_moderate(svc, message_id, conversation_id)
-    if waiting_in is not None:
-        moderation_stage.moderate_and_fan_out(svc, waiting_in, message_id)
+    own = moderation_stage.still_to_moderate(svc, messages)
+    if own:
+        moderation_stage.moderate_and_fan_out(svc, own)

@@ -42,10 +42,15 @@ class WebNode:
         return f"ws://127.0.0.1:{self.port}/v1/ws" + (f"?{query}" if query else "")
 
     def request(
-        self, method: str, path: str, token: str | None = None, body: Any = None
+        self,
+        method: str,
+        path: str,
+        token: str | None = None,
+        body: Any = None,
+        extra_headers: Mapping[str, str] | None = None,
     ) -> tuple[int, dict[str, Any]]:
         """One HTTP request to this node; (status, JSON body)."""
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", **(extra_headers or {})}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)

@@ -123,9 +123,9 @@ def test_overlapping_stage_runs_at_the_same_moment_deliver_once_in_order(
         moderate = moderation_stage.moderate_and_fan_out
         _together(
             [
-                partial(moderate, svc, c1, m1),
-                partial(moderate, svc, c1, m1),
-                partial(moderate, svc, c2, m2),
+                partial(moderate, svc, {m1: c1}),
+                partial(moderate, svc, {m1: c1}),
+                partial(moderate, svc, {m2: c2, m1: c1}),
                 partial(fanout.drain_many, svc, cids[:4]),
                 partial(fanout.drain_many, svc, list(reversed(cids[2:]))),
             ]
@@ -155,11 +155,11 @@ def test_a_message_that_cannot_be_opened_does_not_stall_other_conversations(
         row = s.get(Message, bad)
         assert row is not None and row.text_ct is not None
         row.text_ct = bytes(reversed(row.text_ct))
-    moderation_stage.moderate_and_fan_out(svc, healthy, good)
+    moderation_stage.moderate_and_fan_out(svc, {good: healthy})
     assert good in delivered_ids(stack, b)
     with svc.ReadSession() as s:
         assert s.scalar(select(Message.moderation_action).where(Message.id == good)) == "allow"
     with pytest.raises(Exception):  # noqa: B017 - whatever the cipher raises, the task retries
-        moderation_stage.moderate_and_fan_out(svc, damaged, bad)
+        moderation_stage.moderate_and_fan_out(svc, {bad: damaged})
     resp = api.delete(f"/v1/conversations/{damaged}", user=a)  # leave nothing stuck behind
     assert resp.status_code in (200, 202), resp.get_json()

@@ -91,7 +91,7 @@ def test_contact_details_are_masked_in_direct_conversations(api: Api, live: Stac
 
 def test_running_each_stage_twice_adds_one_event_per_recipient(api: Api, live: Stack) -> None:
     from tasks.fanout import fanout_conversation, publish_event
-    from tasks.moderate import moderate_message
+    from tasks.moderate import moderate_message, moderate_messages
 
     a, b = uid(), uid()
     cid = api.conversation(a, b)
@@ -103,6 +103,7 @@ def test_running_each_stage_twice_adds_one_event_per_recipient(api: Api, live: S
     with live.app.app_context():
         for _ in range(2):  # redelivered tasks: the real stage code, run again in-process
             moderate_message.run(mid)
+            moderate_messages.run([[mid, cid]])
             fanout_conversation.run(cid)
         with live.svc.ReadSession() as s:
             ev = s.scalar(
@@ -113,6 +114,7 @@ def test_running_each_stage_twice_adds_one_event_per_recipient(api: Api, live: S
         publish_event.run(*ev.args)
     # and once more through the real worker
     live.svc.tasks.send_task("tasks.moderate.moderate_message", args=[mid])
+    live.svc.tasks.send_task("tasks.moderate.moderate_messages", args=[[[mid, cid]]])
     live.svc.tasks.send_task("tasks.fanout.fanout_conversation", args=[cid])
     marker = api.send(a, cid, "marker")["id"]
     wait_delivered(live, b, [marker])
@@ -302,7 +304,7 @@ def test_the_request_id_and_stage_timings_follow_a_message_into_the_worker(
 
     def traced_stage() -> bool:
         return any(
-            "stage tasks.moderate.moderate_message" in line and f"request_id={rid}" in line
+            "stage tasks.moderate.moderate_messages" in line and f"request_id={rid}" in line
             for line in live.worker.log().splitlines()
         )
 

@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import Stack, wait_for
 from tests.factories import Api, uid
 
-STAGE = "tasks.moderate.moderate_message"
+STAGE = "tasks.moderate.moderate_messages"  # the task of a post's group-commit batch
 
 
 @pytest.mark.parametrize("stack", ["sqlite"], indirect=True)  # events do not touch the database

@@ -123,7 +123,7 @@ def test_pipeline_stages_moderation_and_queue_wait_reach_metrics_from_the_worker
     mids = [api.send(a, cid, "call me at five five five one two three four")["id"]]
     mids.append(api.send(a, cid, "plain hello")["id"])
     wait_delivered(live, b, mids)
-    stage = "tasks.moderate.moderate_message"
+    stage = "tasks.moderate.moderate_messages"  # a post's batch task (domain/ingest.py)
 
     def counted() -> Samples | None:
         now = scrape(api)

@@ -10,8 +10,8 @@ from typing import Any
 from sqlalchemy import select
 
 from models import Message
-from tests.conftest import Stack
-from tests.factories import Api, uid
+from tests.conftest import Stack, wait_for
+from tests.factories import Api, delivered_ids, uid, wait_delivered
 from tests.live_server import running_node
 
 
@@ -88,3 +88,72 @@ def test_concurrent_posts_on_gunicorn_each_get_their_own_message_once_and_in_ord
         int(n) for n in re.findall(r"(\d+) message\(s\) accepted in one transaction", log)
     )
     assert batched == 96
+
+
+def test_a_batch_of_concurrent_posts_is_moderated_by_one_task_and_every_message_delivered(
+    api: Api, live: Stack
+) -> None:
+    """The web sends one moderate task per group-commit batch, naming each of its messages,
+    not one per message: the worker runs as many batch tasks as the web committed batches (and
+    no per-message task), and every message reaches the recipient once, in seq order."""
+    senders, receiver = [uid() for _ in range(4)], uid()  # 15 posts each: under the rate limit
+    cids = [api.conversation(sender, receiver) for sender in senders]
+    tokens = [api.token(sender) for sender in senders]
+    trace = uid("batch")  # in each request id, so the stage lines of these tasks can be told
+    ids: dict[tuple[int, int], str] = {}
+    with running_node(live, "ingest-batches") as node:
+        start = threading.Barrier(12)
+
+        def post(k: int) -> None:
+            start.wait()
+            for n in range(5):
+                code, got = node.request(
+                    "POST",
+                    f"/v1/conversations/{cids[k % 4]}/messages",
+                    tokens[k % 4],
+                    {"text": f"{k}.{n}"},
+                    {"X-Request-ID": f"{trace}-{k}-{n}"},
+                )
+                ids[k, n] = got["id"] if code == 202 else f"refused: {code} {got}"
+
+        threads = [threading.Thread(target=post, args=(k,)) for k in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        log = node.log()
+    assert len(ids) == 60
+    assert not [i for i in ids.values() if i.startswith("refused")], ids
+    batches = re.findall(r"(\d+) message\(s\) accepted in one transaction", log)
+    assert sum(int(n) for n in batches) == 60
+    assert len(batches) < 60, "no two posts shared a batch: the test shows nothing"
+    with live.svc.ReadSession() as s:
+        by_seq: dict[str, int] = {
+            mid: seq
+            for mid, seq in s.execute(
+                select(Message.id, Message.seq).where(Message.id.in_(list(ids.values())))
+            )
+        }
+    wait_delivered(live, receiver, list(ids.values()), timeout=60)
+    got = [m for m in delivered_ids(live, receiver) if m in by_seq]
+    assert sorted(got) == sorted(ids.values()), "a message missing or delivered twice"
+    for k in range(4):  # in seq order within each conversation
+        conv = {ids[j, n] for j in range(k, 12, 4) for n in range(5)}
+        seqs = [by_seq[m] for m in got if m in conv]
+        assert seqs == sorted(seqs)
+
+    def batch_tasks_ran() -> list[str] | None:
+        ran = [
+            line
+            for line in live.worker.log().splitlines()
+            if "stage tasks.moderate.moderate_messages " in line and f"request_id={trace}-" in line
+        ]
+        return ran if len(ran) >= len(batches) else None
+
+    ran = wait_for(batch_tasks_ran, 30, what="the batch tasks' stage lines")
+    assert len(ran) == len(batches)
+    assert not [
+        line
+        for line in live.worker.log().splitlines()
+        if "stage tasks.moderate.moderate_message " in line and trace in line
+    ]
