@@ -223,8 +223,9 @@ def moderation_round(svc: Any, args: argparse.Namespace, texts: Texts, indexed: 
     texts.rng.shuffle(order)
     started = time.perf_counter()
     for cid, mid in order:
-        if moderation_stage.conversation_to_moderate(svc, mid, cid) is not None:
-            moderation_stage.moderate_and_fan_out(svc, cid, mid)
+        own = moderation_stage.still_to_moderate(svc, [(mid, cid)])
+        if own:
+            moderation_stage.moderate_and_fan_out(svc, own)
     if indexed:
         with svc.ReadSession() as s:
             queued = list(
