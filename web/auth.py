@@ -1,10 +1,29 @@
-"""Authentication: user JWTs (algorithm pinned by configuration) and host-platform API keys."""
+"""Authentication: user JWTs (algorithm pinned by configuration) and host-platform API keys.
+
+Each web process remembers the credentials it verified lately (`Verified`), so a client that
+sends the same bearer token on every request pays for the signature check or the key lookup
+once, not per request:
+
+- a user JWT is remembered until it expires (`exp` plus `PARLEY_JWT_LEEWAY_S`, the instant
+  PyJWT itself starts refusing it). Its verdict depends only on the token, the time and this
+  process's settings, and of those only the time changes it; there is no revocation of JWTs.
+- an API key is remembered for `PARLEY_API_KEY_CACHE_S` (default 5 s, 0: never): a key revoked
+  with `flask … keys revoke` stops working on every node within that bound.
+
+Only successes are remembered (a refused credential is checked again each time and counts
+against the failed-authentication budget, web/limits.py). The key is a BLAKE2b digest of the
+whole token, so no secret is kept and no two tokens share an entry; at most `MAX_REMEMBERED`
+entries, the oldest dropped first.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import secrets
+import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -115,6 +134,50 @@ def _hs_secret(settings: Settings) -> str:
     return path.read_text().strip()
 
 
+MAX_REMEMBERED = 10_000
+
+
+class Verified:
+    """The bearer tokens this process verified lately: digest -> (good until, principal, claims
+    of a JWT or None for an API key). Wall-clock deadlines, as PyJWT's `exp` check."""
+
+    def __init__(self, key_ttl_s: float, size: int = MAX_REMEMBERED) -> None:
+        self.key_ttl_s = key_ttl_s
+        self.size = size
+        self._found: dict[bytes, tuple[float, Principal, dict[str, Any] | None]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def digest(token: str) -> bytes:
+        return hashlib.blake2b(token.encode("utf-8", "surrogatepass"), digest_size=32).digest()
+
+    def get(self, token: str) -> tuple[Principal, dict[str, Any] | None] | None:
+        key = self.digest(token)
+        hit = self._found.get(key)
+        if hit is None:
+            return None
+        until, principal, claims = hit
+        if time.time() >= until:
+            with self._lock:
+                self._found.pop(key, None)
+            return None
+        return principal, claims
+
+    def put(
+        self, token: str, principal: Principal, claims: dict[str, Any] | None, until: float
+    ) -> None:
+        if until <= time.time():
+            return
+        key = self.digest(token)
+        with self._lock:
+            while len(self._found) >= self.size:
+                self._found.pop(next(iter(self._found)))
+            self._found[key] = (until, principal, claims)
+
+    def __len__(self) -> int:
+        return len(self._found)
+
+
 def _bearer() -> str | None:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
@@ -129,18 +192,29 @@ def authenticate(token: str | None) -> Principal:
 
     if token is None:
         raise Unauthorized("send 'Authorization: Bearer <token>' (a user JWT or an API key)")
-    svc = services()
+    seen = verified()
+    hit = seen.get(token)
+    if hit is not None:
+        principal, known = hit
+        if known is not None:
+            _remember_user(known)
+        return principal
     if apikeys.looks_like_key(token):
-        with svc.Session.begin() as s:
+        with services().Session.begin() as s:
             row = apikeys.verify(s, token)
             if row is None:
                 raise Unauthorized("unknown or revoked API key")
             if row.last_used_at is None or utcnow() - row.last_used_at > timedelta(minutes=5):
                 apikeys.touch(row)
-            return Principal(user_id=None, api_key_id=row.id)
-    claims = codec().decode(token)
+            principal = Principal(user_id=None, api_key_id=row.id)
+        if seen.key_ttl_s > 0:
+            seen.put(token, principal, None, time.time() + seen.key_ttl_s)
+        return principal
+    tokens = codec()
+    claims = tokens.decode(token)
     principal = Principal(user_id=claims["sub"], roles=frozenset(claims.get("roles", [])))
     _remember_user(claims)
+    seen.put(token, principal, claims, int(claims["exp"]) + tokens.leeway)  # as PyJWT reads it
     return principal
 
 
@@ -176,6 +250,13 @@ def codec() -> TokenCodec:
     return found
 
 
+def verified() -> Verified:
+    from flask import current_app
+
+    found: Verified = current_app.extensions["parley_verified"]
+    return found
+
+
 def current() -> Principal:
     principal: Principal = g.principal
     return principal
@@ -183,6 +264,7 @@ def current() -> Principal:
 
 def init_app(app: Flask, settings: Settings) -> None:
     app.extensions["parley_tokens"] = TokenCodec(settings)
+    app.extensions["parley_verified"] = Verified(settings.api_key_cache_s)
 
 
 def require_auth() -> None:
