@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import math
 import os
+import re
 import sys
 from typing import Any
 
@@ -76,9 +78,23 @@ class _ContextFilter(logging.Filter):
         return True
 
 
+# What makes a text value need quoting: whitespace (as str.isspace: re's \s for str patterns is
+# the same Unicode test), a quote or an equals sign.
+_QUOTE_IF = re.compile(r'[\s"=]')
+
+
 def _pair_value(value: Any) -> str:
-    """A value that keeps the line splittable on spaces: plain when it can be, JSON if not."""
-    if isinstance(value, str) and value and not any(c.isspace() or c in '"=' for c in value):
+    """A value that keeps the line splittable on spaces: plain when it can be, JSON if not.
+
+    Every web request writes one line (the access line), so the common kinds take a short way
+    with the same result: a plain id is itself, an int or a finite float is what JSON writes."""
+    kind = type(value)
+    if kind is str:
+        if value and _QUOTE_IF.search(value) is None:
+            return value
+    elif kind is int or (kind is float and math.isfinite(value)):
+        return repr(value)
+    elif isinstance(value, str) and value and _QUOTE_IF.search(value) is None:
         return value
     return json.dumps(value, default=str, ensure_ascii=False, separators=(",", ":"))
 

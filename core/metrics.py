@@ -166,8 +166,18 @@ def __getattr__(name: str) -> Any:
 # --- helpers for the rest of the code ---------------------------------------------------------
 
 
+_request_series: dict[tuple[str, str, int], Any] = {}  # (endpoint, method, class) -> child
+
+
 def observe_request(endpoint: str, method: str, status: int, seconds: float) -> None:
-    get().http_request_seconds.labels(endpoint, method, f"{status // 100}xx").observe(seconds)
+    """Every request's latency; its labelled series is looked up once per process (the label
+    values are route names, methods and status classes: a few hundred at most)."""
+    key = (endpoint, method, status // 100)
+    series = _request_series.get(key)
+    if series is None:
+        series = get().http_request_seconds.labels(endpoint, method, f"{key[2]}xx")
+        _request_series[key] = series
+    series.observe(seconds)
 
 
 def task_finished(task: str, outcome: str, seconds: float | None) -> None:

@@ -90,9 +90,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     @app.after_request
     def _headers(resp: Response) -> Response:
         resp.headers["X-Request-ID"] = g.get("request_id", "")
-        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
-        resp.headers.setdefault("Cache-Control", "no-store")
-        return resp
+        return resp  # the security headers and Cache-Control: web/security.py
 
     # Operations (#10): the edge (proxies, CORS, headers), /metrics with request timing and the
     # access log, then rate limits, which wrap views: every blueprint is registered by now.

@@ -223,9 +223,24 @@ def install(app: Flask) -> None:
 # --- bodies and queries -----------------------------------------------------------------------
 
 
-def json_body(schema: Schema) -> dict[str, Any]:
+_SCHEMAS: dict[type[Schema], Schema] = {}
+
+
+def _schema(schema: Schema | type[Schema]) -> Schema:
+    """One instance per schema class, built on first use: building one copies every declared
+    field (~0.1 ms for a message's), and marshmallow schemas keep no state between loads."""
+    if isinstance(schema, Schema):
+        return schema
+    found = _SCHEMAS.get(schema)
+    if found is None:
+        found = _SCHEMAS[schema] = schema()
+    return found
+
+
+def json_body(schema: Schema | type[Schema]) -> dict[str, Any]:
     """Parse and validate a JSON object body: 415 for another media type, 400 for bad JSON,
-    422 for text no database can store (any string or key, at any depth) or a failed schema."""
+    422 for text no database can store (any string or key, at any depth) or a failed schema.
+    Pass the schema's class to reuse one instance (`_schema`)."""
     if not request.is_json:
         raise UnsupportedMediaType("send the body as JSON with Content-Type: application/json")
     data = request.get_json(silent=True)
@@ -236,7 +251,7 @@ def json_body(schema: Schema) -> dict[str, Any]:
     faults = json_faults(data)
     if faults:
         raise ValidationError(faults)
-    loaded: dict[str, Any] = schema.load(data)
+    loaded: dict[str, Any] = _schema(schema).load(data)
     return loaded
 
 

@@ -53,7 +53,7 @@ def _render(session: Any, msg: Message, *, fresh: bool = False) -> dict[str, Any
 @limits("post")
 def post_message(cid: str) -> tuple[dict[str, Any], int]:
     """Queue a message for delivery; the same client_msg_id returns the first message again."""
-    body = json_body(MessageCreateSchema())
+    body = json_body(MessageCreateSchema)
     svc = services()
     if body.get("attachments"):  # claimed with the message: one ORM transaction of its own
         with svc.Session.begin() as s:

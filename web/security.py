@@ -11,8 +11,8 @@
   headers to that answer when the origin is listed.
 - Text rules (NUL, surrogates, control characters in ids) are web/http.py's, checked first.
 - Headers: JSON answers get a CSP that forbids everything (nothing in them is a document to
-  render), `nosniff`, `DENY` framing, no referrer; HSTS when `PARLEY_HSTS_SECONDS` is set
-  (only behind TLS).
+  render), `nosniff`, `DENY` framing, no referrer, `Cache-Control: no-store` (unless the view
+  set its own); HSTS when `PARLEY_HSTS_SECONDS` is set (only behind TLS).
 """
 
 from __future__ import annotations
@@ -97,17 +97,26 @@ def init_app(app: Flask, settings: Settings) -> None:
             return None
         return Response(status=204)
 
+    fixed = [
+        ("X-Content-Type-Options", "nosniff"),
+        ("X-Frame-Options", "DENY"),
+        ("Referrer-Policy", "no-referrer"),
+        ("Content-Security-Policy", CSP),
+        ("Cache-Control", "no-store"),
+    ]
+    if hsts:
+        fixed.append(("Strict-Transport-Security", hsts))
+    by_name = [(name.lower(), name, value) for name, value in fixed]
+
     @app.after_request
     def _headers(resp: Response) -> Response:
+        """Each header unless the view set its own (a download's Cache-Control, say): one pass
+        over the answer's headers, not one lookup per header."""
         h = resp.headers
         if origins:
             h.add("Vary", "Origin")
-        h.setdefault("X-Content-Type-Options", "nosniff")
-        h.setdefault("X-Frame-Options", "DENY")
-        h.setdefault("Referrer-Policy", "no-referrer")
-        h.setdefault("Content-Security-Policy", CSP)
-        if hsts:
-            h.setdefault("Strict-Transport-Security", hsts)
+        present = {name.lower() for name in h.keys()}  # noqa: SIM118 - Headers, not a dict
+        h.extend([(name, value) for low, name, value in by_name if low not in present])
         return resp
 
 
