@@ -244,6 +244,48 @@ def moderation_round(svc: Any, args: argparse.Namespace, texts: Texts, indexed: 
     return args.moderate / elapsed
 
 
+_STATE = "search-bench.json"
+
+
+def _shape(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in ("messages", "conversations", "member_of", "postgres")}
+
+
+def _kept(args: argparse.Namespace) -> tuple[Path, str, dict[str, Any] | None]:
+    """`--data-dir`: (data dir, database URL, the kept load's figures, or None when the data
+    set is still to load). The database is SQLite in the dir, or a PostgreSQL database the
+    state file names; neither is dropped at the end."""
+    import secrets as _secrets
+
+    from bench.stack import PG_ADMIN_URL
+
+    tmp = cast(Path, args.data_dir)
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = tmp / _STATE
+    if path.exists():
+        state: dict[str, Any] = json.loads(path.read_text())
+        if state["shape"] != _shape(args):
+            raise SystemExit(f"{tmp} holds another data set: {state['shape']}")
+        return tmp, state["url"], state
+    if not args.postgres:
+        return tmp, f"sqlite:///{tmp / 'parley.db'}", None
+    from sqlalchemy import create_engine, text
+
+    name = f"parley_bench_kept_{_secrets.token_hex(4)}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return tmp, PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}", None
+
+
+def _keep(args: argparse.Namespace, url: str, loaded: dict[str, Any]) -> None:
+    state = {k: v for k, v in loaded.items() if k != "vocab"}
+    (cast(Path, args.data_dir) / _STATE).write_text(
+        json.dumps({**state, "shape": _shape(args), "url": url})
+    )
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from bench.stack import _database
     from core.redis_server import RedisServer
@@ -252,12 +294,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from web import create_app
 
     with ExitStack() as stack:
-        tmp = Path(tempfile.mkdtemp(prefix="parley-search-bench-"))
-        url = stack.enter_context(_database(tmp, args.postgres))
+        state: dict[str, Any] | None = None
+        if args.data_dir is None:
+            tmp = Path(tempfile.mkdtemp(prefix="parley-search-bench-"))
+            url = stack.enter_context(_database(tmp, args.postgres))
+        else:
+            tmp, url, state = _kept(args)
         redis = RedisServer(tmp)
         redis.start()
         stack.callback(redis.stop)
-        upgrade(url)
+        if state is None:
+            upgrade(url)
         app = create_app(
             {
                 "database_url": url,
@@ -271,22 +318,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         svc = app.extensions["parley"]
         stack.callback(svc.engine.dispose)
         with app.app_context():
-            with svc.Session.begin() as s:
-                s.add(User(id=ME))
-                s.add(User(id="other"))
-            loaded = load(svc, args)
+            if state is None:
+                with svc.Session.begin() as s:
+                    s.add(User(id=ME))
+                    s.add(User(id="other"))
+                loaded = load(svc, args)
+                if args.data_dir is not None:
+                    _keep(args, url, loaded)
+            else:
+                loaded = {**state, "vocab": Texts(15).vocab}
+                print(f"  reusing the data set in {tmp} ({url.split('/')[-1]})", flush=True)
             loaded_size, rows = index_size(svc)
             size = index_size(svc, compact=True)[0] if args.postgres else loaded_size
             search_ms = latencies(svc, loaded["vocab"], args.queries)
-            texts = Texts(16)
-            moderation_round(svc, args, texts, True)  # warm-up, not counted
             rates: dict[str, list[float]] = {"index off": [], "index on": []}
-            for _ in range(args.rounds):
-                for label in rates:
-                    rates[label].append(moderation_round(svc, args, texts, label == "index on"))
-    off = statistics.median(rates["index off"])
-    on = statistics.median(rates["index on"])
-    return {
+            if not args.skip_throughput:
+                texts = Texts(16)
+                moderation_round(svc, args, texts, True)  # warm-up, not counted
+                for _ in range(args.rounds):
+                    for label in rates:
+                        rates[label].append(moderation_round(svc, args, texts, label == "index on"))
+    result = {
         "database": "PostgreSQL" if args.postgres else "SQLite",
         "messages": args.messages,
         "conversations": args.conversations,
@@ -302,6 +354,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "target_index_to_sealed": 3.0,
         "search_ms": search_ms,
         "target_search_ms": {"p50": 20, "p99": 100},
+    }
+    if args.skip_throughput:
+        return result
+    off = statistics.median(rates["index off"])
+    on = statistics.median(rates["index on"])
+    return {
+        **result,
         "moderation_msgs_per_s": {
             "index off (baseline)": off,
             "index on": on,
@@ -325,13 +384,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--postgres", action="store_true", help="PostgreSQL, not SQLite")
     parser.add_argument("--full", action="store_true", help="1M messages, 10k conversations")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="keep the loaded data set here (and its PostgreSQL database) and reuse it on the"
+        " next run with the same sizes; the throughput rounds add their messages to it",
+    )
+    parser.add_argument(
+        "--skip-throughput", action="store_true", help="only the size and search figures"
+    )
     args = parser.parse_args()
     if args.full:
         args.conversations, args.messages = 10_000, 1_000_000
     result = run(args)
     print(json.dumps(result, indent=2))
     scenario = "search-pg" if args.postgres else "search"
-    mod = result["moderation_msgs_per_s"]
     figures = [
         Figure(
             scenario,
@@ -346,6 +413,11 @@ def main() -> None:
             for label, v in result["search_ms"].items()
             for p, t in (("p50", 20), ("p99", 100))
         ),
+    ]
+    if args.skip_throughput:  # a partial run: printed, not written over the kept report
+        return
+    mod = result["moderation_msgs_per_s"]
+    figures.append(
         Figure(
             scenario,
             "moderation stage with index stage",
@@ -353,8 +425,8 @@ def main() -> None:
             mod["index on"],
             mod["index off (baseline)"],
             "ratio >= 0.9",
-        ),
-    ]
+        )
+    )
     write(scenario, figures, result)
 
 

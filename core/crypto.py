@@ -18,7 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 NONCE_BYTES = 12
 KEY_BYTES = 32
@@ -117,13 +119,15 @@ class Keyring:
 
     `loader(dk_id)` returns (master kid, wrapped key) from the database, or None when the key
     was shredded. The cache is per process; a shredded key stays usable in a process only until
-    `forget()` is called, which the shredding code does.
+    `forget()` is called, which the shredding code does. Keys derived from a data key
+    (`derived_key`) are cached with it and dropped with it.
     """
 
     def __init__(self, master: MasterKeys, loader: WrappedLoader) -> None:
         self.master = master
         self._loader = loader
         self._cache: dict[str, bytes] = {}
+        self._derived: dict[str, dict[bytes, bytes]] = {}  # dk_id -> info -> derived key
         self._lock = threading.Lock()
 
     def data_key(self, dk_id: str) -> bytes:
@@ -136,7 +140,21 @@ class Keyring:
             with self._lock:
                 if len(self._cache) > 10_000:
                     self._cache.clear()
+                    self._derived.clear()
                 self._cache[dk_id] = key
+        return key
+
+    def derived_key(self, dk_id: str, info: bytes) -> bytes:
+        """HKDF-SHA256 (32 bytes, no salt) of the data key for `info`, cached until the data
+        key is forgotten (raises MissingKeyError like `data_key`)."""
+        key = self._derived.get(dk_id, {}).get(info)
+        if key is None:
+            hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info)
+            key = hkdf.derive(self.data_key(dk_id))
+            with self._lock:
+                if len(self._derived) > 10_000:
+                    self._derived.clear()
+                self._derived.setdefault(dk_id, {})[info] = key
         return key
 
     def remember(self, dk_id: str, dek: bytes) -> None:
@@ -146,6 +164,7 @@ class Keyring:
     def forget(self, dk_id: str) -> None:
         with self._lock:
             self._cache.pop(dk_id, None)
+            self._derived.pop(dk_id, None)
 
     def seal_text(self, dk_id: str, text: str, aad: str) -> bytes:
         return seal(self.data_key(dk_id), text.encode(), aad.encode())

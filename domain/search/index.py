@@ -15,11 +15,10 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import cast
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -41,13 +40,9 @@ Entry = tuple[int, str, str]  # (seq, data key id, text) of a message to index
 
 
 def index_key(svc: Services, dk_id: str) -> bytes:
-    """The conversation data key's search key (raises MissingKeyError once it is shredded)."""
-    return HKDF(
-        algorithm=hashes.SHA256(),
-        length=32,
-        salt=None,
-        info=b"parley-search-index:v2:" + dk_id.encode(),
-    ).derive(svc.keyring.data_key(dk_id))
+    """The conversation data key's search key (raises MissingKeyError once it is shredded).
+    Cached in the keyring with the data key, so forgetting a shredded key drops it too."""
+    return svc.keyring.derived_key(dk_id, b"parley-search-index:v2:" + dk_id.encode())
 
 
 def token(key: bytes, term: tuple[str, str]) -> int:
@@ -93,7 +88,7 @@ _REF_FOR_UPDATE = _REF.with_for_update()
 # it on SQLite.
 _ROWS = select(SearchPostings.bucket, SearchPostings.segment, SearchPostings.data).where(
     SearchPostings.ref == bindparam("ref"),
-    SearchPostings.bucket.in_(list(range(postings.BUCKETS))),
+    SearchPostings.bucket.in_(list(range(postings.BUCKETS + 1))),  # and the times row
     SearchPostings.segment.in_(bindparam("segments", expanding=True)),
 )
 _TEXTS = select(
@@ -103,6 +98,7 @@ _TEXTS = select(
     Message.text_ct,
     Message.deleted_at,
     Message.expired_at,
+    Message.created_at,
 ).where(
     Message.id.in_(bindparam("ids", expanding=True)),
     Message.conversation_id == bindparam("c"),
@@ -116,10 +112,13 @@ def write(
     drop: Iterable[int] = (),
     entries: Iterable[Entry] = (),
     ref: int | None = None,
+    times: Mapping[int, datetime] | None = None,
 ) -> int:
     """Make the postings of the seqs in `drop` and in `entries` exactly those of the entries'
-    texts (a seq only in `drop` ends with none), in the caller's transaction. Returns the
-    tokens written. `ref`: the conversation's index row, when the caller has locked it."""
+    texts (a seq only in `drop` ends with none, and loses its time), in the caller's
+    transaction. Returns the tokens written. `ref`: the conversation's index row, when the
+    caller has locked it. `times`: seq -> created_at of entries, for the segments' times rows
+    (an entry without one keeps the time stored, e.g. an edit's)."""
     adds: dict[int, set[int]] = defaultdict(set)  # seq -> tokens
     keys: dict[str, bytes] = {}
     for seq, dk_id, text in entries:
@@ -133,12 +132,20 @@ def write(
         ref = lock(session, conversation_id, create=bool(adds))
     if ref is None:
         return 0
-    _rewrite(session, ref, seqs, adds)
+    stamps = {q: postings.micros(at) for q, at in (times or {}).items() if q in adds}
+    _rewrite(session, ref, seqs, adds, stamps)
     return sum(len(t) for t in adds.values())
 
 
-def _rewrite(session: Session, ref: int, seqs: set[int], adds: dict[int, set[int]]) -> None:
-    """Rewrite the postings rows of `seqs`' segments: their old postings out, `adds` in."""
+def _rewrite(
+    session: Session,
+    ref: int,
+    seqs: set[int],
+    adds: dict[int, set[int]],
+    stamps: Mapping[int, int] | None = None,
+) -> None:
+    """Rewrite the postings rows of `seqs`' segments: their old postings out, `adds` in; the
+    times rows: `stamps` (seq -> microseconds) in, the times of seqs left without tokens out."""
     clear: dict[int, set[int]] = defaultdict(set)  # segment -> offsets to clear
     for seq in seqs:
         segment, offset = postings.place(seq)
@@ -147,9 +154,25 @@ def _rewrite(session: Session, ref: int, seqs: set[int], adds: dict[int, set[int
         (b, g): data
         for b, g, data in session.execute(_ROWS, {"ref": ref, "segments": sorted(clear)})
     }
+    written: dict[tuple[int, int], bytes] = {}  # the rows to store (b"": delete)
+    for g in clear:
+        data = old.get((postings.TIMES, g))
+        values = postings.times(data)
+        for seq in seqs:
+            segment, offset = postings.place(seq)
+            if segment == g:
+                values[offset] = (stamps or {}).get(seq, values[offset] if seq in adds else 0)
+        if any(values):
+            new = postings.encode_times(values)
+            if new != data:
+                written[postings.TIMES, g] = new
+        elif data is not None:
+            written[postings.TIMES, g] = b""
     rows: dict[tuple[int, int], postings.Postings] = {}
     changed: set[tuple[int, int]] = set()
     for (b, g), data in old.items():
+        if b == postings.TIMES:
+            continue
         if any(postings.holds(data, o) for o in clear[g]):
             rows[b, g] = postings.decode(data)
             if postings.without(rows[b, g], clear[g]):
@@ -165,13 +188,15 @@ def _rewrite(session: Session, ref: int, seqs: set[int], adds: dict[int, set[int
             rows[where] = postings.decode(old[where]) if where in old else {}
         if postings.merge(rows[where], additions):
             changed.add(where)
+    for where in changed:
+        written[where] = postings.encode(rows[where]) if rows[where] else b""
     inserts, updates, deletes = [], [], []
-    for b, g in changed:
-        data = postings.encode(rows[b, g])
+    for (b, g), data in written.items():
         key = {"r": ref, "b": b, "g": g}
         if (b, g) not in old:
-            inserts.append({"ref": ref, "bucket": b, "segment": g, "data": data})
-        elif not rows[b, g]:
+            if data:
+                inserts.append({"ref": ref, "bucket": b, "segment": g, "data": data})
+        elif not data:
             deletes.append(key)
         elif data != old[b, g]:
             updates.append({**key, "d": data})
@@ -263,16 +288,18 @@ def index_batch(
     rows = s.execute(_TEXTS, {"ids": list(message_ids), "c": conversation_id}).all()
     drop: list[int] = []
     entries: list[Entry] = []
-    for mid, seq, dk_id, blob, deleted_at, expired_at in rows:
+    times: dict[int, datetime] = {}
+    for mid, seq, dk_id, blob, deleted_at, expired_at, created_at in rows:
         if dk_id is None or blob is None or deleted_at is not None or expired_at is not None:
             drop.append(seq)
             continue
         try:
             entries.append((seq, dk_id, svc.keyring.open_text(dk_id, blob, message_aad(mid))))
+            times[seq] = created_at
         except MissingKeyError:  # the conversation was deleted meanwhile: nothing to index
             drop.append(seq)
     try:
-        written = write(svc, s, conversation_id, drop, entries, ref)
+        written = write(svc, s, conversation_id, drop, entries, ref, times)
     except MissingKeyError:
         written = write(svc, s, conversation_id, drop + [e[0] for e in entries], ref=ref)
     return written, len(rows)

@@ -7,16 +7,27 @@ A row holds one bucket of one segment of a conversation's index:
 little-endian. Token i's posting is `postings[ends[i-1]:ends[i]]` (from 0 for i = 0): one byte
 per message holding it, the message's seq minus the segment's first seq, ascending. A lookup
 unpacks the two arrays (C speed) and bisects; it never decodes the other tokens' postings.
+
+One more row per segment, bucket `TIMES`, holds no token: the `created_at` of each of the
+segment's indexed messages (microseconds since the epoch, i64 each, 0 when none), so a search
+can take its candidates newest first in small batches instead of asking the database to sort
+all of them (domain/search/query.py). The times are the message rows' own, stored there in
+plaintext already.
 """
 
 from __future__ import annotations
 
 import struct
 from bisect import bisect_left
+from datetime import UTC, datetime, timedelta
 
 SEGMENT_SEQS = 128  # seqs per segment: an offset fits one byte
 BUCKETS = 16  # rows per segment; a query reads one of them per token
+TIMES = BUCKETS  # the bucket of a segment's times row
 _HEAD = struct.Struct("<HB")
+_TIMES = struct.Struct(f"<{SEGMENT_SEQS}q")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 Postings = dict[int, bytes]  # token -> ascending offsets, one byte each
 
@@ -103,3 +114,17 @@ def merge(postings: Postings, additions: dict[int, set[int]]) -> bool:
             postings[token] = bytes(sorted(offsets.union(p)))
             changed = True
     return changed
+
+
+def micros(at: datetime) -> int:
+    """An aware datetime as whole microseconds since the epoch (exact: no float on the way)."""
+    return (at - EPOCH) // _MICROSECOND
+
+
+def times(data: bytes | None) -> list[int]:
+    """A times row's values, one per offset (0: no indexed message there)."""
+    return list(_TIMES.unpack(data)) if data else [0] * SEGMENT_SEQS
+
+
+def encode_times(values: list[int]) -> bytes:
+    return _TIMES.pack(*values)

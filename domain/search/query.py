@@ -11,11 +11,21 @@ makes a hit.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Integer, String, and_, bindparam, exists, func, or_, select
+from sqlalchemy import (
+    Integer,
+    String,
+    and_,
+    bindparam,
+    exists,
+    func,
+    or_,
+    select,
+    text,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
@@ -37,7 +47,6 @@ from models import (
     Message,
     Participant,
     SearchConversation,
-    SearchPostings,
 )
 
 BATCH = 100  # candidates read per query round
@@ -54,36 +63,26 @@ def search(
     if params.get("cursor"):
         at, last_id = decode_cursor(params["cursor"], {"t": datetime, "id": str})
         after = (at, last_id)
-    roles, stmt = _scope(session, who, params.get("conversation_id"))
-    found = _candidates(svc, session, list(roles), sorted(query.needs()))
+    roles, keys, stmt = _scope(session, who, params.get("conversation_id"))
+    found = _candidates(svc, session, keys, sorted(query.needs()))
     if not found:
         return [], None
-    candidates = _relation(session, found)
-    stmt = stmt.join(
-        candidates,
-        and_(
-            Message.conversation_id == candidates.c.cid,
-            Message.seq == candidates.c.seq,
-        ),
-    )
     stmt = _filters(stmt, params)
+    if after is not None:
+        stmt = stmt.where(
+            or_(
+                Message.created_at < after[0],
+                and_(Message.created_at == after[0], Message.id < after[1]),
+            )
+        )
+        newest = postings.micros(after[0])  # nothing newer than the cursor can come
+        found = [c for c in found if c[0] <= newest]
+    stmt = stmt.order_by(Message.created_at.desc(), Message.id.desc())
     hits: list[tuple[Message, list[list[int]]]] = []
     examined = 0
     last: Message | None = None
-    while len(hits) <= limit and examined < MAX_EXAMINED:
-        page = stmt
-        if after is not None:
-            page = page.where(
-                or_(
-                    Message.created_at < after[0],
-                    and_(Message.created_at == after[0], Message.id < after[1]),
-                )
-            )
-        batch = list(
-            session.scalars(
-                page.order_by(Message.created_at.desc(), Message.id.desc()).limit(BATCH)
-            )
-        )
+    for tranche in _tranches(found):
+        batch = session.scalars(_joined(session, stmt, tranche))
         for msg in batch:
             examined += 1
             last = msg
@@ -92,9 +91,8 @@ def search(
                 hits.append((msg, spans))
                 if len(hits) > limit:
                     break
-        if len(batch) < BATCH:
+        if len(hits) > limit or examined >= MAX_EXAMINED:
             break
-        after = (batch[-1].created_at, batch[-1].id)
     next_cursor = None
     if len(hits) > limit:
         hits = hits[:limit]
@@ -104,51 +102,52 @@ def search(
     return _render(svc, session, who, roles, hits), next_cursor
 
 
+Candidate = tuple[int, str, int]  # (created_at in microseconds, 0 when unknown; cid; seq)
+
+
+def _tranches(found: list[Candidate]) -> Iterator[list[Candidate]]:
+    """The candidates, newest first, in batches of about BATCH, each ending with all those of
+    its last time: every candidate of a later batch is strictly older than every one of an
+    earlier batch, so the database sorting each batch sorts them all. A candidate of unknown
+    time (indexed before the times rows existed) makes one batch of all of them."""
+    if any(c[0] == 0 for c in found):
+        yield found
+        return
+    found.sort(reverse=True)
+    start = 0
+    while start < len(found):
+        end = min(start + BATCH, len(found))
+        while end < len(found) and found[end][0] == found[end - 1][0]:
+            end += 1
+        yield found[start:end]
+        start = end
+
+
+def _keys_of(session: Session, stmt: Any, params: Mapping[str, Any]) -> list[tuple[str, int, str]]:
+    return [(c, r, k) for c, r, k in session.execute(stmt, params) if r is not None and k]
+
+
 def _candidates(
-    svc: Services, session: Session, cids: list[str], needs: list[tuple[str, str]]
-) -> list[tuple[str, int]]:
-    """(conversation, seq) of every message whose postings hold all of `needs`, under any
-    data key of its conversation."""
-    refs: dict[int, str] = {
-        ref: cid
-        for ref, cid in session.execute(
-            select(SearchConversation.ref, SearchConversation.conversation_id).where(
-                SearchConversation.conversation_id.in_(cids)
-            )
-        )
-    }
-    by_cid = {cid: ref for ref, cid in refs.items()}
+    svc: Services, session: Session, keys: list[tuple[str, int, str]], needs: list[tuple[str, str]]
+) -> list[Candidate]:
+    """(created_at, conversation, seq) of every message whose postings hold all of `needs`,
+    under any data key of its conversation. `keys`: (conversation, index ref, data key id)."""
+    refs: dict[int, str] = {}
     wanted: list[tuple[int, list[int]]] = []  # (ref, the needs' tokens under one data key)
-    for cid, dk_id in session.execute(
-        select(DataKey.conversation_id, DataKey.id).where(DataKey.conversation_id.in_(list(by_cid)))
-    ):
+    for cid, ref, dk_id in keys:
         try:
             key = index_key(svc, dk_id)
         except MissingKeyError:  # shredded meanwhile
             continue
-        if cid is not None:
-            wanted.append((by_cid[cid], [token(key, need) for need in needs]))
-    by_bucket: dict[int, set[int]] = {}
-    for ref, ts in wanted:
-        for t in ts:
-            by_bucket.setdefault(postings.bucket(t), set()).add(ref)
-    if not by_bucket:
+        refs[ref] = cid
+        wanted.append((ref, [token(key, need) for need in needs]))
+    pairs = sorted({(ref, postings.bucket(t)) for ref, ts in wanted for t in ts})
+    if not pairs:
         return []
     rows: dict[tuple[int, int], dict[int, bytes]] = {}
-    for ref, b, g, data in session.execute(
-        select(
-            SearchPostings.ref, SearchPostings.bucket, SearchPostings.segment, SearchPostings.data
-        ).where(  # key lookups, one IN per bucket: a row-value IN makes SQLite scan the table
-            or_(
-                *(
-                    and_(SearchPostings.bucket == b, SearchPostings.ref.in_(sorted(refs_b)))
-                    for b, refs_b in by_bucket.items()
-                )
-            )
-        )
-    ):
+    for ref, b, g, data in _rows(session, pairs):
         rows.setdefault((ref, b), {})[g] = data
-    found: set[tuple[str, int]] = set()
+    found: dict[tuple[int, int], set[int]] = {}  # (ref, segment) -> offsets
     for ref, ts in wanted:
         first = rows.get((ref, postings.bucket(ts[0])), {})
         for g, data in first.items():
@@ -158,29 +157,118 @@ def _candidates(
                     break
                 other = rows.get((ref, postings.bucket(t)), {}).get(g)
                 offsets &= set(postings.lookup(other, t)) if other is not None else set()
-            base = g * postings.SEGMENT_SEQS
-            found.update((refs[ref], base + o) for o in offsets)
-    return sorted(found)
+            if offsets:
+                found.setdefault((ref, g), set()).update(offsets)
+    if not found:
+        return []
+    stamps = {(ref, g): data for ref, _, g, data in _rows(session, sorted(found), times=True)}
+    out: list[Candidate] = []
+    for (ref, g), offsets in found.items():
+        values = postings.times(stamps.get((ref, g)))
+        base = g * postings.SEGMENT_SEQS
+        cid = refs[ref]
+        out.extend((values[o], cid, base + o) for o in offsets)
+    return out
 
 
-def _relation(session: Session, found: list[tuple[str, int]]) -> Any:
-    """The candidates as a relation (cid, seq) the SQL can join, in one bound parameter per
-    column whatever their number."""
+# Postings rows by (ref, bucket), or times rows by (ref, segment), the pairs in one parameter
+# (a constant statement, whatever their number), each pair a primary-key prefix lookup.
+_ROWS_SQLITE = text(
+    "SELECT p.ref, p.bucket, p.segment, p.data FROM json_each(:pairs) AS k"
+    " JOIN search_postings AS p ON p.ref = k.value >> 32 AND p.bucket = k.value & 65535"
+)
+_TIMES_SQLITE = text(
+    "SELECT p.ref, p.bucket, p.segment, p.data FROM json_each(:pairs) AS k"
+    " JOIN search_postings AS p ON p.ref = k.value >> 32"
+    " AND p.bucket = :times AND p.segment = k.value & 4294967295"
+)
+_ROWS_PG = text(
+    "SELECT p.ref, p.bucket, p.segment, p.data"
+    " FROM unnest(:a, :b) AS k(ref, bucket)"
+    " JOIN search_postings AS p ON p.ref = k.ref AND p.bucket = k.bucket"
+).bindparams(bindparam("a", type_=ARRAY(Integer)), bindparam("b", type_=ARRAY(Integer)))
+# The times bucket comes with each pair, not as a constant: a stale estimate of the rows of
+# that one bucket value once made the planner scan them all for each pair.
+_TIMES_PG = text(
+    "SELECT p.ref, p.bucket, p.segment, p.data"
+    " FROM unnest(:a, :b, :t) AS k(ref, segment, bucket)"
+    " JOIN search_postings AS p"
+    " ON p.ref = k.ref AND p.bucket = k.bucket AND p.segment = k.segment"
+).bindparams(
+    bindparam("a", type_=ARRAY(Integer)),
+    bindparam("b", type_=ARRAY(Integer)),
+    bindparam("t", type_=ARRAY(Integer)),
+)
+
+
+def _rows(session: Session, pairs: list[tuple[int, int]], times: bool = False) -> Any:
+    """(ref, bucket, segment, data) of the postings rows of (ref, bucket) `pairs`, or with
+    `times` of the times rows of (ref, segment) pairs."""
     if session.get_bind().dialect.name == "postgresql":
-        return select(
-            func.unnest(bindparam("cand_c", [c for c, _ in found], ARRAY(String))).label("cid"),
-            func.unnest(bindparam("cand_s", [q for _, q in found], ARRAY(Integer))).label("seq"),
+        params: dict[str, Any] = {"a": [a for a, _ in pairs], "b": [b for _, b in pairs]}
+        if times:
+            return session.execute(_TIMES_PG, {**params, "t": [postings.TIMES] * len(pairs)})
+        return session.execute(_ROWS_PG, params)
+    params = {"pairs": json.dumps([a << 32 | b for a, b in pairs])}
+    if times:
+        return session.execute(_TIMES_SQLITE, {**params, "times": postings.TIMES})
+    return session.execute(_ROWS_SQLITE, params)
+
+
+def _joined(session: Session, stmt: Any, tranche: list[Candidate]) -> Any:
+    """`stmt` restricted to the tranche's messages, joined as a relation (cid, seq) in one
+    bound parameter per column whatever their number."""
+    if session.get_bind().dialect.name == "postgresql":
+        candidates = select(
+            func.unnest(bindparam("cand_c", [c for _, c, _ in tranche], ARRAY(String))).label(
+                "cid"
+            ),
+            func.unnest(bindparam("cand_s", [q for _, _, q in tranche], ARRAY(Integer))).label(
+                "seq"
+            ),
         ).subquery()
-    each = func.json_each(bindparam("cand", json.dumps(found))).table_valued("value")
-    return select(
-        func.json_extract(each.c.value, "$[0]").label("cid"),
-        func.json_extract(each.c.value, "$[1]").label("seq"),
-    ).subquery()
+    else:
+        each = func.json_each(
+            bindparam("cand", json.dumps([[c, q] for _, c, q in tranche]))
+        ).table_valued("value")
+        candidates = select(
+            func.json_extract(each.c.value, "$[0]").label("cid"),
+            func.json_extract(each.c.value, "$[1]").label("seq"),
+        ).subquery()
+    return stmt.join(
+        candidates,
+        and_(Message.conversation_id == candidates.c.cid, Message.seq == candidates.c.seq),
+    )
 
 
-def _scope(session: Session, who: Principal, cid: str | None) -> tuple[dict[str, str | None], Any]:
-    """The conversations searched, with the caller's role in each, and the candidate query
-    restricted to what the caller may read there."""
+# The caller's conversations, role, and index keys in one read (a conversation with several
+# data keys, after a rotation, has a row for each; one not indexed yet has no ref).
+_MEMBER_KEYS = (
+    select(Participant.conversation_id, Participant.role, SearchConversation.ref, DataKey.id)
+    .join(Conversation, Conversation.id == Participant.conversation_id)
+    .outerjoin(
+        SearchConversation, SearchConversation.conversation_id == Participant.conversation_id
+    )
+    .outerjoin(DataKey, DataKey.conversation_id == Participant.conversation_id)
+    .where(
+        Participant.user_id == bindparam("me"),
+        Participant.left_at.is_(None),
+        Conversation.deleted_at.is_(None),
+    )
+)
+_CONVERSATION_KEYS = (
+    select(SearchConversation.conversation_id, SearchConversation.ref, DataKey.id)
+    .join(DataKey, DataKey.conversation_id == SearchConversation.conversation_id)
+    .where(SearchConversation.conversation_id == bindparam("c"))
+)
+
+
+def _scope(
+    session: Session, who: Principal, cid: str | None
+) -> tuple[dict[str, str | None], list[tuple[str, int, str]], Any]:
+    """The conversations searched with the caller's role in each, their (conversation, index
+    ref, data key id), and the candidate query restricted to what the caller may read there
+    (membership and visibility checked in the SQL, whatever the candidates)."""
     base = (
         select(Message)
         .join(Conversation, Conversation.id == Message.conversation_id)
@@ -198,24 +286,18 @@ def _scope(session: Session, who: Principal, cid: str | None) -> tuple[dict[str,
         stmt = base.where(Message.conversation_id == cid)
         if not who.is_moderator and role != "moderator":
             stmt = stmt.where(visible_to_reader(me or ""))
-        return {cid: role}, stmt
+        return {cid: role}, _keys_of(session, _CONVERSATION_KEYS, {"c": cid}), stmt
     if me is None:
         raise Invalid(
             "an API key searches one conversation at a time: give conversation_id",
             {"conversation_id": ["required with an API key"]},
         )
-    roles: dict[str, str | None] = {
-        c: r
-        for c, r in session.execute(
-            select(Participant.conversation_id, Participant.role)
-            .join(Conversation, Conversation.id == Participant.conversation_id)
-            .where(
-                Participant.user_id == me,
-                Participant.left_at.is_(None),
-                Conversation.deleted_at.is_(None),
-            )
-        )
-    }
+    roles: dict[str, str | None] = {}
+    keys: list[tuple[str, int, str]] = []
+    for c, role, ref, dk_id in session.execute(_MEMBER_KEYS, {"me": me}):
+        roles[c] = role
+        if ref is not None and dk_id is not None:
+            keys.append((c, ref, dk_id))
     stmt = base.join(
         Participant,
         and_(
@@ -232,7 +314,7 @@ def _scope(session: Session, who: Principal, cid: str | None) -> tuple[dict[str,
                 Participant.role == "moderator",
             )
         )
-    return roles, stmt
+    return roles, keys, stmt
 
 
 def _filters(stmt: Any, params: Mapping[str, Any]) -> Any:

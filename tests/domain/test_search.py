@@ -8,11 +8,13 @@ import time
 import uuid
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
+from core.crypto import MissingKeyError
 from domain.retention.deleting import delete_messages
 from domain.search import index, postings
-from models import SearchConversation, SearchPostings
+from models import Conversation, Message, SearchConversation, SearchPostings
 from tests.conftest import Stack, wait_for
 from tests.factories import Api, plaintext_at_rest, uid, wait_delivered
 
@@ -48,8 +50,9 @@ def wait_found(api: Api, user: str, q: str, n: int = 1, **params: Any) -> list[d
     return found
 
 
-def stored(stack: Stack, cid: str) -> dict[tuple[int, int], bytes]:
-    """The conversation's postings rows as stored: (bucket, segment) -> data."""
+def stored(stack: Stack, cid: str, times: bool = False) -> dict[tuple[int, int], bytes]:
+    """The conversation's postings rows as stored: (bucket, segment) -> data; with `times`,
+    its times rows instead."""
     with stack.svc.Session() as s:
         return {
             (b, g): d
@@ -58,6 +61,7 @@ def stored(stack: Stack, cid: str) -> dict[tuple[int, int], bytes]:
                 .join(SearchConversation, SearchConversation.ref == SearchPostings.ref)
                 .where(SearchConversation.conversation_id == cid)
             )
+            if (b == postings.TIMES) == times
         }
 
 
@@ -123,6 +127,25 @@ def test_a_deleted_conversation_gives_no_hits(api: Api, live: Stack) -> None:
     wait_for(lambda: stored(live, cid) == {}, 30, what="the conversation purge")
     index.index_messages(live.svc, cid, [mid])  # a late stage run indexes nothing
     assert stored(live, cid) == {}
+
+
+def test_a_shredded_data_key_takes_its_cached_search_key_with_it(api: Api, live: Stack) -> None:
+    """The search key derived from a data key is cached in the keyring beside it; deleting
+    the conversation shreds the data key and the derived key is forgotten at once, so the
+    process cannot hash a query (or index a late message) under it any more."""
+    a, b = uid(), uid()
+    cid = api.conversation(a, b)
+    secret = word()
+    api.send(a, cid, f"derived {secret}")
+    wait_found(api, a, secret)
+    with live.svc.Session() as s:
+        dk = s.scalar(select(Conversation.data_key_id).where(Conversation.id == cid))
+    assert dk is not None
+    search_key = index.index_key(live.svc, dk)
+    assert index.index_key(live.svc, dk) == search_key  # cached: the same key again
+    assert api.delete(f"/v1/conversations/{cid}", user=a).status_code in (200, 202)
+    with pytest.raises(MissingKeyError):
+        index.index_key(live.svc, dk)
 
 
 def test_edits_and_deletes_are_reflected_at_once(api: Api, live: Stack) -> None:
@@ -327,11 +350,39 @@ def test_running_the_index_stage_again_leaves_the_same_rows(api: Api, live: Stac
     tag = word()
     sent = [api.send(a, cid, f"{tag} again and again {i} {word()}") for i in range(3)]
     wait_found(api, b, tag, 3)
-    before = stored(live, cid)
-    assert before
+    before = stored(live, cid), stored(live, cid, times=True)
+    assert all(before)
     index.index_messages(live.svc, cid, [m["id"] for m in sent])
     index.index_messages(live.svc, cid, [sent[1]["id"]])
-    assert stored(live, cid) == before
+    assert (stored(live, cid), stored(live, cid, times=True)) == before
+
+
+def timed(stack: Stack, cid: str) -> dict[int, int]:
+    """seq -> the created_at (microseconds) the conversation's times rows hold."""
+    return {
+        g * postings.SEGMENT_SEQS + o: t
+        for (_, g), data in stored(stack, cid, times=True).items()
+        for o, t in enumerate(postings.times(data))
+        if t
+    }
+
+
+def test_the_times_rows_hold_each_indexed_message_s_created_at(api: Api, live: Stack) -> None:
+    """The search reads candidates newest first by these times, so they must be the rows'
+    own; a deleted message's time goes with its postings."""
+    a, b = uid(), uid()
+    cid = api.conversation(a, b)
+    tag = word()
+    sent = [api.send(a, cid, f"{tag} at {i}") for i in range(3)]
+    wait_found(api, b, tag, 3)
+    with live.svc.Session() as s:
+        rows = s.execute(
+            select(Message.seq, Message.created_at).where(Message.conversation_id == cid)
+        ).all()
+    assert timed(live, cid) == {seq: postings.micros(at) for seq, at in rows}
+    assert api.delete(f"/v1/messages/{sent[1]['id']}", user=a).status_code in (200, 204)
+    assert sent[1]["seq"] not in timed(live, cid)
+    assert {sent[0]["seq"], sent[2]["seq"]} <= set(timed(live, cid))
 
 
 def test_postings_shrink_when_messages_are_deleted_or_purged(api: Api, live: Stack) -> None:
@@ -353,6 +404,7 @@ def test_postings_shrink_when_messages_are_deleted_or_purged(api: Api, live: Sta
     with live.svc.Session.begin() as s:
         assert delete_messages(live.svc, s, [purged["id"], keep["id"]])[0] == 2
     assert stored(live, cid) == {}
+    assert stored(live, cid, times=True) == {}
     assert hits(api, b, shared) == []
 
 

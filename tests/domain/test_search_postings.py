@@ -1,10 +1,14 @@
-"""The postings row layout (domain/search/postings.py): pure, no database."""
+"""The postings row layout (domain/search/postings.py) and the order candidates are read in
+(domain/search/query.py): pure, no database."""
 
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 
 from domain.search import postings
+from domain.search.query import BATCH, _tranches
 
 
 def test_a_row_round_trips_and_looks_up_each_token() -> None:
@@ -44,3 +48,31 @@ def test_seqs_map_to_segments_and_tokens_to_buckets() -> None:
     assert postings.place(0) == (0, 0)
     assert postings.place(postings.SEGMENT_SEQS + 3) == (1, 3)
     assert {postings.bucket(t) for t in range(-64, 64)} == set(range(postings.BUCKETS))
+
+
+def test_times_are_exact_microseconds_and_round_trip() -> None:
+    at = datetime(2026, 12, 3, 14, 31, 5, 123457, tzinfo=UTC)
+    stamp = postings.micros(at)
+    assert postings.EPOCH + timedelta(microseconds=stamp) == at  # no float rounding
+    values = postings.times(None)
+    assert values == [0] * postings.SEGMENT_SEQS
+    values[5], values[127] = stamp, stamp + 1
+    assert postings.times(postings.encode_times(values)) == values
+
+
+def test_candidates_come_in_batches_each_strictly_older_than_the_one_before() -> None:
+    """Each batch ends with every candidate of its last time (a batch of messages posted in one
+    transaction shares its created_at), so sorting each batch in SQL sorts them all."""
+    rng = random.Random(3)
+    found = [(rng.randrange(1, 40), f"c{rng.randrange(5)}", seq) for seq in range(1, 500)]
+    batches = list(_tranches(list(found)))
+    assert sorted(c for b in batches for c in b) == sorted(found)
+    for before, after in pairwise(batches):
+        assert min(c[0] for c in before) > max(c[0] for c in after)
+    assert all(len(b) >= BATCH for b in batches[:-1])
+
+
+def test_candidates_of_unknown_time_make_one_batch() -> None:
+    """Messages indexed before the times rows existed: the database sorts all candidates."""
+    found = [(0, "c1", 1), *((t, "c2", t) for t in range(1, 300))]
+    assert [sorted(b) for b in _tranches(list(found))] == [sorted(found)]
