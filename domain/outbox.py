@@ -39,7 +39,9 @@ def mark_done(session: Session, ref_ids: Sequence[str], task: str | None = None)
     stmt = update(Outbox).where(Outbox.ref_id.in_(ref_ids), Outbox.done_at.is_(None))
     if task:
         stmt = stmt.where(Outbox.task == task)
-    session.execute(stmt.values(done_at=utcnow()))
+    # No ORM synchronization of loaded Outbox objects (nobody reads them after): that
+    # bookkeeping cost more than the UPDATE itself on the fan-out's hot path.
+    session.execute(stmt.values(done_at=utcnow()), execution_options={"synchronize_session": False})
 
 
 RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2}
