@@ -48,6 +48,11 @@ def new_event_key(message_id: str) -> str:
 # database. Short-lived: a task that finds none reads the database.
 WALKED_PREFIX = "parley:walked:"
 WALKED_TTL_S = 600
+# How far behind the pipeline runs: the age of the oldest message the last fan-out walked, read
+# by the web's pacing (domain/ingest.pace). Short-lived: after a second without a fan-out
+# nothing is known, and nobody is paced.
+LAG_KEY = "parley:pipeline:lag_ms"
+LAG_TTL_MS = 1000
 
 
 def walked(svc: Services, message_ids: Sequence[str]) -> list[bool]:
@@ -59,11 +64,22 @@ def walked(svc: Services, message_ids: Sequence[str]) -> list[bool]:
     return [v is not None for v in svc.redis.mget([WALKED_PREFIX + m for m in message_ids])]
 
 
-def _mark_walked(svc: Services, message_ids: Sequence[str]) -> None:
+def _mark_walked(svc: Services, message_ids: Sequence[str], oldest: datetime | None) -> None:
+    """The walked marks, and the pipeline's lag (`oldest`: the walk's oldest message's
+    creation), in one round trip."""
     pipe = svc.redis.pipeline(transaction=False)
     for mid in message_ids:
         pipe.set(WALKED_PREFIX + mid, 1, ex=WALKED_TTL_S)
+    if oldest is not None:
+        lag_ms = max(0.0, (utcnow() - oldest).total_seconds() * 1000)
+        pipe.set(LAG_KEY, round(lag_ms, 1), px=LAG_TTL_MS)
     pipe.execute()
+
+
+def lag_ms(svc: Services) -> float:
+    """The pipeline's last known lag (see LAG_KEY), 0 when none is known."""
+    found = svc.redis.get(LAG_KEY)
+    return float(found) if found is not None else 0.0
 
 
 def drain(svc: Services, conversation_id: str) -> None:
@@ -130,6 +146,7 @@ def drain_many(svc: Services, conversation_ids: Iterable[str]) -> None:
         for msg in rows:
             batches[msg.conversation_id].append(msg)
         done: list[str] = []
+        oldest: datetime | None = None  # the walk's oldest message delivered: the lag
         for cid, batch in batches.items():
             cursor, conv, member_rows = cursors[cid], convs[cid], members[cid]
             member_ids = [p.user_id for p in member_rows]
@@ -146,6 +163,8 @@ def drain_many(svc: Services, conversation_ids: Iterable[str]) -> None:
                     events.append(Event(new_event_key(msg.id), "message.new", data, member_ids))
                     msg.state = "delivered"
                     conv.last_message_id = msg.id
+                    if oldest is None or msg.created_at < oldest:
+                        oldest = msg.created_at
                     pushes.append((msg.id, _push_candidates(msg, member_rows)))
                 cursor.fanout_seq = msg.seq
                 done.append(msg.id)
@@ -165,7 +184,7 @@ def drain_many(svc: Services, conversation_ids: Iterable[str]) -> None:
         event_log(svc).append_many(events)  # before the commit: a crash in between repeats it
         outbox.mark_done(s, done, MODERATE_TASK)
     if done:
-        _mark_walked(svc, done)
+        _mark_walked(svc, done, oldest)
     # Who is online now gets the message live: only the others are worth a push task (which
     # checks presence again before it records anything).
     online = online_among(svc.redis, (u for _, users in pushes for u in users))

@@ -16,7 +16,9 @@ threaded servers, the test client) there is no such wait: requests queue while t
 database calls release the GIL.
 
 `after(batch)` runs once the items are answered (the leader's own answer waits for it, no one
-else's): the place for a broker publish after the commit.
+else's): the place for a broker publish after the commit. `hold()` (backpressure) gives seconds
+to keep a committed batch's answers, and the next batch, waiting: then `after` runs first, so
+the hold delays the senders, never the work `after` starts.
 
 Written with `threading` primitives: under gunicorn's gevent worker they are greenlet-aware
 (monkey-patched), and with sync or threaded servers they are real locks.
@@ -27,6 +29,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
@@ -59,11 +62,13 @@ class GroupCommit(Generic[T]):
         write: Callable[[Sequence[Item[T]]], None],
         after: Callable[[Sequence[Item[T]]], None] | None = None,
         *,
+        hold: Callable[[], float] | None = None,
         window_s: float = 0.001,
         max_batch: int = 64,
     ) -> None:
         self._write = write
         self._after = after
+        self._hold = hold
         self.window_s = window_s
         self.max_batch = max_batch
         self._lock = threading.Lock()
@@ -88,6 +93,7 @@ class GroupCommit(Generic[T]):
 
     def _lead_batch(self, own: Item[T]) -> None:
         batch: list[Item[T]] = []
+        after_done = False
         try:
             if self._gevent and self.window_s > 0:
                 _let_others_arrive(self.window_s)
@@ -103,6 +109,11 @@ class GroupCommit(Generic[T]):
             for item in batch:
                 if not item._done:
                     item.answer(error=RuntimeError("group commit left an item unanswered"))
+            pause = self._hold() if self._hold is not None and batch else 0.0
+            if pause > 0:
+                self._run_after(batch)
+                after_done = True
+                time.sleep(pause)
         finally:
             with self._lock:
                 if not batch and own in self._queue:  # killed while waiting: leave no orphan
@@ -113,11 +124,16 @@ class GroupCommit(Generic[T]):
                     self._leading = False
             for item in batch:
                 item._lead.set()
-        if self._after is not None:
-            try:
-                self._after([item for item in batch if item.error is None])
-            except Exception:  # committed and answered already: the leader's answer stands
-                logger.exception("group commit: after-batch step failed")
+        if not after_done:
+            self._run_after(batch)
+
+    def _run_after(self, batch: Sequence[Item[T]]) -> None:
+        if self._after is None:
+            return
+        try:
+            self._after([item for item in batch if item.error is None])
+        except Exception:  # committed and answered already: the leader's answer stands
+            logger.exception("group commit: after-batch step failed")
 
 
 def _gevent_patched() -> bool:

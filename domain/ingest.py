@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -40,7 +41,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core import logs
 from core.ids import iso, new_id, utcnow
 from core.services import Services
-from domain import outbox
+from domain import fanout, outbox
 from domain.errors import DomainError
 from domain.group_commit import GroupCommit, Item
 from domain.ingest_checks import Posting, Replay, check, lookup, other_conversation
@@ -51,6 +52,7 @@ from models import Conversation, Message, Outbox
 
 logger = logging.getLogger(__name__)
 
+LAG_READ_S = 0.02  # how often a web process reads the pipeline's lag, at most
 WINDOW_S = 0.001  # at most, a leader lets the gevent loop run others to their submit
 MAX_BATCH = 64
 
@@ -101,11 +103,47 @@ def _committer(svc: Services) -> GroupCommit[Posting]:
                 found = GroupCommit(
                     lambda batch: write(svc, batch),
                     lambda batch: publish(svc, batch),
+                    hold=Pacer(svc).pause_s,
                     window_s=WINDOW_S,
                     max_batch=MAX_BATCH,
                 )
                 _committers[svc.Session] = found
     return found
+
+
+class Pacer:
+    """Backpressure: when the pipeline delivers messages more than `ingest_pace_lag_ms` after
+    they were posted (the last fan-out's lag, domain/fanout.LAG_KEY), the batch just committed
+    keeps its answers, and the process its next batch, for the excess (at most
+    `ingest_pace_max_ms`). Senders then post at the rate the pipeline delivers, so a burst waits
+    at the senders instead of in a backlog that every later message, anyone's, waits behind.
+    The pause comes after the commit and the publish (GroupCommit's `hold`): it never delays
+    the delivery of the messages paced. The lag is read at most every LAG_READ_S; without
+    Redis, nobody is paced."""
+
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+        self._read_at = float("-inf")
+        self._lag_ms = 0.0
+
+    def pause_s(self) -> float:
+        """How long to hold the batch just committed, in seconds (0: not at all)."""
+        target = self.svc.settings.ingest_pace_lag_ms
+        if target <= 0:
+            return 0.0
+        now = time.monotonic()
+        if now - self._read_at >= LAG_READ_S:
+            try:
+                self._lag_ms = fanout.lag_ms(self.svc)
+            except Exception as exc:  # Redis unreachable: no lag known
+                logger.debug("pace: lag unknown: %s", exc)
+                self._lag_ms = 0.0
+            self._read_at = now
+        if self._lag_ms <= target:
+            return 0.0
+        pause = min(self._lag_ms - target, self.svc.settings.ingest_pace_max_ms)
+        logger.debug("pace: pipeline %.0f ms behind, answers held %.0f ms", self._lag_ms, pause)
+        return pause / 1000
 
 
 def write(svc: Services, batch: Sequence[Item[Posting]]) -> None:
