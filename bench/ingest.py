@@ -1,16 +1,17 @@
 """Ingest benchmark: POST /v1/conversations/{id}/messages requests/s on the Procfile's gunicorn,
 next to a bare Flask JSON endpoint under the same command line in the same run.
 
-    .venv/bin/python -m bench.ingest [--seconds 10] [--clients 2] [--threads 8]
+    .venv/bin/python -m bench.ingest [--seconds 10] [--clients 2] [--threads 8] [--rate-limits]
 
 Each side gets --clients load processes of --threads keep-alive connections posting flat out
 for --seconds (after a 2 s warm-up); the figure is 2xx responses per second. The bare endpoint
 parses the JSON body and answers 202 with an id, as Parley does; Parley also authenticates the
 JWT, checks membership, encrypts, commits the row and its outbox entry, and enqueues the
 pipeline task. No worker runs: this is the web node's own ceiling. Rate limits are off
-(bench/stack.py). Besides req/s it reports the CPU per request of the web process(es) (CPU
-seconds of every gunicorn worker over the timed run / requests answered), for both sides.
-Figures go to bench/out/ingest.json.
+(bench/stack.py) unless `--rate-limits`, which turns them on with budgets no run reaches, so
+the figure includes what checking them costs (two Redis counters per POST). Besides req/s it
+reports the CPU per request of the web process(es) (CPU seconds of every gunicorn worker over
+the timed run / requests answered), for both sides. Figures go to bench/out/ingest.json.
 """
 
 from __future__ import annotations
@@ -131,8 +132,19 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the tmp dir with the logs")
     parser.add_argument("--postgres", action="store_true", help="PostgreSQL, not SQLite")
     parser.add_argument("--profile", action="store_true", help="py-spy the web process")
+    parser.add_argument(
+        "--rate-limits", action="store_true", help="limits on (as in production), never reached"
+    )
     args = parser.parse_args()
     with services(args.keep, args.postgres) as stack:
+        if args.rate_limits:
+            stack.env.update(
+                PARLEY_RATE_LIMITS="on",
+                PARLEY_LIMIT_POST_USER="1000000/minute",
+                PARLEY_LIMIT_POST_IP="1000000/minute",
+                PARLEY_LIMIT_CONVERSATION_USER="1000000/minute",
+                PARLEY_LIMIT_CONVERSATION_IP="1000000/minute",
+            )
         port, web_pid = stack.web("web", processes=args.web_processes)
         paths = []
         for i in range(args.conversations):
@@ -165,7 +177,8 @@ def main() -> None:
         report.Figure(
             "ingest",
             f"POST /messages, {args.web_processes} web process(es), "
-            + ("PostgreSQL" if args.postgres else "SQLite"),
+            + ("PostgreSQL" if args.postgres else "SQLite")
+            + (", rate limits on" if args.rate_limits else ""),
             "req/s",
             parley["requests_per_s"],
             bare["requests_per_s"],
