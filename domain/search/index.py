@@ -98,7 +98,7 @@ _LIVE = select(Conversation.id).where(
 )
 _ROWS = select(SearchPostings.bucket, SearchPostings.segment, SearchPostings.data).where(
     SearchPostings.ref == bindparam("ref"),
-    SearchPostings.bucket.in_(list(range(postings.BUCKETS + 1))),  # and the times row
+    SearchPostings.bucket.in_(list(range(postings.TAIL + 1))),  # and the times and tail rows
     SearchPostings.segment.in_(bindparam("segments", expanding=True)),
 )
 _TABLE = cast(Table, SearchPostings.__table__)
@@ -175,8 +175,10 @@ def _rewrite(
     adds: dict[int, set[int]],
     stamps: Mapping[int, int] | None = None,
 ) -> None:
-    """Rewrite the postings rows of `seqs`' segments: their old postings out, `adds` in; the
-    times rows: `stamps` (seq -> microseconds) in, the times of seqs left without tokens out."""
+    """Rewrite the postings rows of `seqs`' segments: their old postings out (from the bucket
+    rows and the tail row), `adds` in (to the tail row, folded into the bucket rows when
+    full); the times rows: `stamps` (seq -> microseconds) in, the times of seqs left without
+    tokens out."""
     clear: dict[int, set[int]] = defaultdict(set)  # segment -> offsets to clear
     for seq in seqs:
         segment, offset = postings.place(seq)
@@ -207,17 +209,29 @@ def _rewrite(
             rows[b, g] = postings.decode(data)
             if postings.without(rows[b, g], clear[g]):
                 changed.add((b, g))
-    grouped: dict[tuple[int, int], dict[int, set[int]]] = defaultdict(lambda: defaultdict(set))
-    mask = postings.BUCKETS - 1
+
+    def loaded(where: tuple[int, int]) -> postings.Postings:
+        if where not in rows:
+            rows[where] = postings.decode(old[where]) if where in old else {}
+        return rows[where]
+
+    tails: dict[int, dict[int, set[int]]] = defaultdict(lambda: defaultdict(set))
     for seq, found in adds.items():
         segment, offset = postings.place(seq)
         for t in found:
-            grouped[t & mask, segment][t].add(offset)
-    for where, additions in grouped.items():
-        if where not in rows:
-            rows[where] = postings.decode(old[where]) if where in old else {}
-        if postings.merge(rows[where], additions):
-            changed.add(where)
+            tails[segment][t].add(offset)
+    for g, additions in tails.items():  # new postings go to the segment's tail row
+        tail = loaded((postings.TAIL, g))
+        if postings.merge(tail, additions):
+            changed.add((postings.TAIL, g))
+        if len(postings.held(tail)) >= postings.TAIL_MESSAGES:  # fold it into the buckets
+            folded: dict[int, dict[int, set[int]]] = defaultdict(dict)
+            for t, offsets in tail.items():
+                folded[postings.bucket(t)][t] = set(offsets)
+            for b, moved in folded.items():
+                postings.merge(loaded((b, g)), moved)
+                changed.add((b, g))
+            tail.clear()
     for where in changed:
         written[where] = postings.encode(rows[where]) if rows[where] else b""
     inserts, updates, deletes = [], [], []

@@ -141,7 +141,10 @@ def _candidates(
             continue
         refs[ref] = cid
         wanted.append((ref, [token(key, need) for need in needs]))
-    pairs = sorted({(ref, postings.bucket(t)) for ref, ts in wanted for t in ts})
+    pairs = sorted(
+        {(ref, postings.bucket(t)) for ref, ts in wanted for t in ts}
+        | {(ref, postings.TAIL) for ref, _ in wanted}
+    )
     if not pairs:
         return []
     rows: dict[tuple[int, int], dict[int, bytes]] = {}
@@ -149,14 +152,22 @@ def _candidates(
         rows.setdefault((ref, b), {})[g] = data
     found: dict[tuple[int, int], set[int]] = {}  # (ref, segment) -> offsets
     for ref, ts in wanted:
-        first = rows.get((ref, postings.bucket(ts[0])), {})
-        for g, data in first.items():
-            offsets = set(postings.lookup(data, ts[0]))
+        tail = rows.get((ref, postings.TAIL), {})
+
+        def holding(t: int, g: int, ref: int = ref, tail: dict[int, bytes] = tail) -> set[int]:
+            """The offsets of segment g's messages holding t: its bucket row and tail row."""
+            data = rows.get((ref, postings.bucket(t)), {}).get(g)
+            out = set(postings.lookup(data, t)) if data is not None else set()
+            if g in tail:
+                out.update(postings.lookup(tail[g], t))
+            return out
+
+        for g in set(rows.get((ref, postings.bucket(ts[0])), {})) | set(tail):
+            offsets = holding(ts[0], g)
             for t in ts[1:]:
                 if not offsets:
                     break
-                other = rows.get((ref, postings.bucket(t)), {}).get(g)
-                offsets &= set(postings.lookup(other, t)) if other is not None else set()
+                offsets &= holding(t, g)
             if offsets:
                 found.setdefault((ref, g), set()).update(offsets)
     if not found:

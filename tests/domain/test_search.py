@@ -357,6 +357,38 @@ def test_running_the_index_stage_again_leaves_the_same_rows(api: Api, live: Stac
     assert (stored(live, cid), stored(live, cid, times=True)) == before
 
 
+def test_new_postings_go_to_the_tail_row_and_fold_into_the_buckets_when_it_fills(
+    api: Api, live: Stack
+) -> None:
+    """Indexing a message rewrites its segment's tail row, not a row per bucket; the tail is
+    folded into the bucket rows once it holds TAIL_MESSAGES messages. Every message stays
+    found, whichever row holds it."""
+    a, b = uid(), uid()
+    cid = api.conversation(a, b)
+    tag = word()
+    n = postings.TAIL_MESSAGES + 3
+    sent = [api.send(a, cid, f"{tag} tail {i} {word()}") for i in range(n)]
+    found = wait_found(api, b, tag, n, limit=50)
+    assert {h["message"]["id"] for h in found} == {m["id"] for m in sent}
+    rows = stored(live, cid)
+    tail_row = rows.get((postings.TAIL, 0))  # gone if the last batch filled it
+    tail = postings.held(postings.decode(tail_row)) if tail_row is not None else set()
+    in_buckets = set().union(
+        *(postings.held(postings.decode(d)) for (bk, _), d in rows.items() if bk < postings.BUCKETS)
+    )
+    assert len(tail) < postings.TAIL_MESSAGES  # folded once it was full
+    assert len(in_buckets) >= postings.TAIL_MESSAGES
+    assert not tail & in_buckets  # a message is in one place
+    assert set(indexed(live, cid)) == {m["seq"] for m in sent}
+    with live.svc.Session.begin() as s:  # from an empty index, a batch lands in the tail only
+        index.forget(s, cid, [m["seq"] for m in sent])
+    index.index_messages(live.svc, cid, [m["id"] for m in sent[:3]])
+    rows = stored(live, cid)
+    assert set(rows) == {(postings.TAIL, 0)}
+    assert postings.held(postings.decode(rows[postings.TAIL, 0])) == {m["seq"] for m in sent[:3]}
+    assert {h["message"]["id"] for h in hits(api, b, tag)} == {m["id"] for m in sent[:3]}
+
+
 def timed(stack: Stack, cid: str) -> dict[int, int]:
     """seq -> the created_at (microseconds) the conversation's times rows hold."""
     return {
