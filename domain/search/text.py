@@ -104,6 +104,9 @@ def index_terms(text: str) -> set[tuple[str, str]]:
     return terms
 
 
+_STOP_STEMS = frozenset(stem(w) for w in STOPWORDS)
+
+
 @dataclass(frozen=True)
 class Query:
     terms: tuple[str, ...]  # stems
@@ -113,9 +116,8 @@ class Query:
     def needs(self) -> set[tuple[str, str]]:
         """The index terms every match must hold (stopwords are not indexed)."""
         out: set[tuple[str, str]] = set()
-        folded_stop = {stem(w) for w in STOPWORDS}
         for s in (*self.terms, *(s for p in self.phrases for s in p)):
-            if s not in folded_stop:
+            if s not in _STOP_STEMS:
                 out.add(("t", s))
         for p in self.prefixes:
             n = max(n for n in PREFIX_LENGTHS if n <= len(p))
