@@ -85,7 +85,7 @@ class Settings(BaseSettings):
     outbox_sweep_s: float = 5.0
     outbox_stale_s: float = 10.0
     stream_maxlen: int = 1000
-    ingest_pace_lag_ms: float = 50.0  # 0: never pace (domain/ingest.Pacer)
+    ingest_pace_lag_ms: float = 0.0  # 0: never pace (domain/ingest.Pacer)
     ingest_pace_max_ms: float = 250.0
     rotation_batch: int = 500
     moderation_policies: str = ""

@@ -48,9 +48,10 @@ def new_event_key(message_id: str) -> str:
 # database. Short-lived: a task that finds none reads the database.
 WALKED_PREFIX = "parley:walked:"
 WALKED_TTL_S = 600
-# How far behind the pipeline runs: the age of the oldest message the last fan-out walked, read
-# by the web's pacing (domain/ingest.pace). Short-lived: after a second without a fan-out
-# nothing is known, and nobody is paced.
+# How far behind the pipeline runs: how long the oldest message of the last moderation batch
+# waited to be taken (queueing, not the stages' own work), recorded with that batch's fan-out
+# and read by the web's pacing (domain/ingest.Pacer). Short-lived: after a second without a
+# fan-out nothing is known, and nobody is paced.
 LAG_KEY = "parley:pipeline:lag_ms"
 LAG_TTL_MS = 1000
 
@@ -64,15 +65,13 @@ def walked(svc: Services, message_ids: Sequence[str]) -> list[bool]:
     return [v is not None for v in svc.redis.mget([WALKED_PREFIX + m for m in message_ids])]
 
 
-def _mark_walked(svc: Services, message_ids: Sequence[str], oldest: datetime | None) -> None:
-    """The walked marks, and the pipeline's lag (`oldest`: the walk's oldest message's
-    creation), in one round trip."""
+def _mark_walked(svc: Services, message_ids: Sequence[str], waited_ms: float | None) -> None:
+    """The walked marks, and the pipeline's lag (see LAG_KEY), in one round trip."""
     pipe = svc.redis.pipeline(transaction=False)
     for mid in message_ids:
         pipe.set(WALKED_PREFIX + mid, 1, ex=WALKED_TTL_S)
-    if oldest is not None:
-        lag_ms = max(0.0, (utcnow() - oldest).total_seconds() * 1000)
-        pipe.set(LAG_KEY, round(lag_ms, 1), px=LAG_TTL_MS)
+    if waited_ms is not None:
+        pipe.set(LAG_KEY, round(waited_ms, 1), px=LAG_TTL_MS)
     pipe.execute()
 
 
@@ -87,14 +86,17 @@ def drain(svc: Services, conversation_id: str) -> None:
     drain_many(svc, [conversation_id])
 
 
-def drain_many(svc: Services, conversation_ids: Iterable[str]) -> None:
+def drain_many(
+    svc: Services, conversation_ids: Iterable[str], waited_ms: float | None = None
+) -> None:
     """Fan out every ready message of these conversations, in seq order within each, in one
     transaction and one Redis round trip; send the push intents of those who may be away, and
     a fan-out task for each conversation whose backlog did not fit in the batch.
 
     The delivery cursors are locked in conversation-id order (PostgreSQL; SQLite's BEGIN
     IMMEDIATE serializes writers anyway), so two drains over overlapping sets never deadlock:
-    the later one waits, then finds the cursors moved."""
+    the later one waits, then finds the cursors moved. `waited_ms`: the moderation batch's
+    queue wait, recorded as the pipeline's lag (LAG_KEY)."""
     cids = sorted(set(conversation_ids))
     if not cids:
         return
@@ -146,7 +148,6 @@ def drain_many(svc: Services, conversation_ids: Iterable[str]) -> None:
         for msg in rows:
             batches[msg.conversation_id].append(msg)
         done: list[str] = []
-        oldest: datetime | None = None  # the walk's oldest message delivered: the lag
         for cid, batch in batches.items():
             cursor, conv, member_rows = cursors[cid], convs[cid], members[cid]
             member_ids = [p.user_id for p in member_rows]
@@ -163,8 +164,6 @@ def drain_many(svc: Services, conversation_ids: Iterable[str]) -> None:
                     events.append(Event(new_event_key(msg.id), "message.new", data, member_ids))
                     msg.state = "delivered"
                     conv.last_message_id = msg.id
-                    if oldest is None or msg.created_at < oldest:
-                        oldest = msg.created_at
                     pushes.append((msg.id, _push_candidates(msg, member_rows)))
                 cursor.fanout_seq = msg.seq
                 done.append(msg.id)
@@ -184,7 +183,7 @@ def drain_many(svc: Services, conversation_ids: Iterable[str]) -> None:
         event_log(svc).append_many(events)  # before the commit: a crash in between repeats it
         outbox.mark_done(s, done, MODERATE_TASK)
     if done:
-        _mark_walked(svc, done, oldest)
+        _mark_walked(svc, done, waited_ms)
     # Who is online now gets the message live: only the others are worth a push task (which
     # checks presence again before it records anything).
     online = online_among(svc.redis, (u for _, users in pushes for u in users))

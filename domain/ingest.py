@@ -112,14 +112,14 @@ def _committer(svc: Services) -> GroupCommit[Posting]:
 
 
 class Pacer:
-    """Backpressure: when the pipeline delivers messages more than `ingest_pace_lag_ms` after
-    they were posted (the last fan-out's lag, domain/fanout.LAG_KEY), the batch just committed
-    keeps its answers, and the process its next batch, for the excess (at most
-    `ingest_pace_max_ms`). Senders then post at the rate the pipeline delivers, so a burst waits
-    at the senders instead of in a backlog that every later message, anyone's, waits behind.
-    The pause comes after the commit and the publish (GroupCommit's `hold`): it never delays
-    the delivery of the messages paced. The lag is read at most every LAG_READ_S; without
-    Redis, nobody is paced."""
+    """Backpressure: when messages wait more than `ingest_pace_lag_ms` for the moderation stage
+    to take them (the pipeline's lag: the last batch's queue wait, domain/fanout.LAG_KEY), the
+    batch just committed keeps its answers, and the process its next batch, for the excess (at
+    most `ingest_pace_max_ms`). Senders then post at the rate the pipeline takes messages, so a
+    burst waits at the senders instead of in a backlog that every later message, anyone's,
+    waits behind. The pause comes after the commit and the publish (GroupCommit's `hold`): it
+    never delays the delivery of the messages paced. The lag is read at most every LAG_READ_S;
+    without Redis, nobody is paced. Off by default (`ingest_pace_lag_ms` = 0)."""
 
     def __init__(self, svc: Services) -> None:
         self.svc = svc

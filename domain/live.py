@@ -130,5 +130,6 @@ def save_delivered(session: Session, cursors: Mapping[tuple[str, str], int]) -> 
                 Participant.user_id.in_(users),
                 Participant.delivered_seq < seq,
             )
-            .values(delivered_seq=seq)
+            .values(delivered_seq=seq),
+            execution_options={"synchronize_session": False},  # no loaded rows to update
         )

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from core import metrics
 from core.crypto import MissingKeyError
+from core.ids import utcnow
 from core.services import Services
 from domain import fanout, flood
 from domain.keys import message_aad
@@ -88,7 +89,7 @@ def moderate_and_fan_out(svc: Services, own: Mapping[str, str]) -> None:
     for verdict_made in taken.verdicts:  # counted once committed, so a retried run counts once
         metrics.moderation_verdict(*verdict_made)
     committed = time.perf_counter()
-    fanout.drain_many(svc, taken.to_fan_out)
+    fanout.drain_many(svc, taken.to_fan_out, taken.waited_ms)
     # Where a stage's time goes (bench/pipeline.py sums these lines from the worker's log).
     logger.info(
         "moderation batch: %d verdict(s), %d conversation(s) fanned out, "
@@ -107,6 +108,7 @@ class Taken:
 
     verdicts: list[tuple[str, list[str]]] = field(default_factory=list)
     to_fan_out: list[str] = field(default_factory=list)
+    waited_ms: float | None = None  # how long its oldest message waited to be taken
 
 
 def moderate_waiting(svc: Services, s: Session, own: Mapping[str, str]) -> Taken:
@@ -149,6 +151,8 @@ def moderate_waiting(svc: Services, s: Session, own: Mapping[str, str]) -> Taken
     batch, texts = _opened(svc, batch, own.keys())
     if not batch:
         return taken
+    oldest = min(m.created_at for m in batch)
+    taken.waited_ms = max(0.0, (utcnow() - oldest).total_seconds() * 1000)
     cids = list(dict.fromkeys(m.conversation_id for m in batch))
     types: dict[str, str] = {
         cid: ctype

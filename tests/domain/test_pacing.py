@@ -51,20 +51,13 @@ def test_a_held_batch_runs_its_after_step_first_then_answers_late() -> None:
     assert "after [2]" in at and answered[2] >= at["write [2]"]
 
 
-def test_the_pace_follows_the_lag_the_fan_out_measured(api: Api, idle: Stack) -> None:
-    """A message that waited 0.4 s before its fan-out (no worker: the stage runs here) sets the
-    pipeline's lag; the pacer holds answers for the excess over the target, up to the max, and
-    not at all when pacing is off or the pipeline is on time."""
+def test_the_pace_follows_the_lag_the_moderation_batch_measured(api: Api, idle: Stack) -> None:
+    """A message that waited 0.4 s for the moderation stage (no worker: the stage runs here)
+    sets the pipeline's lag; the pacer holds answers for the excess over the target, up to the
+    max, and not at all when pacing is off or the pipeline is on time."""
     svc = idle.svc
     a, b = uid(), uid()
     cid = api.conversation(a, b)
-    svc.redis.delete(fanout.LAG_KEY)
-    assert Pacer(svc).pause_s() == 0.0  # nothing known: nobody is paced
-    mid = api.send(a, cid, "late")["id"]
-    time.sleep(0.4)
-    moderation_stage.moderate_and_fan_out(svc, {mid: cid})
-    lag = fanout.lag_ms(svc)
-    assert 400 <= lag < 5000
 
     def pacer(lag_target: float, most: float) -> Pacer:
         settings = svc.settings.model_copy(
@@ -72,6 +65,14 @@ def test_the_pace_follows_the_lag_the_fan_out_measured(api: Api, idle: Stack) ->
         )
         return Pacer(replace(svc, settings=settings))
 
+    svc.redis.delete(fanout.LAG_KEY)
+    assert pacer(100, 250).pause_s() == 0.0  # nothing known: nobody is paced
+    assert Pacer(svc).pause_s() == 0.0  # off by default
+    mid = api.send(a, cid, "late")["id"]
+    time.sleep(0.4)
+    moderation_stage.moderate_and_fan_out(svc, {mid: cid})
+    lag = fanout.lag_ms(svc)
+    assert 400 <= lag < 5000
     try:
         assert abs(pacer(100, 10_000).pause_s() - (lag - 100) / 1000) < 0.05
         assert pacer(100, 150).pause_s() == 0.15
