@@ -3,6 +3,7 @@ scenarios, each side's real server processes on the same box, one after the othe
 
     .venv/bin/python -m bench.peer [--synapse] [--runs 1] [--messages 500,1000,100]
                                    [--group 50] [--workers 2] [--postgres] [--keep]
+                                   [--pace-ms 0]
 
 Scenarios (N messages in total, each sender posting its share one after the other, flat out):
 - 1→1: one sender, one receiver, N=500;
@@ -19,7 +20,8 @@ few warm-up messages (not measured), and checks that every receiver got every me
 once and each sender's in order: otherwise the run fails (exit 1) after writing its JSON.
 
 Parley runs from the Procfile's command lines (bench/stack.py) on SQLite (`--postgres`: a fresh
-PostgreSQL database) with rate limits off. `--synapse` also installs Synapse (pinned,
+PostgreSQL database) with rate limits off (`--pace-ms N`: with ingest pacing past N ms of
+pipeline lag, docs/architecture.md). `--synapse` also installs Synapse (pinned,
 bench/peer_synapse.py) into its own venv under bench/out/, runs the same scenarios against its
 client-server API, and prints the ratios Parley / Synapse and the targets. Figures (medians
 over --runs, with the spread) go to bench/out/peer.json. `--profile` records Parley's web and
@@ -226,6 +228,9 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=300, help="s to wait for receipts")
     parser.add_argument("--postgres", action="store_true", help="Parley on PostgreSQL")
     parser.add_argument(
+        "--pace-ms", type=float, default=0, help="Parley's PARLEY_INGEST_PACE_LAG_MS (0: off)"
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="py-spy Parley's web and worker (not timed runs)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the tmp dirs with the logs")
@@ -236,7 +241,7 @@ def main() -> int:
     versions = {}
     for run in range(args.runs):
         print(f"run {run + 1}/{args.runs}", flush=True)
-        with parley(args.keep, args.postgres, args.workers) as ours:
+        with parley(args.keep, args.postgres, args.workers, args.pace_ms) as ours:
             runs["parley"].append(run_side(ours, plan, run, args.timeout, args.profile))
         if args.synapse:
             with synapse(args.keep) as theirs:
