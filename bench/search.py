@@ -326,7 +326,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if args.data_dir is not None:
                     _keep(args, url, loaded)
             else:
+                from domain.search.text import words
+
                 loaded = {**state, "vocab": Texts(15).vocab}
+                words(" ".join(loaded["vocab"]))  # the stems the load would have cached
                 print(f"  reusing the data set in {tmp} ({url.split('/')[-1]})", flush=True)
             loaded_size, rows = index_size(svc)
             size = index_size(svc, compact=True)[0] if args.postgres else loaded_size
