@@ -81,16 +81,27 @@ def search(
     hits: list[tuple[Message, list[list[int]]]] = []
     examined = 0
     last: Message | None = None
-    for tranche in _tranches(found):
-        batch = session.scalars(_joined(session, stmt, tranche))
-        for msg in batch:
-            examined += 1
-            last = msg
-            spans = _verify(svc, who, roles, query, msg)
-            if spans is not None:
-                hits.append((msg, spans))
-                if len(hits) > limit:
-                    break
+    for tranche in _tranches(found, limit + 1):
+        joined = _joined(session, stmt, tranche)
+        page = joined
+        while len(hits) <= limit and examined < MAX_EXAMINED:
+            # BATCH rows a read: a tranche is about that size, but the one batch of the
+            # candidates of unknown time (or a long run of equal times) may be far larger
+            batch = list(session.scalars(page.limit(BATCH)))
+            for msg in batch:
+                examined += 1
+                last = msg
+                spans = _verify(svc, who, roles, query, msg)
+                if spans is not None:
+                    hits.append((msg, spans))
+                    if len(hits) > limit:
+                        break
+            if len(batch) < BATCH:
+                break
+            at, mid = batch[-1].created_at, batch[-1].id
+            page = joined.where(
+                or_(Message.created_at < at, and_(Message.created_at == at, Message.id < mid))
+            )
         if len(hits) > limit or examined >= MAX_EXAMINED:
             break
     next_cursor = None
@@ -105,8 +116,9 @@ def search(
 Candidate = tuple[int, str, int]  # (created_at in microseconds, 0 when unknown; cid; seq)
 
 
-def _tranches(found: list[Candidate]) -> Iterator[list[Candidate]]:
-    """The candidates, newest first, in batches of about BATCH, each ending with all those of
+def _tranches(found: list[Candidate], first: int = BATCH) -> Iterator[list[Candidate]]:
+    """The candidates, newest first, in batches of about `first` (enough for a page when
+    most candidates are hits, as with a common word), then BATCH, each ending with all those of
     its last time: every candidate of a later batch is strictly older than every one of an
     earlier batch, so the database sorting each batch sorts them all. A candidate of unknown
     time (indexed before the times rows existed) makes one batch of all of them."""
@@ -116,7 +128,7 @@ def _tranches(found: list[Candidate]) -> Iterator[list[Candidate]]:
     found.sort(reverse=True)
     start = 0
     while start < len(found):
-        end = min(start + BATCH, len(found))
+        end = min(start + (BATCH if start else first), len(found))
         while end < len(found) and found[end][0] == found[end - 1][0]:
             end += 1
         yield found[start:end]

@@ -65,11 +65,11 @@ def test_candidates_come_in_batches_each_strictly_older_than_the_one_before() ->
     transaction shares its created_at), so sorting each batch in SQL sorts them all."""
     rng = random.Random(3)
     found = [(rng.randrange(1, 40), f"c{rng.randrange(5)}", seq) for seq in range(1, 500)]
-    batches = list(_tranches(list(found)))
+    batches = list(_tranches(list(found), 21))
     assert sorted(c for b in batches for c in b) == sorted(found)
     for before, after in pairwise(batches):
         assert min(c[0] for c in before) > max(c[0] for c in after)
-    assert all(len(b) >= BATCH for b in batches[:-1])
+    assert len(batches[0]) >= 21 and all(len(b) >= BATCH for b in batches[1:-1])
 
 
 def test_candidates_of_unknown_time_make_one_batch() -> None:
