@@ -242,13 +242,10 @@ def _joined(session: Session, stmt: Any, tranche: list[Candidate]) -> Any:
     """`stmt` restricted to the tranche's messages, joined as a relation (cid, seq) in one
     bound parameter per column whatever their number."""
     if session.get_bind().dialect.name == "postgresql":
+        cids = bindparam("cand_c", [c for _, c, _ in tranche], ARRAY(String))
+        seqs = bindparam("cand_s", [q for _, _, q in tranche], ARRAY(Integer))
         candidates = select(
-            func.unnest(bindparam("cand_c", [c for _, c, _ in tranche], ARRAY(String))).label(
-                "cid"
-            ),
-            func.unnest(bindparam("cand_s", [q for _, _, q in tranche], ARRAY(Integer))).label(
-                "seq"
-            ),
+            func.unnest(cids).label("cid"), func.unnest(seqs).label("seq")
         ).subquery()
     else:
         each = func.json_each(
