@@ -24,13 +24,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from core.crypto import MissingKeyError
-from core.ids import utcnow
 from core.services import Services
 from domain import outbox
 from domain.keys import message_aad
 from domain.search import postings
 from domain.search.text import index_terms
-from models import Conversation, Message, Outbox, SearchConversation, SearchPostings
+from models import Conversation, Message, SearchConversation, SearchPostings
 
 logger = logging.getLogger(__name__)
 
@@ -110,17 +109,6 @@ _KEY = (
 _INSERT = insert(_TABLE)
 _UPDATE = update(_TABLE).where(*_KEY).values(data=bindparam("d"))
 _DELETE = delete(_TABLE).where(*_KEY)
-_OUTBOX = cast(Table, Outbox.__table__)
-# outbox.mark_done's statement for this stage's rows, prebuilt for the same reason.
-_DONE = (
-    update(_OUTBOX)
-    .where(
-        _OUTBOX.c.ref_id.in_(bindparam("ids", expanding=True)),
-        _OUTBOX.c.done_at.is_(None),
-        _OUTBOX.c.task == INDEX_TASK,
-    )
-    .values(done_at=bindparam("at"))
-)
 _TEXTS = select(
     Message.id,
     Message.seq,
@@ -297,8 +285,7 @@ def index_messages(svc: Services, conversation_id: str, message_ids: Sequence[st
     gone, deleted, expired or without text get no tokens. Returns the tokens written."""
     with svc.engine.begin() as conn:
         written, n = index_batch(svc, conn, conversation_id, message_ids)
-        if message_ids:  # outbox.mark_done(s, message_ids, INDEX_TASK), prebuilt
-            conn.execute(_DONE, {"ids": list(message_ids), "at": utcnow()})
+        outbox.mark_done(conn, message_ids, INDEX_TASK)
     logger.info(
         "indexed %d message(s), %d token(s)",
         n,
