@@ -4,15 +4,15 @@
 In process, on SQLite (or `--postgres`, a fresh database on the local server) with a private
 redis-server (the moderation stage's flood check and fan-out use it); no broker or worker.
 The data set is loaded with Core bulk inserts of sealed messages, and indexed per conversation
-batch through the stage's own code (domain.search.index.index_batch); searches go through the
+batch through the stage's own code (domain.search.stage.index_many); searches go through the
 function the API calls (domain.search.query.search). `--full` is the issue's 1M messages in
 10k conversations. Texts are synthetic: 4-30 words drawn from a Zipf-distributed vocabulary.
 
 Throughput: `--moderate` pending messages (in `--moderate-conversations` conversations) are
-moderated by domain.moderation_stage.moderate_and_fan_out, as the moderate task would; with the
-index on, every index-stage outbox row those runs queue is then run by
-domain.search.index.index_messages, as the index task would. Both are measured in the same run,
-alternating, `--rounds` times each; the medians and their ratio are printed.
+moderated by domain.moderation_stage.moderate_and_fan_out, as the moderate task would, with
+the search index on (the fan-out writes it) and off (`PARLEY_SEARCH_INDEX=false`). Both are
+measured in the same run, alternating, `--rounds` times each; the medians and their ratio are
+printed.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def _insert(
 
 def load(svc: Any, args: argparse.Namespace) -> dict[str, Any]:
     """The searchable data set: delivered messages, indexed as the stage indexes them."""
-    from domain.search import index
+    from domain.search import stage
 
     texts = Texts(15)
     started = time.perf_counter()
@@ -139,8 +139,7 @@ def load(svc: Any, args: argparse.Namespace) -> dict[str, Any]:
         sealed += size
         t0 = time.perf_counter()
         with svc.Session.begin() as s:
-            for cid, mids in ids.items():
-                index.index_batch(svc, s, cid, mids)
+            stage.index_many(svc, s, ids)
         indexing += time.perf_counter() - t0
         done += n
         print(f"  loaded {done:,} messages ({time.perf_counter() - started:.0f} s)", flush=True)
@@ -209,13 +208,13 @@ def latencies(svc: Any, vocab: list[str], queries: int) -> dict[str, dict[str, f
 
 def moderation_round(svc: Any, args: argparse.Namespace, texts: Texts, indexed: bool) -> float:
     """Post `--moderate` pending messages (untimed), then time the moderation stage over them,
-    with or without the index stage; returns messages per second."""
-    from sqlalchemy import select
+    with the search index on or off; returns messages per second."""
+    from dataclasses import replace
 
-    from domain import moderation_stage, outbox
-    from domain.search import index
-    from models import Outbox
+    from core.config import with_overrides
+    from domain import moderation_stage
 
+    run_svc = replace(svc, settings=with_overrides(svc.settings, search_index=indexed))
     convs = _conversations(svc, args.moderate_conversations, 0)
     per_conv: dict[str, int] = {}
     ids, _ = _insert(svc, texts, convs, per_conv, args.moderate, "pending")
@@ -223,25 +222,10 @@ def moderation_round(svc: Any, args: argparse.Namespace, texts: Texts, indexed: 
     texts.rng.shuffle(order)
     started = time.perf_counter()
     for cid, mid in order:
-        own = moderation_stage.still_to_moderate(svc, [(mid, cid)])
+        own = moderation_stage.still_to_moderate(run_svc, [(mid, cid)])
         if own:
-            moderation_stage.moderate_and_fan_out(svc, own)
-    if indexed:
-        with svc.ReadSession() as s:
-            queued = list(
-                s.scalars(
-                    select(Outbox.args).where(
-                        Outbox.task == index.INDEX_TASK, Outbox.done_at.is_(None)
-                    )
-                )
-            )
-        for task_args in queued:
-            index.index_messages(svc, *task_args)
-    elapsed = time.perf_counter() - started
-    if not indexed:  # leave no index work behind for the next round to count
-        with svc.Session.begin() as s:
-            outbox.mark_done(s, [mid for _, mid in order], index.INDEX_TASK)
-    return args.moderate / elapsed
+            moderation_stage.moderate_and_fan_out(run_svc, own)
+    return args.moderate / (time.perf_counter() - started)
 
 
 _STATE = "search-bench.json"

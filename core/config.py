@@ -88,6 +88,7 @@ class Settings(BaseSettings):
     ingest_pace_lag_ms: float = 0.0  # 0: never pace (domain/ingest.Pacer)
     ingest_pace_max_ms: float = 250.0
     rotation_batch: int = 500
+    search_index: bool = True  # off: no message search, and no index written (docs/search.md)
     moderation_policies: str = ""
     reports_auto_hold: int = 3
     flood_conversations: int = 5

@@ -4,7 +4,7 @@
 cursors it takes the messages after each cursor in seq order, stops at the first one still in
 moderation (its moderating task resumes the walk), and appends `message.new` to each member's
 stream through `EventLog.append_many` (one round trip for the batch), so a re-run adds
-nothing. The same transaction moves the cursors and queues the index stage. Redis effects
+nothing. The same transaction moves the cursors and writes the search index. Redis effects
 happen before the commit: a crash after them and before the commit repeats them harmlessly; a
 crash before them loses nothing because the cursors did not move. Run by tasks/fanout.py and,
 inline, by the moderation stage (domain/moderation_stage.py)."""
@@ -24,7 +24,7 @@ from core.services import Services
 from domain import outbox
 from domain.events import PUBLISH_TASK
 from domain.messages import MODERATE_TASK
-from domain.search import index as search_index
+from domain.search import stage as search_stage
 from models import Conversation, DeliveryCursor, Message, Participant
 
 logger = logging.getLogger(__name__)
@@ -148,6 +148,7 @@ def drain_many(
         for msg in rows:
             batches[msg.conversation_id].append(msg)
         done: list[str] = []
+        walked_by: dict[str, list[str]] = {}
         for cid, batch in batches.items():
             cursor, conv, member_rows = cursors[cid], convs[cid], members[cid]
             member_ids = [p.user_id for p in member_rows]
@@ -170,9 +171,7 @@ def drain_many(
                 walked += 1
             if walked == BATCH:
                 more.append(cid)
-            # The index stage reads the text again (docs/search.md): queued with the fan-out,
-            # so its write transaction never runs between a verdict and its fan-out.
-            search_index.hand_off(s, cid, done[len(done) - walked :])
+            walked_by[cid] = done[len(done) - walked :]
             if walked:
                 logger.info(
                     "fanned out %d message(s) to %d member(s)",
@@ -181,6 +180,10 @@ def drain_many(
                     extra={"conversation_id": cid, "seq": cursor.fanout_seq},
                 )
         event_log(svc).append_many(events)  # before the commit: a crash in between repeats it
+        # The search index moves with the cursors, after the streams (docs/search.md); the
+        # messages' own rows are written first, in the order an edit takes its locks.
+        s.flush()
+        search_stage.index_many(svc, s, walked_by)
         outbox.mark_done(s, done, MODERATE_TASK)
     if done:
         _mark_walked(svc, done, waited_ms)

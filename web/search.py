@@ -8,6 +8,7 @@ from flask import Blueprint
 from marshmallow import fields, validate
 
 from core.services import services
+from domain.errors import NotFound
 from domain.search import query as search_query
 from domain.search.text import MAX_QUERY_CHARS
 from web.auth import current, require_auth
@@ -54,8 +55,10 @@ class SearchPageSchema(ResponseSchema):
 )
 def search_messages() -> dict[str, Any]:
     """Search the messages the caller may read; an API key names one conversation."""
-    q = query_args(MessageSearchQuery())
     svc = services()
+    if not svc.settings.search_index:
+        raise NotFound("message search is turned off on this server (PARLEY_SEARCH_INDEX=false)")
+    q = query_args(MessageSearchQuery())
     with svc.ReadSession() as s:
         items, next_cursor = search_query.search(svc, s, current(), q)
     return {"items": items, "next_cursor": next_cursor}

@@ -13,27 +13,26 @@ twice leaves the same rows.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, Integer, Table, bindparam, delete, insert, select, update
+from sqlalchemy import text as sql
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
-from core.crypto import MissingKeyError
 from core.services import Services
-from domain import outbox
-from domain.keys import message_aad
 from domain.search import postings
 from domain.search.text import index_terms
-from models import Conversation, Message, SearchConversation, SearchPostings
+from models import Message, SearchConversation, SearchPostings
 
 logger = logging.getLogger(__name__)
 
-INDEX_TASK = "tasks.index.index_messages"
 TOKEN_BYTES = 4
 
 Entry = tuple[int, str, str]  # (seq, data key id, text) of a message to index
@@ -71,34 +70,56 @@ def _conn(db: Db) -> Connection:
 def lock(db: Db, conversation_id: str, create: bool = True) -> int | None:
     """The conversation's index reference, its row locked for this transaction (made first
     when `create`); None when it has no index and `create` is false."""
+    return locked(db, [conversation_id], create).get(conversation_id)
+
+
+def locked(db: Db, conversation_ids: Iterable[str], create: bool = True) -> dict[str, int]:
+    """conversation id -> index reference of these conversations, their rows locked for this
+    transaction in conversation-id order (one lock order for every writer of several), made
+    first when `create`; a conversation without one is left out unless `create`."""
     conn = _conn(db)
     pg = conn.dialect.name == "postgresql"
-    stmt = _REF_FOR_UPDATE if pg else _REF
-    ref: int | None = conn.execute(stmt, {"c": conversation_id}).scalar()
-    if ref is None and create:
-        conn.execute(_NEW_REF_PG if pg else _NEW_REF_SQLITE, {"c": conversation_id})
-        ref = conn.execute(stmt, {"c": conversation_id}).scalar()
-    return ref
+    stmt = _REFS_FOR_UPDATE if pg else _REFS
+    cids = sorted(set(conversation_ids))
+    found: dict[str, int] = dict(conn.execute(stmt, {"c": cids}).all())
+    missing = [c for c in cids if c not in found]
+    if missing and create:
+        conn.execute(_NEW_REF_PG if pg else _NEW_REF_SQLITE, [{"c": c} for c in missing])
+        found.update(conn.execute(stmt, {"c": missing}).all())
+    return found
 
 
 # Built once, and run on the session's connection (Core, not the ORM's execution path): the
 # stage runs them per batch, and building or ORM-compiling a statement cost more than running
 # it on SQLite (py-spy: about half the stage's time went there).
-_REF = select(SearchConversation.ref).where(SearchConversation.conversation_id == bindparam("c"))
-_REF_FOR_UPDATE = _REF.with_for_update()
+_REFS = (
+    select(SearchConversation.conversation_id, SearchConversation.ref)
+    .where(SearchConversation.conversation_id.in_(bindparam("c", expanding=True)))
+    .order_by(SearchConversation.conversation_id)
+)
+_REFS_FOR_UPDATE = _REFS.with_for_update()
 _NEW_REF_PG, _NEW_REF_SQLITE = (
     dialect.insert(SearchConversation)
     .values(conversation_id=bindparam("c"))
     .on_conflict_do_nothing(index_elements=["conversation_id"])
     for dialect in (postgresql, sqlite)
 )
-_LIVE = select(Conversation.id).where(
-    Conversation.id == bindparam("c"), Conversation.deleted_at.is_(None)
+# The rows of (ref, bucket, segment) keys given in one parameter: a constant statement
+# whatever their number, each key a primary-key lookup.
+_ROWS_SQLITE = sql(
+    "SELECT p.ref, p.bucket, p.segment, p.data FROM json_each(:keys) AS k"
+    " JOIN search_postings AS p ON p.ref = k.value >> 40"
+    " AND p.bucket = (k.value >> 32) & 255 AND p.segment = k.value & 4294967295"
 )
-_ROWS = select(SearchPostings.bucket, SearchPostings.segment, SearchPostings.data).where(
-    SearchPostings.ref == bindparam("ref"),
-    SearchPostings.bucket.in_(list(range(postings.TAIL + 1))),  # and the times and tail rows
-    SearchPostings.segment.in_(bindparam("segments", expanding=True)),
+_ROWS_PG = sql(
+    "SELECT p.ref, p.bucket, p.segment, p.data"
+    " FROM unnest(:a, :b, :g) AS k(ref, bucket, segment)"
+    " JOIN search_postings AS p"
+    " ON p.ref = k.ref AND p.bucket = k.bucket AND p.segment = k.segment"
+).bindparams(
+    bindparam("a", type_=ARRAY(Integer)),
+    bindparam("b", type_=ARRAY(Integer)),
+    bindparam("g", type_=ARRAY(Integer)),
 )
 _TABLE = cast(Table, SearchPostings.__table__)
 _KEY = (
@@ -109,18 +130,6 @@ _KEY = (
 _INSERT = insert(_TABLE)
 _UPDATE = update(_TABLE).where(*_KEY).values(data=bindparam("d"))
 _DELETE = delete(_TABLE).where(*_KEY)
-_TEXTS = select(
-    Message.id,
-    Message.seq,
-    Message.key_id,
-    Message.text_ct,
-    Message.deleted_at,
-    Message.expired_at,
-    Message.created_at,
-).where(
-    Message.id.in_(bindparam("ids", expanding=True)),
-    Message.conversation_id == bindparam("c"),
-)
 
 
 def write(
@@ -136,52 +145,109 @@ def write(
     texts (a seq only in `drop` ends with none, and loses its time), in the caller's
     transaction. Returns the tokens written. `ref`: the conversation's index row, when the
     caller has locked it. `times`: seq -> created_at of entries, for the segments' times rows
-    (an entry without one keeps the time stored, e.g. an edit's)."""
-    adds: dict[int, set[int]] = defaultdict(set)  # seq -> tokens
-    keys: dict[str, bytes] = {}
+    (an entry without one keeps the time stored, e.g. an edit's). Nothing when the index is
+    off (`PARLEY_SEARCH_INDEX`)."""
+    if not svc.settings.search_index:
+        return 0
+    change = Change(set(drop))
     for seq, dk_id, text in entries:
-        if dk_id not in keys:
-            keys[dk_id] = index_key(svc, dk_id)
-        adds[seq] |= tokens(keys[dk_id], index_terms(text))
-    seqs = set(drop) | set(adds)
-    if not seqs:
+        change.add(svc, seq, dk_id, text, (times or {}).get(seq))
+    if not change.seqs:
         return 0
     conn = _conn(db)
     if ref is None:
-        ref = lock(conn, conversation_id, create=bool(adds))
+        ref = lock(conn, conversation_id, create=bool(change.adds))
     if ref is None:
         return 0
-    stamps = {q: postings.micros(at) for q, at in (times or {}).items() if q in adds}
-    _rewrite(conn, ref, seqs, adds, stamps)
-    return sum(len(t) for t in adds.values())
+    rewrite(conn, {ref: change})
+    return change.written
 
 
-def _rewrite(
-    conn: Connection,
-    ref: int,
-    seqs: set[int],
-    adds: dict[int, set[int]],
-    stamps: Mapping[int, int] | None = None,
-) -> None:
-    """Rewrite the postings rows of `seqs`' segments: their old postings out (from the bucket
-    rows and the tail row), `adds` in (to the tail row, folded into the bucket rows when
-    full); the times rows: `stamps` (seq -> microseconds) in, the times of seqs left without
-    tokens out."""
-    clear: dict[int, set[int]] = defaultdict(set)  # segment -> offsets to clear
-    for seq in seqs:
-        segment, offset = postings.place(seq)
-        clear[segment].add(offset)
-    old = {
-        (b, g): data for b, g, data in conn.execute(_ROWS, {"ref": ref, "segments": sorted(clear)})
-    }
-    written: dict[tuple[int, int], bytes] = {}  # the rows to store (b"": delete)
+class Change:
+    """What to make of some seqs of one conversation's index: `seqs` end with exactly the
+    tokens in `adds` (none when absent), and the times in `stamps` (kept when an added seq
+    has none, cleared for a seq left without tokens)."""
+
+    def __init__(self, drop: set[int] | None = None) -> None:
+        self.seqs: set[int] = drop or set()
+        self.adds: dict[int, set[int]] = defaultdict(set)  # seq -> tokens
+        self.stamps: dict[int, int] = {}  # seq -> microseconds
+        self.written = 0
+
+    def add(self, svc: Services, seq: int, dk_id: str, text: str, at: datetime | None) -> None:
+        """The message's tokens under its data key's search key (raises MissingKeyError)."""
+        found = tokens(index_key(svc, dk_id), index_terms(text))
+        self.seqs.add(seq)
+        self.adds[seq] |= found
+        self.written += len(found)
+        if at is not None:
+            self.stamps[seq] = postings.micros(at)
+
+
+def rewrite(conn: Connection, changes: Mapping[int, Change]) -> None:
+    """Apply each index ref's change: one read of the rows of the segments they touch (their
+    bucket, tail and times rows), then one executemany each for inserts, updates, deletes,
+    whatever the number of conversations."""
+    clears: dict[int, dict[int, set[int]]] = {}  # ref -> segment -> offsets to clear
+    for ref, change in changes.items():
+        clear: dict[int, set[int]] = defaultdict(set)
+        for seq in change.seqs:
+            segment, offset = postings.place(seq)
+            clear[segment].add(offset)
+        clears[ref] = clear
+    old: dict[int, dict[tuple[int, int], bytes]] = {ref: {} for ref in changes}
+    for r, b, g, data in _read(conn, [(r, g) for r, clear in clears.items() for g in clear]):
+        old[r][b, g] = data
+    inserts: list[dict[str, object]] = []
+    updates: list[dict[str, object]] = []
+    deletes: list[dict[str, object]] = []
+    for ref, change in changes.items():
+        written = _planned(old[ref], clears[ref], change)
+        for (b, g), data in written.items():
+            key: dict[str, object] = {"r": ref, "b": b, "g": g}
+            if (b, g) not in old[ref]:
+                if data:
+                    inserts.append({"ref": ref, "bucket": b, "segment": g, "data": data})
+            elif not data:
+                deletes.append(key)
+            elif data != old[ref][b, g]:
+                updates.append({**key, "d": data})
+    if inserts:
+        conn.execute(_INSERT, inserts)
+    if updates:
+        conn.execute(_UPDATE, updates)
+    if deletes:
+        conn.execute(_DELETE, deletes)
+
+
+def _read(conn: Connection, pairs: list[tuple[int, int]]) -> Iterable[tuple[int, int, int, bytes]]:
+    """(ref, bucket, segment, data) of every row of these (ref, segment) pairs: one statement
+    (the pairs in one parameter, each a primary-key lookup per bucket), however many."""
+    keys = [(r, b, g) for r, g in pairs for b in range(postings.TAIL + 1)]
+    if not keys:
+        return []
+    if conn.dialect.name == "postgresql":
+        cols = {"a": [k[0] for k in keys], "b": [k[1] for k in keys], "g": [k[2] for k in keys]}
+        return conn.execute(_ROWS_PG, cols)
+    packed = json.dumps([r << 40 | b << 32 | g for r, b, g in keys])
+    return conn.execute(_ROWS_SQLITE, {"keys": packed})
+
+
+def _planned(
+    old: Mapping[tuple[int, int], bytes], clear: Mapping[int, set[int]], change: Change
+) -> dict[tuple[int, int], bytes]:
+    """The rows to store for one ref (b"": delete): the cleared offsets' old postings out (from
+    the bucket rows and the tail row), the change's tokens in (to the tail row, folded into the
+    bucket rows when full), the times rows updated."""
+    seqs, adds, stamps = change.seqs, change.adds, change.stamps
+    written: dict[tuple[int, int], bytes] = {}
     for g in clear:
         data = old.get((postings.TIMES, g))
         values = postings.times(data)
         for seq in seqs:
             segment, offset = postings.place(seq)
             if segment == g:
-                values[offset] = (stamps or {}).get(seq, values[offset] if seq in adds else 0)
+                values[offset] = stamps.get(seq, values[offset] if seq in adds else 0)
         if any(values):
             new = postings.encode_times(values)
             if new != data:
@@ -222,22 +288,7 @@ def _rewrite(
             tail.clear()
     for where in changed:
         written[where] = postings.encode(rows[where]) if rows[where] else b""
-    inserts, updates, deletes = [], [], []
-    for (b, g), data in written.items():
-        key = {"r": ref, "b": b, "g": g}
-        if (b, g) not in old:
-            if data:
-                inserts.append({"ref": ref, "bucket": b, "segment": g, "data": data})
-        elif not data:
-            deletes.append(key)
-        elif data != old[b, g]:
-            updates.append({**key, "d": data})
-    if inserts:
-        conn.execute(_INSERT, inserts)
-    if updates:
-        conn.execute(_UPDATE, updates)
-    if deletes:
-        conn.execute(_DELETE, deletes)
+    return written
 
 
 def replace(
@@ -258,7 +309,7 @@ def forget(session: Session, conversation_id: str, seqs: Iterable[int]) -> None:
     if seqs:
         ref = lock(session, conversation_id, create=False)
         if ref is not None:
-            _rewrite(session.connection(), ref, seqs, {})
+            rewrite(session.connection(), {ref: Change(seqs)})
 
 
 def forget_messages(session: Session, message_ids: Sequence[str]) -> None:
@@ -278,58 +329,3 @@ def drop_conversation(session: Session, conversation_id: str) -> None:
     if ref is not None:
         session.execute(delete(SearchPostings).where(SearchPostings.ref == ref))
         session.execute(delete(SearchConversation).where(SearchConversation.ref == ref))
-
-
-def index_messages(svc: Services, conversation_id: str, message_ids: Sequence[str]) -> int:
-    """The index stage: (re)write the tokens of these messages, mark the stage done. Messages
-    gone, deleted, expired or without text get no tokens. Returns the tokens written."""
-    with svc.engine.begin() as conn:
-        written, n = index_batch(svc, conn, conversation_id, message_ids)
-        outbox.mark_done(conn, message_ids, INDEX_TASK)
-    logger.info(
-        "indexed %d message(s), %d token(s)",
-        n,
-        written,
-        extra={"conversation_id": conversation_id},
-    )
-    return written
-
-
-def index_batch(
-    svc: Services, db: Db, conversation_id: str, message_ids: Sequence[str]
-) -> tuple[int, int]:
-    """The stage's work in the caller's transaction: (tokens written, messages read). The
-    conversation's index row is locked before the texts are read, so an edit committing
-    meanwhile is either seen here or rewrites the postings after us."""
-    conn = _conn(db)
-    ref = lock(conn, conversation_id, create=False)
-    if ref is None:
-        if conn.execute(_LIVE, {"c": conversation_id}).first() is None:
-            return 0, 0  # deleted (its keys shredded, its index dropped): nothing to index
-        ref = lock(conn, conversation_id)
-    rows = conn.execute(_TEXTS, {"ids": list(message_ids), "c": conversation_id}).all()
-    drop: list[int] = []
-    entries: list[Entry] = []
-    times: dict[int, datetime] = {}
-    for mid, seq, dk_id, blob, deleted_at, expired_at, created_at in rows:
-        if dk_id is None or blob is None or deleted_at is not None or expired_at is not None:
-            drop.append(seq)
-            continue
-        try:
-            entries.append((seq, dk_id, svc.keyring.open_text(dk_id, blob, message_aad(mid))))
-            times[seq] = created_at
-        except MissingKeyError:  # the conversation was deleted meanwhile: nothing to index
-            drop.append(seq)
-    try:
-        written = write(svc, conn, conversation_id, drop, entries, ref, times)
-    except MissingKeyError:
-        written = write(svc, conn, conversation_id, drop + [e[0] for e in entries], ref=ref)
-    return written, len(rows)
-
-
-def hand_off(session: Session, conversation_id: str, message_ids: Sequence[str]) -> None:
-    """Queue the index stage for moderated messages, in the fan-out's transaction (so it never
-    takes SQLite's write lock between a verdict's commit and its fan-out). Outbox-backed: sent
-    after the commit, re-sent by the sweeper if the broker lost it."""
-    if message_ids:
-        outbox.add(session, INDEX_TASK, [conversation_id, list(message_ids)], message_ids[0])

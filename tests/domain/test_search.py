@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from core.crypto import MissingKeyError
 from domain.retention.deleting import delete_messages
-from domain.search import index, postings
+from domain.search import index, postings, stage
 from models import Conversation, Message, SearchConversation, SearchPostings
 from tests.conftest import Stack, wait_for
 from tests.factories import Api, plaintext_at_rest, uid, wait_delivered
@@ -125,7 +125,7 @@ def test_a_deleted_conversation_gives_no_hits(api: Api, live: Stack) -> None:
     assert hits(api, a, secret) == []
     assert hits(api, b, secret) == []
     wait_for(lambda: stored(live, cid) == {}, 30, what="the conversation purge")
-    index.index_messages(live.svc, cid, [mid])  # a late stage run indexes nothing
+    stage.index_messages(live.svc, cid, [mid])  # a late stage run indexes nothing
     assert stored(live, cid) == {}
 
 
@@ -319,7 +319,7 @@ def test_two_index_runs_for_one_conversation_at_once_keep_both_messages(
     def slow_first() -> None:
         try:
             with live.svc.Session.begin() as s:
-                index.index_batch(live.svc, s, cid, [first["id"]])
+                stage.index_many(live.svc, s, {cid: [first["id"]]})
                 started.set()
                 time.sleep(0.5)  # the other run starts while this one holds the lock
         except BaseException as exc:  # reported by the main thread
@@ -329,7 +329,7 @@ def test_two_index_runs_for_one_conversation_at_once_keep_both_messages(
     def then_second() -> None:
         started.wait(10)
         try:
-            index.index_messages(live.svc, cid, [second["id"]])
+            stage.index_messages(live.svc, cid, [second["id"]])
         except BaseException as exc:
             errors.append(exc)
 
@@ -352,8 +352,8 @@ def test_running_the_index_stage_again_leaves_the_same_rows(api: Api, live: Stac
     wait_found(api, b, tag, 3)
     before = stored(live, cid), stored(live, cid, times=True)
     assert all(before)
-    index.index_messages(live.svc, cid, [m["id"] for m in sent])
-    index.index_messages(live.svc, cid, [sent[1]["id"]])
+    stage.index_messages(live.svc, cid, [m["id"] for m in sent])
+    stage.index_messages(live.svc, cid, [sent[1]["id"]])
     assert (stored(live, cid), stored(live, cid, times=True)) == before
 
 
@@ -382,7 +382,7 @@ def test_new_postings_go_to_the_tail_row_and_fold_into_the_buckets_when_it_fills
     assert set(indexed(live, cid)) == {m["seq"] for m in sent}
     with live.svc.Session.begin() as s:  # from an empty index, a batch lands in the tail only
         index.forget(s, cid, [m["seq"] for m in sent])
-    index.index_messages(live.svc, cid, [m["id"] for m in sent[:3]])
+    stage.index_messages(live.svc, cid, [m["id"] for m in sent[:3]])
     rows = stored(live, cid)
     assert set(rows) == {(postings.TAIL, 0)}
     assert postings.held(postings.decode(rows[postings.TAIL, 0])) == {m["seq"] for m in sent[:3]}

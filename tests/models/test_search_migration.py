@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Table, create_engine, insert, inspect, select
 
 from core.ids import new_id
-from domain.search.index import INDEX_TASK
+from domain.search.stage import INDEX_TASK
 from models import Conversation, Message, Outbox
 from models.migrate import upgrade
 from tests.conftest import fresh_postgres

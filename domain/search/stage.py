@@ -1,0 +1,96 @@
+"""The index stage: the tokens of moderated messages written, for many conversations at once.
+
+The fan-out runs it inline, in the transaction that moves the delivery cursors past the
+messages (domain/fanout.py): the index then changes exactly when the cursor does, with no
+task, outbox row or transaction of its own per conversation, and its writes come after the
+events are in the streams, so a socket never waits for them. `tasks.index.index_messages`
+runs it for one conversation: re-runs, and the rows migration e5b8f0a3c4d6 queued.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+from sqlalchemy import bindparam, select
+
+from core.crypto import MissingKeyError
+from core.services import Services
+from domain import outbox
+from domain.keys import message_aad
+from domain.search import index
+from models import Conversation, Message
+
+logger = logging.getLogger(__name__)
+
+INDEX_TASK = "tasks.index.index_messages"
+
+_LIVE = select(Conversation.id).where(
+    Conversation.id.in_(bindparam("c", expanding=True)), Conversation.deleted_at.is_(None)
+)
+_TEXTS = select(
+    Message.id,
+    Message.conversation_id,
+    Message.seq,
+    Message.key_id,
+    Message.text_ct,
+    Message.deleted_at,
+    Message.expired_at,
+    Message.created_at,
+).where(Message.id.in_(bindparam("ids", expanding=True)))
+
+
+def index_messages(svc: Services, conversation_id: str, message_ids: Sequence[str]) -> int:
+    """The index task: (re)write the tokens of these messages, mark the task done. Returns
+    the tokens written."""
+    with svc.engine.begin() as conn:
+        written, n = index_many(svc, conn, {conversation_id: message_ids})
+        outbox.mark_done(conn, message_ids, INDEX_TASK)
+    logger.info(
+        "indexed %d message(s), %d token(s)",
+        n,
+        written,
+        extra={"conversation_id": conversation_id},
+    )
+    return written
+
+
+def index_many(
+    svc: Services, db: index.Db, messages: Mapping[str, Sequence[str]]
+) -> tuple[int, int]:
+    """Make the tokens of these messages (conversation id -> message ids) those of their
+    current texts, in the caller's transaction: (tokens written, messages read). Messages
+    gone, deleted, expired or without text get none; a deleted conversation (its keys
+    shredded, its index dropped) gets no index.
+
+    The conversations' index rows are locked (in id order) before the texts are read, so an
+    edit committing meanwhile is either seen here or rewrites the postings after us. Whatever
+    the number of conversations: two reads, the texts and the rows to rewrite, and one
+    executemany per kind of write."""
+    if not svc.settings.search_index:
+        return 0, 0
+    conn = index._conn(db)
+    cids = sorted(c for c, ids in messages.items() if ids)
+    refs = index.locked(conn, cids, create=False)
+    fresh = [c for c in cids if c not in refs]
+    if fresh:  # a conversation's first index: made only while it lives
+        live = conn.execute(_LIVE, {"c": fresh}).scalars().all()
+        refs.update(index.locked(conn, live))
+    wanted = [(c, mid) for c in cids if c in refs for mid in messages[c]]
+    if not wanted:
+        return 0, 0
+    of = dict((mid, c) for c, mid in wanted)
+    rows = [r for r in conn.execute(_TEXTS, {"ids": list(of)}) if of[r.id] == r.conversation_id]
+    changes: dict[int, index.Change] = {}
+    for r in rows:
+        change = changes.setdefault(refs[r.conversation_id], index.Change())
+        change.seqs.add(r.seq)
+        if r.key_id is None or r.text_ct is None or r.deleted_at or r.expired_at:
+            continue
+        try:
+            text = svc.keyring.open_text(r.key_id, r.text_ct, message_aad(r.id))
+            change.add(svc, r.seq, r.key_id, text, r.created_at)
+        except MissingKeyError:  # the conversation was deleted meanwhile: nothing to index
+            continue
+    index.rewrite(conn, changes)
+    return sum(c.written for c in changes.values()), len(rows)

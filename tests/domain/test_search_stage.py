@@ -1,0 +1,62 @@
+"""The index stage run by the fan-out itself (#15, #17): a message is searchable once its
+fan-out commits, with no index task of its own; `PARLEY_SEARCH_INDEX=false` writes no index
+and answers searches with a problem. Real SQLite and PostgreSQL; the stages run in this
+process (no worker), as a worker child runs them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+from sqlalchemy import select
+
+from core.config import with_overrides
+from domain import moderation_stage
+from domain.search.stage import INDEX_TASK
+from models import Outbox
+from tests.conftest import Stack
+from tests.domain.test_search import hits, search, stored, word
+from tests.factories import Api, uid
+
+
+@pytest.fixture
+def search_off(idle: Stack) -> Iterator[Stack]:
+    """The stack's app with the index turned off, restored afterwards."""
+    svc = idle.svc
+    idle.app.extensions["parley"] = replace(
+        svc, settings=with_overrides(svc.settings, search_index=False)
+    )
+    try:
+        yield idle
+    finally:
+        idle.app.extensions["parley"] = svc
+
+
+def test_the_fan_out_writes_the_index_in_its_own_transaction(api: Api, idle: Stack) -> None:
+    a, b, c = uid(), uid(), uid()
+    one, two = api.conversation(a, b), api.conversation(a, c)
+    words = {one: word(), two: word()}
+    sent = {cid: api.send(a, cid, f"see you {w} soon")["id"] for cid, w in words.items()}
+    assert hits(api, b, words[one]) == []  # not moderated yet: nothing indexed
+    moderation_stage.moderate_and_fan_out(idle.svc, {sent[one]: one})  # takes both
+    assert [h["message"]["id"] for h in hits(api, b, words[one])] == [sent[one]]
+    assert [h["message"]["id"] for h in hits(api, c, words[two])] == [sent[two]]
+    assert hits(api, c, words[one]) == []
+    with idle.svc.Session() as s:
+        queued = s.scalars(select(Outbox.ref_id).where(Outbox.task == INDEX_TASK)).all()
+    assert not set(queued) & set(sent.values())  # no index task: the fan-out wrote it
+
+
+def test_with_the_index_off_nothing_is_indexed_and_search_says_so(
+    api: Api, search_off: Stack
+) -> None:
+    a, b = uid(), uid()
+    cid = api.conversation(a, b)
+    mid = api.send(a, cid, f"hidden {word()}")["id"]
+    moderation_stage.moderate_and_fan_out(search_off.svc, {mid: cid})
+    assert stored(search_off, cid) == {}
+    resp = search(api, b, q="hidden")
+    assert resp.status_code == 404
+    assert resp.content_type == "application/problem+json"
+    assert "turned off" in resp.get_json()["detail"]
