@@ -65,7 +65,9 @@ _local = threading.local()
 
 @lru_cache(maxsize=65536)
 def stem(folded: str) -> str:
-    """The word's stem (snowball stemmers keep state: one per thread)."""
+    """The word's stem (snowball stemmers keep state: one per thread). `snowballstemmer` hands
+    the work to PyStemmer's C build of the same stemmers when it is installed (it is, in
+    requirements.txt): the same stems, about 18 times faster."""
     stemmer = getattr(_local, "stemmer", None)
     if stemmer is None:
         stemmer = _local.stemmer = snowballstemmer.stemmer(LANGUAGE)
@@ -93,15 +95,19 @@ def _pieces(word: str) -> tuple[tuple[str, str], ...]:
 def index_terms(text: str) -> set[tuple[str, str]]:
     """What the index stores for `text` (before hashing): ("t", stem) for each word that is
     not a stopword, and ("p", prefix) for its indexed prefix lengths."""
-    terms: set[tuple[str, str]] = set()
-    for w in words(text):
-        if w.folded in STOPWORDS:
+    return set().union(*map(_word_terms, _WORD.findall(text)))
+
+
+@lru_cache(maxsize=65536)
+def _word_terms(word: str) -> tuple[tuple[str, str], ...]:
+    """index_terms of one word as written, once per word (the index stage's hot path)."""
+    terms: list[tuple[str, str]] = []
+    for folded, stemmed in _pieces(word):
+        if folded in STOPWORDS:
             continue
-        terms.add(("t", w.stem))
-        for n in PREFIX_LENGTHS:
-            if len(w.folded) >= n:
-                terms.add(("p", w.folded[:n]))
-    return terms
+        terms.append(("t", stemmed))
+        terms.extend(("p", folded[:n]) for n in PREFIX_LENGTHS if len(folded) >= n)
+    return tuple(terms)
 
 
 _STOP_STEMS = frozenset(stem(w) for w in STOPWORDS)
