@@ -366,8 +366,16 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="py-spy the throughput phase")
     parser.add_argument("--web-processes", type=int, default=1, help="gunicorn workers")
     parser.add_argument("--broker", default="", help="broker URL (default: the private Redis)")
+    parser.add_argument(
+        "--no-search-index",
+        action="store_true",
+        help="PARLEY_SEARCH_INDEX=false: the pipeline without the search index (the index's"
+        " cost is the ratio to a run without this)",
+    )
     args = parser.parse_args()
     with services(args.keep, args.postgres) as stack:
+        if args.no_search_index:
+            stack.env["PARLEY_SEARCH_INDEX"] = "false"
         if args.broker:
             stack.env["CELERY_BROKER_URL"] = args.broker
             if args.broker.startswith("amqp"):
@@ -379,7 +387,7 @@ def main() -> None:
     if lost:
         print(f"WARNING: {lost} message(s) not received within the timeout", file=sys.stderr)
     report.write(
-        "pipeline",
+        "pipeline-no-search-index" if args.no_search_index else "pipeline",
         figures(parley, base, args.workers, setup(args)),
         {"args": vars(args), "parley": parley, "baseline": base},
     )
