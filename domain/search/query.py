@@ -24,12 +24,10 @@ from sqlalchemy import (
     func,
     or_,
     select,
-    text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
-from core.crypto import MissingKeyError
 from core.services import Services
 from domain.conversations import readable, unexpired, visible_to_reader
 from domain.errors import Invalid
@@ -38,7 +36,7 @@ from domain.pagination import decode_cursor, encode_cursor
 from domain.principals import Principal
 from domain.render import message_text, render_message
 from domain.search import postings
-from domain.search.index import index_key, token
+from domain.search.candidates import Candidate, candidates
 from domain.search.text import Query, match, parse
 from models import (
     Attachment,
@@ -64,7 +62,7 @@ def search(
         at, last_id = decode_cursor(params["cursor"], {"t": datetime, "id": str})
         after = (at, last_id)
     roles, keys, stmt = _scope(session, who, params.get("conversation_id"))
-    found = _candidates(svc, session, keys, sorted(query.needs()))
+    found = candidates(svc, session, keys, sorted(query.needs()))
     if not found:
         return [], None
     stmt = _filters(stmt, params)
@@ -113,9 +111,6 @@ def search(
     return _render(svc, session, who, roles, hits), next_cursor
 
 
-Candidate = tuple[int, str, int]  # (created_at in microseconds, 0 when unknown; cid; seq)
-
-
 def _tranches(found: list[Candidate], first: int = BATCH) -> Iterator[list[Candidate]]:
     """The candidates, newest first, in batches of about `first` (enough for a page when
     most candidates are hits, as with a common word), then BATCH, each ending with all those of
@@ -137,105 +132,6 @@ def _tranches(found: list[Candidate], first: int = BATCH) -> Iterator[list[Candi
 
 def _keys_of(session: Session, stmt: Any, params: Mapping[str, Any]) -> list[tuple[str, int, str]]:
     return [(c, r, k) for c, r, k in session.execute(stmt, params) if r is not None and k]
-
-
-def _candidates(
-    svc: Services, session: Session, keys: list[tuple[str, int, str]], needs: list[tuple[str, str]]
-) -> list[Candidate]:
-    """(created_at, conversation, seq) of every message whose postings hold all of `needs`,
-    under any data key of its conversation. `keys`: (conversation, index ref, data key id)."""
-    refs: dict[int, str] = {}
-    wanted: list[tuple[int, list[int]]] = []  # (ref, the needs' tokens under one data key)
-    pairs: set[tuple[int, int]] = set()
-    for cid, ref, dk_id in keys:
-        try:
-            key = index_key(svc, dk_id)
-        except MissingKeyError:  # shredded meanwhile
-            continue
-        refs[ref] = cid
-        ts = [token(key, need) for need in needs]
-        wanted.append((ref, ts))
-        pairs.add((ref, postings.TAIL))
-        pairs.update((ref, postings.bucket(t)) for t in ts)
-    if not pairs:
-        return []
-    rows: dict[tuple[int, int, int], bytes] = {}  # (ref, bucket, segment) -> data
-    segments: dict[int, set[int]] = {}  # ref -> the segments any row was read for
-    for ref, b, g, data in _rows(session, sorted(pairs)):
-        rows[ref, b, g] = data
-        segments.setdefault(ref, set()).add(g)
-    found: dict[tuple[int, int], bytes | set[int]] = {}  # (ref, segment) -> offsets
-    find, tail = postings.find, postings.TAIL
-    for ref, ts in wanted:
-        for g in segments.get(ref, ()):
-            held: bytes | set[int] | None = None
-            for t in ts:
-                row = rows.get((ref, t & (postings.BUCKETS - 1), g))
-                last = rows.get((ref, tail, g))
-                here: bytes | set[int] = find(row, t) if row is not None else b""
-                if last is not None and (more := find(last, t)):
-                    here = set(here).union(more) if here else more
-                held = here if held is None else set(held).intersection(here)
-                if not held:
-                    break
-            if held:  # a conversation with several data keys: the union of their hits
-                found[ref, g] = set(found[ref, g]).union(held) if (ref, g) in found else held
-    if not found:
-        return []
-    stamps = {(ref, g): data for ref, _, g, data in _rows(session, sorted(found), times=True)}
-    out: list[Candidate] = []
-    for (ref, g), offsets in found.items():
-        values = postings.stamps(stamps.get((ref, g)))
-        base = g * postings.SEGMENT_SEQS
-        cid = refs[ref]
-        out.extend([(values[o], cid, base + o) for o in offsets])
-    return out
-
-
-# Postings rows by (ref, bucket), or times rows by (ref, segment), the pairs in one parameter
-# (a constant statement, whatever their number), each pair a primary-key prefix lookup.
-_ROWS_SQLITE = text(
-    "SELECT p.ref, p.bucket, p.segment, p.data FROM json_each(:pairs) AS k"
-    " JOIN search_postings AS p ON p.ref = k.value >> 32 AND p.bucket = k.value & 65535"
-)
-_TIMES_SQLITE = text(
-    "SELECT p.ref, p.bucket, p.segment, p.data FROM json_each(:pairs) AS k"
-    " JOIN search_postings AS p ON p.ref = k.value >> 32"
-    " AND p.bucket = :times AND p.segment = k.value & 4294967295"
-)
-# On PostgreSQL through the driver's cursor with binary results: the rows' bytea then comes as
-# bytes, not as hex text to decode, which was a third of the read's time. The times bucket comes
-# with each pair, not as a constant: a stale estimate of the rows of that one bucket value once
-# made the planner scan them all for each pair.
-_ROWS_PG = (
-    "SELECT p.ref, p.bucket, p.segment, p.data"
-    " FROM unnest(%s::int[], %s::int[]) AS k(ref, bucket)"
-    " JOIN search_postings AS p ON p.ref = k.ref AND p.bucket = k.bucket"
-)
-_TIMES_PG = (
-    "SELECT p.ref, p.bucket, p.segment, p.data"
-    " FROM unnest(%s::int[], %s::int[], %s::int[]) AS k(ref, segment, bucket)"
-    " JOIN search_postings AS p"
-    " ON p.ref = k.ref AND p.bucket = k.bucket AND p.segment = k.segment"
-)
-
-
-def _rows(session: Session, pairs: list[tuple[int, int]], times: bool = False) -> Any:
-    """(ref, bucket, segment, data) of the postings rows of (ref, bucket) `pairs`, or with
-    `times` of the times rows of (ref, segment) pairs."""
-    if session.get_bind().dialect.name == "postgresql":
-        args = [[a for a, _ in pairs], [b for _, b in pairs]]
-        driver: Any = session.connection().connection.driver_connection
-        cursor = driver.cursor(binary=True)
-        if times:
-            cursor.execute(_TIMES_PG, [*args, [postings.TIMES] * len(pairs)])
-        else:
-            cursor.execute(_ROWS_PG, args)
-        return cursor.fetchall()
-    params: dict[str, Any] = {"pairs": json.dumps([a << 32 | b for a, b in pairs])}
-    if times:
-        return session.execute(_TIMES_SQLITE, {**params, "times": postings.TIMES})
-    return session.execute(_ROWS_SQLITE, params)
 
 
 def _joined(session: Session, stmt: Any, tranche: list[Candidate]) -> Any:
