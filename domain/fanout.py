@@ -14,11 +14,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Row, and_, or_, select
+from sqlalchemy import Row, Table, and_, bindparam, or_, select, update
 
-from core.events import Event, EventLog, online_among
+from core.events import PRESENCE_PREFIX, Event, EventLog
 from core.ids import utcnow
 from core.services import Services
 from domain import outbox
@@ -56,6 +56,23 @@ LAG_KEY = "parley:pipeline:lag_ms"
 LAG_TTL_MS = 1000
 
 
+Walked = Row[str, str, int, str, str | None, str | None]  # _WALKED's columns
+_WALKED = select(
+    Message.conversation_id,
+    Message.id,
+    Message.seq,
+    Message.state,
+    Message.moderation_action,
+    Message.sender_id,
+).order_by(Message.conversation_id, Message.seq)
+_messages = cast(Table, Message.__table__)
+_DELIVERED = (
+    update(_messages)
+    .where(_messages.c.id.in_(bindparam("ids", expanding=True)))
+    .values(state="delivered")
+)
+
+
 def walked(svc: Services, message_ids: Sequence[str]) -> list[bool]:
     """Whether a committed fan-out has walked past each message (its `message.new` is in the
     streams, or its held/rejected notice, and the cursor moved), as far as Redis still knows:
@@ -65,14 +82,23 @@ def walked(svc: Services, message_ids: Sequence[str]) -> list[bool]:
     return [v is not None for v in svc.redis.mget([WALKED_PREFIX + m for m in message_ids])]
 
 
-def _mark_walked(svc: Services, message_ids: Sequence[str], waited_ms: float | None) -> None:
-    """The walked marks, and the pipeline's lag (see LAG_KEY), in one round trip."""
+def _mark_walked(
+    svc: Services, message_ids: Sequence[str], waited_ms: float | None, users: Iterable[str]
+) -> set[str]:
+    """The walked marks and the pipeline's lag (see LAG_KEY) written, and those of `users`
+    who are online now read (core.events.online_among), in one round trip."""
+    candidates = list(dict.fromkeys(users))
+    if not message_ids and not candidates:
+        return set()
     pipe = svc.redis.pipeline(transaction=False)
     for mid in message_ids:
         pipe.set(WALKED_PREFIX + mid, 1, ex=WALKED_TTL_S)
     if waited_ms is not None:
         pipe.set(LAG_KEY, round(waited_ms, 1), px=LAG_TTL_MS)
-    pipe.execute()
+    if candidates:
+        pipe.mget([PRESENCE_PREFIX + u for u in candidates])
+    found = pipe.execute()[-1] if candidates else []
+    return {u for u, v in zip(candidates, found, strict=True) if v is not None}
 
 
 def lag_ms(svc: Services) -> float:
@@ -141,13 +167,13 @@ def drain_many(
                 for cid, cur in cursors.items()
             )
         )
-        rows = s.scalars(
-            select(Message).where(window).order_by(Message.conversation_id, Message.seq)
-        )
-        batches: dict[str, list[Message]] = {c: [] for c in cursors}
-        for msg in rows:
+        # Plain rows of the columns the walk reads: ORM objects (and their JSON columns) cost
+        # more than the rest of the walk.
+        batches: dict[str, list[Walked]] = {c: [] for c in cursors}
+        for msg in s.execute(_WALKED.where(window)):
             batches[msg.conversation_id].append(msg)
         done: list[str] = []
+        delivered: list[str] = []
         walked_by: dict[str, list[str]] = {}
         for cid, batch in batches.items():
             cursor, conv, member_rows = cursors[cid], convs[cid], members[cid]
@@ -163,7 +189,7 @@ def drain_many(
                         events.append(Event(key, "message.updated", data, [msg.sender_id]))
                 else:
                     events.append(Event(new_event_key(msg.id), "message.new", data, member_ids))
-                    msg.state = "delivered"
+                    delivered.append(msg.id)
                     conv.last_message_id = msg.id
                     pushes.append((msg.id, _push_candidates(msg, member_rows)))
                 cursor.fanout_seq = msg.seq
@@ -180,16 +206,16 @@ def drain_many(
                     extra={"conversation_id": cid, "seq": cursor.fanout_seq},
                 )
         event_log(svc).append_many(events)  # before the commit: a crash in between repeats it
+        if delivered:
+            s.execute(_DELIVERED, {"ids": delivered})
         # The search index moves with the cursors, after the streams (docs/search.md); the
         # messages' own rows are written first, in the order an edit takes its locks.
         s.flush()
         search_stage.index_many(svc, s, walked_by)
         outbox.mark_done(s, done, MODERATE_TASK)
-    if done:
-        _mark_walked(svc, done, waited_ms)
     # Who is online now gets the message live: only the others are worth a push task (which
     # checks presence again before it records anything).
-    online = online_among(svc.redis, (u for _, users in pushes for u in users))
+    online = _mark_walked(svc, done, waited_ms, (u for _, users in pushes for u in users))
     pushes = [(mid, [u for u in users if u not in online]) for mid, users in pushes]
     pushes = [(mid, users) for mid, users in pushes if users]
     if pushes:
@@ -199,7 +225,7 @@ def drain_many(
 
 
 def _push_candidates(
-    msg: Message, members: Sequence[Row[str, str, str, datetime | None]]
+    msg: Walked, members: Sequence[Row[str, str, str, datetime | None]]
 ) -> list[str]:
     """Recipients who asked to hear about messages now; who is offline is decided at push time."""
     now: datetime = utcnow()
