@@ -69,9 +69,10 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         "task_queues": [Queue(name) for name in QUEUES],
         "task_routes": ROUTES,
         "beat_schedule": beat_schedule(settings),
-        # Task events on, so Flower and `celery events` see every task (docs/operations.md).
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # Task events (docs/operations.md): off unless PARLEY_TASK_EVENTS, since each costs
+        # a broker publish (four per task); Flower switches the workers' events on itself.
+        "worker_send_task_events": settings.task_events,
+        "task_send_sent_event": settings.task_events,
         "worker_hijack_root_logger": False,
         # Each pool child builds the Flask app at start (worker.py, ~1 s, more on a loaded box):
         # give it longer than Celery's 4 s before the child counts as failed to start.

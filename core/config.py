@@ -124,6 +124,7 @@ class Settings(BaseSettings):
     hsts_seconds: int = 0
     trusted_proxies: int = 0
     access_log: bool = True
+    task_events: bool = False  # Celery task events always on (Flower: docs/operations.md)
     api_key_cache_s: float = 5.0  # how long a web process trusts a verified key (web/auth.py)
     rate_limits: str = ""  # on | off; empty: on, except under test (a test turns them on)
     limit_post_user: str = "30/10 seconds"
