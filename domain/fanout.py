@@ -97,7 +97,8 @@ def _mark_walked(
         pipe.set(LAG_KEY, round(waited_ms, 1), px=LAG_TTL_MS)
     if candidates:
         pipe.mget([PRESENCE_PREFIX + u for u in candidates])
-    found = pipe.execute()[-1] if candidates else []
+    replies = pipe.execute()
+    found = replies[-1] if candidates else []
     return {u for u, v in zip(candidates, found, strict=True) if v is not None}
 
 
