@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Integer,
@@ -44,6 +44,7 @@ from models import (
     DataKey,
     Message,
     Participant,
+    Reaction,
     SearchConversation,
 )
 
@@ -61,7 +62,7 @@ def search(
     if params.get("cursor"):
         at, last_id = decode_cursor(params["cursor"], {"t": datetime, "id": str})
         after = (at, last_id)
-    roles, keys, stmt = _scope(session, who, params.get("conversation_id"))
+    roles, keys, stmt, member = _scope(session, who, params.get("conversation_id"))
     found = candidates(svc, session, keys, sorted(query.needs()))
     if not found:
         return [], None
@@ -76,7 +77,7 @@ def search(
         newest = postings.micros(after[0])  # nothing newer than the cursor can come
         found = [c for c in found if c[0] <= newest]
     stmt = stmt.order_by(Message.created_at.desc(), Message.id.desc())
-    hits: list[tuple[Message, list[list[int]]]] = []
+    hits: list[_Hit] = []
     examined = 0
     last: Message | None = None
     for tranche in _tranches(found, limit + 1):
@@ -85,18 +86,18 @@ def search(
         while len(hits) <= limit and examined < MAX_EXAMINED:
             # BATCH rows a read: a tranche is about that size, but the one batch of the
             # candidates of unknown time (or a long run of equal times) may be far larger
-            batch = list(session.scalars(page.limit(BATCH)))
-            for msg in batch:
+            batch = session.execute(page.limit(BATCH)).all()
+            for row in batch:
+                msg = last = row[0]
                 examined += 1
-                last = msg
                 spans = _verify(svc, who, roles, query, msg)
                 if spans is not None:
-                    hits.append((msg, spans))
+                    hits.append(_Hit(msg, spans, row[1], row[2] if len(row) > 2 else member))
                     if len(hits) > limit:
                         break
             if len(batch) < BATCH:
                 break
-            at, mid = batch[-1].created_at, batch[-1].id
+            at, mid = batch[-1][0].created_at, batch[-1][0].id
             page = joined.where(
                 or_(Message.created_at < at, and_(Message.created_at == at, Message.id < mid))
             )
@@ -105,10 +106,17 @@ def search(
     next_cursor = None
     if len(hits) > limit:
         hits = hits[:limit]
-        next_cursor = _cursor(hits[-1][0])
+        next_cursor = _cursor(hits[-1].msg)
     elif examined >= MAX_EXAMINED and last is not None:
         next_cursor = _cursor(last)  # more may match: the client asks again from here
-    return _render(svc, session, who, roles, hits), next_cursor
+    return _render(svc, session, who, hits), next_cursor
+
+
+class _Hit(NamedTuple):
+    msg: Message
+    spans: list[list[int]]
+    reacted: bool  # whether the message has any reaction (its reactions are read only then)
+    part: Participant | None  # the caller's membership of its conversation
 
 
 def _tranches(found: list[Candidate], first: int = BATCH) -> Iterator[list[Candidate]]:
@@ -179,14 +187,21 @@ _CONVERSATION_KEYS = (
 )
 
 
+# Selected with each candidate: a page whose messages have no reaction skips that read.
+_REACTED = exists().where(Reaction.message_id == Message.id).label("reacted")
+
+
 def _scope(
     session: Session, who: Principal, cid: str | None
-) -> tuple[dict[str, str | None], list[tuple[str, int, str]], Any]:
+) -> tuple[dict[str, str | None], list[tuple[str, int, str]], Any, Participant | None]:
     """The conversations searched with the caller's role in each, their (conversation, index
-    ref, data key id), and the candidate query restricted to what the caller may read there
-    (membership and visibility checked in the SQL, whatever the candidates)."""
+    ref, data key id), the candidate query restricted to what the caller may read there
+    (membership and visibility checked in the SQL, whatever the candidates), and with
+    `conversation_id` the caller's membership of it. The query selects (message, reacted) and,
+    across the caller's conversations, the caller's membership row it joins (so rendering
+    needs no read of the members)."""
     base = (
-        select(Message)
+        select(Message, _REACTED)
         .join(Conversation, Conversation.id == Message.conversation_id)
         .where(
             Conversation.deleted_at.is_(None),
@@ -202,7 +217,7 @@ def _scope(
         stmt = base.where(Message.conversation_id == cid)
         if not who.is_moderator and role != "moderator":
             stmt = stmt.where(visible_to_reader(me or ""))
-        return {cid: role}, _keys_of(session, _CONVERSATION_KEYS, {"c": cid}), stmt
+        return {cid: role}, _keys_of(session, _CONVERSATION_KEYS, {"c": cid}), stmt, part
     if me is None:
         raise Invalid(
             "an API key searches one conversation at a time: give conversation_id",
@@ -214,7 +229,7 @@ def _scope(
         roles[c] = role
         if ref is not None and dk_id is not None:
             keys.append((c, ref, dk_id))
-    stmt = base.join(
+    stmt = base.add_columns(Participant).join(
         Participant,
         and_(
             Participant.conversation_id == Message.conversation_id,
@@ -230,7 +245,7 @@ def _scope(
                 Participant.role == "moderator",
             )
         )
-    return roles, keys, stmt
+    return roles, keys, stmt, None
 
 
 def _filters(stmt: Any, params: Mapping[str, Any]) -> Any:
@@ -265,31 +280,28 @@ def _cursor(msg: Message) -> str:
 
 
 def _render(
-    svc: Services,
-    session: Session,
-    who: Principal,
-    roles: Mapping[str, str | None],
-    hits: list[tuple[Message, list[list[int]]]],
+    svc: Services, session: Session, who: Principal, hits: list[_Hit]
 ) -> list[dict[str, Any]]:
-    if not hits:
-        return []
-    cids = {m.conversation_id for m, _ in hits}
+    """The hits as the caller sees them. The members of a conversation are read only where the
+    caller sent a hit (its status comes from the other members' cursors), and reactions only
+    for the hits that have some."""
+    me = who.user_id
+    own = {h.msg.conversation_id for h in hits if me is not None and h.msg.sender_id == me}
     members: dict[str, list[Participant]] = {}
-    for p in session.scalars(
-        select(Participant).where(
-            Participant.conversation_id.in_(cids), Participant.left_at.is_(None)
-        )
-    ):
-        members.setdefault(p.conversation_id, []).append(p)
-    reactions = reactions_for(session, [m.id for m, _ in hits], who.user_id)
-    out = []
-    for msg, spans in hits:
-        conv_members = members.get(msg.conversation_id, [])
-        part = next((p for p in conv_members if p.user_id == who.user_id), None)
-        out.append(
-            {
-                "message": render_message(svc, msg, who, part, conv_members, reactions),
-                "highlights": spans,
-            }
-        )
-    return out
+    if own:
+        for p in session.scalars(
+            select(Participant).where(
+                Participant.conversation_id.in_(own), Participant.left_at.is_(None)
+            )
+        ):
+            members.setdefault(p.conversation_id, []).append(p)
+    reactions = reactions_for(session, [h.msg.id for h in hits if h.reacted], me)
+    return [
+        {
+            "message": render_message(
+                svc, h.msg, who, h.part, members.get(h.msg.conversation_id, []), reactions
+            ),
+            "highlights": h.spans,
+        }
+        for h in hits
+    ]
