@@ -18,8 +18,10 @@ import logging
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import cast
 
-from sqlalchemy import exists, select
+from sqlalchemy import Row, Table, bindparam, exists, select, update
 from sqlalchemy.orm import Session
 
 from core import metrics
@@ -124,24 +126,12 @@ def moderate_waiting(svc: Services, s: Session, own: Mapping[str, str]) -> Taken
     whose row another task held: that task fans it out after its commit (and if it dies
     first, the outbox sweeper re-sends this message's task)."""
     taken = Taken()
-    waiting = (
-        select(Message)
-        .where(
-            Message.state == "pending",
-            Message.moderation_action.is_(None),
-            ~exists().where(  # a deleted conversation's messages wait for its purge
-                Conversation.id == Message.conversation_id, Conversation.deleted_at.is_not(None)
-            ),
-        )
-        .order_by(Message.created_at)
-        .limit(BATCH)
-    )
-    batch = list(s.scalars(waiting.with_for_update(skip_locked=True) if _locks(svc) else waiting))
+    locks = _locks(svc)
+    batch = list(s.execute(_WAITING_LOCKED if locks else _WAITING))
     free = {m.id for m in batch} & own.keys()
     missing = [mid for mid in own if mid not in free]
     if missing:
-        own_stmt = select(Message).where(Message.id.in_(missing))
-        for m in s.scalars(own_stmt.with_for_update(skip_locked=True) if _locks(svc) else own_stmt):
+        for m in s.execute(_OWN_LOCKED if locks else _OWN, {"ids": missing}):
             free.add(m.id)
             if m.moderation_action is None:
                 batch.append(m)
@@ -164,6 +154,7 @@ def moderate_waiting(svc: Services, s: Session, own: Mapping[str, str]) -> Taken
         svc, [(m.sender_id, text, m.conversation_id) for m, text in zip(batch, texts, strict=True)]
     )
     overrides = svc.settings.moderation_overrides
+    verdicts: list[dict[str, object]] = []
     for msg, text, is_flood in zip(batch, texts, flooded, strict=True):
         verdict = moderate(text, policy_for(types.get(msg.conversation_id) or "group", overrides))
         action, reason = verdict.action, verdict.reason
@@ -172,20 +163,68 @@ def moderate_waiting(svc: Services, s: Session, own: Mapping[str, str]) -> Taken
             labels.append(flood.LABEL)
             if action in ("allow", "mask"):
                 action, reason = "hold", "the same text was sent to many conversations"
-        msg.moderation_action = action
-        msg.moderation_labels = sorted(labels)
-        msg.moderation_spans = masked_spans(text, verdict.masked)
-        if action in ("hold", "reject"):
-            msg.state = "held" if action == "hold" else "rejected"
-            msg.moderation_reason = reason[:300]
+        held = action in ("hold", "reject")
+        verdicts.append(
+            {
+                "mid": msg.id,
+                "action": action,
+                "labels": sorted(labels),
+                "spans": masked_spans(text, verdict.masked),
+                "state": ("held" if action == "hold" else "rejected") if held else msg.state,
+                "reason": reason[:300] if held else None,
+            }
+        )
         logger.info(
             "moderated %s",
             action,
             extra={"message_id": msg.id, "conversation_id": msg.conversation_id},
         )
-        taken.verdicts.append((action, msg.moderation_labels))
+        taken.verdicts.append((action, sorted(labels)))
+    s.execute(_VERDICT, verdicts)
     taken.to_fan_out = list(dict.fromkeys([*taken.to_fan_out, *cids]))
     return taken
+
+
+# Built once, plain rows of the columns the stage reads (ORM objects and their JSON columns
+# cost more than the verdicts), the verdicts written with one executemany.
+_COLUMNS = (
+    Message.id,
+    Message.conversation_id,
+    Message.sender_id,
+    Message.key_id,
+    Message.text_ct,
+    Message.created_at,
+    Message.moderation_action,
+    Message.state,
+)
+_WAITING = (
+    select(*_COLUMNS)
+    .where(
+        Message.state == "pending",
+        Message.moderation_action.is_(None),
+        ~exists().where(  # a deleted conversation's messages wait for its purge
+            Conversation.id == Message.conversation_id, Conversation.deleted_at.is_not(None)
+        ),
+    )
+    .order_by(Message.created_at)
+    .limit(BATCH)
+)
+_WAITING_LOCKED = _WAITING.with_for_update(skip_locked=True)
+_OWN = select(*_COLUMNS).where(Message.id.in_(bindparam("ids", expanding=True)))
+_OWN_LOCKED = _OWN.with_for_update(skip_locked=True)
+_messages = cast(Table, Message.__table__)
+_VERDICT = (
+    update(_messages)
+    .where(_messages.c.id == bindparam("mid"))
+    .values(
+        moderation_action=bindparam("action"),
+        moderation_labels=bindparam("labels"),
+        moderation_spans=bindparam("spans"),
+        state=bindparam("state"),
+        moderation_reason=bindparam("reason"),
+    )
+)
+Waiting = Row[str, str, str | None, str | None, bytes | None, datetime, str | None, str]
 
 
 def _locks(svc: Services) -> bool:
@@ -194,8 +233,8 @@ def _locks(svc: Services) -> bool:
 
 
 def _opened(
-    svc: Services, batch: list[Message], own: Collection[str]
-) -> tuple[list[Message], list[str]]:
+    svc: Services, batch: list[Waiting], own: Collection[str]
+) -> tuple[list[Waiting], list[str]]:
     """The batch's messages whose text opens, with their texts.
 
     A batch spans conversations, so one message that cannot be opened must not stall the
@@ -203,7 +242,7 @@ def _opened(
     conversation deleted meanwhile (keys shredded; its purge job deletes the row) is left out;
     any other failure is logged and left out too, unless it is one of this task's own
     messages: the task then fails and is retried as before."""
-    kept: list[Message] = []
+    kept: list[Waiting] = []
     texts: list[str] = []
     for m in batch:
         try:
