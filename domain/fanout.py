@@ -12,11 +12,12 @@ inline, by the moderation stage (domain/moderation_stage.py)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Row, Table, and_, bindparam, or_, select, update
+from sqlalchemy.orm import Session
 
 from core.events import PRESENCE_PREFIX, Event, EventLog
 from core.ids import utcnow
@@ -212,7 +213,7 @@ def drain_many(
         # The search index moves with the cursors, after the streams (docs/search.md); the
         # messages' own rows are written first, in the order an edit takes its locks.
         s.flush()
-        search_stage.index_many(svc, s, walked_by)
+        _index(svc, s, walked_by)
         outbox.mark_done(s, done, MODERATE_TASK)
     # Who is online now gets the message live: only the others are worth a push task (which
     # checks presence again before it records anything).
@@ -223,6 +224,19 @@ def drain_many(
         outbox.send(svc.tasks, NOTIFY_OFFLINE_TASK, [pushes])  # one push-intent task per batch
     for cid in more:
         outbox.send(svc.tasks, FANOUT_TASK, [cid])
+
+
+def _index(svc: Services, s: Session, walked: Mapping[str, list[str]]) -> None:
+    """The walked messages' search index, in a savepoint: search must never hold up delivery,
+    so if writing it fails the index task gets the work (outbox-backed, retried on its own)
+    and the fan-out commits anyway."""
+    try:
+        with s.begin_nested():
+            search_stage.index_many(svc, s, walked)
+    except Exception:
+        logger.exception("fan-out: search index not written, left to the index task")
+        for cid, ids in walked.items():
+            search_stage.queue(s, cid, ids)
 
 
 def _push_candidates(

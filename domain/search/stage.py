@@ -13,6 +13,7 @@ import logging
 from collections.abc import Mapping, Sequence
 
 from sqlalchemy import bindparam, select
+from sqlalchemy.orm import Session
 
 from core.crypto import MissingKeyError
 from core.services import Services
@@ -53,6 +54,12 @@ def index_messages(svc: Services, conversation_id: str, message_ids: Sequence[st
         extra={"conversation_id": conversation_id},
     )
     return written
+
+
+def queue(session: Session, conversation_id: str, message_ids: Sequence[str]) -> None:
+    """Leave these messages to the index task, through the outbox (sent after the commit)."""
+    if message_ids:
+        outbox.add(session, INDEX_TASK, [conversation_id, list(message_ids)], message_ids[0])
 
 
 def index_many(

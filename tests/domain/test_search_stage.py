@@ -9,15 +9,15 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from core.config import with_overrides
-from domain import moderation_stage
+from domain import fanout, moderation_stage, outbox
 from domain.search.stage import INDEX_TASK
-from models import Outbox
+from models import Message, Outbox
 from tests.conftest import Stack
 from tests.domain.test_search import hits, search, stored, word
-from tests.factories import Api, uid
+from tests.factories import Api, delivered_ids, uid
 
 
 @pytest.fixture
@@ -60,3 +60,36 @@ def test_with_the_index_off_nothing_is_indexed_and_search_says_so(
     assert resp.status_code == 404
     assert resp.content_type == "application/problem+json"
     assert "turned off" in resp.get_json()["detail"]
+
+
+def test_an_index_that_cannot_be_written_never_holds_up_delivery(api: Api, idle: Stack) -> None:
+    """A message whose stored text no longer opens (a damaged row) after its verdict: the
+    fan-out's savepoint around the index fails, the message is delivered anyway and the
+    index is left to the index task through the outbox."""
+    svc = idle.svc
+    a, b = uid(), uid()
+    cid = api.conversation(a, b)
+    mid = api.send(a, cid, f"damaged {word()}")["id"]
+    with svc.Session.begin() as s:
+        moderation_stage.moderate_waiting(svc, s, {mid: cid})  # the verdict, no fan-out yet
+    with svc.Session() as s:
+        sealed = s.scalar(select(Message.text_ct).where(Message.id == mid))
+    assert sealed is not None
+    damaged = sealed[:-1] + bytes([sealed[-1] ^ 1])
+    try:
+        with svc.Session.begin() as s:
+            s.execute(update(Message).where(Message.id == mid).values(text_ct=damaged))
+        fanout.drain(svc, cid)
+        assert mid in delivered_ids(idle, b)
+        with svc.Session() as s:
+            state = s.scalar(select(Message.state).where(Message.id == mid))
+            left = s.scalars(
+                select(Outbox.args).where(Outbox.task == INDEX_TASK, Outbox.ref_id == mid)
+            ).all()
+        assert state == "delivered"
+        assert left == [[cid, [mid]]]
+        assert stored(idle, cid) == {}
+    finally:  # leave nothing for the shared stack's worker to retry
+        with svc.Session.begin() as s:
+            s.execute(update(Message).where(Message.id == mid).values(text_ct=sealed))
+            outbox.mark_done(s, [mid], INDEX_TASK)
