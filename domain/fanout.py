@@ -230,6 +230,8 @@ def _index(svc: Services, s: Session, walked: Mapping[str, list[str]]) -> None:
     """The walked messages' search index, in a savepoint: search must never hold up delivery,
     so if writing it fails the index task gets the work (outbox-backed, retried on its own)
     and the fan-out commits anyway."""
+    if not svc.settings.search_index or not any(walked.values()):
+        return
     try:
         with s.begin_nested():
             search_stage.index_many(svc, s, walked)
