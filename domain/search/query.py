@@ -76,17 +76,19 @@ def search(
         )
         newest = postings.micros(after[0])  # nothing newer than the cursor can come
         found = [c for c in found if c[0] <= newest]
-    stmt = stmt.order_by(Message.created_at.desc(), Message.id.desc())
+    dialect = session.get_bind().dialect.name
+    first, later = _pages(stmt, dialect)
+    binds: dict[str, Any] = {"me": who.user_id or ""}
     hits: list[_Hit] = []
     examined = 0
     last: Message | None = None
     for tranche in _tranches(found, limit + 1):
-        joined = _joined(session, stmt, tranche)
-        page = joined
+        binds.update(_tranche(dialect, tranche))
+        page = first
         while len(hits) <= limit and examined < MAX_EXAMINED:
             # BATCH rows a read: a tranche is about that size, but the one batch of the
             # candidates of unknown time (or a long run of equal times) may be far larger
-            batch = session.execute(page.limit(BATCH)).all()
+            batch = session.execute(page, binds).all()
             for row in batch:
                 msg = last = row[0]
                 examined += 1
@@ -97,10 +99,7 @@ def search(
                         break
             if len(batch) < BATCH:
                 break
-            at, mid = batch[-1][0].created_at, batch[-1][0].id
-            page = joined.where(
-                or_(Message.created_at < at, and_(Message.created_at == at, Message.id < mid))
-            )
+            page, binds["at"], binds["mid"] = later, batch[-1][0].created_at, batch[-1][0].id
         if len(hits) > limit or examined >= MAX_EXAMINED:
             break
     next_cursor = None
@@ -142,27 +141,50 @@ def _keys_of(session: Session, stmt: Any, params: Mapping[str, Any]) -> list[tup
     return [(c, r, k) for c, r, k in session.execute(stmt, params) if r is not None and k]
 
 
-def _joined(session: Session, stmt: Any, tranche: list[Candidate]) -> Any:
-    """`stmt` restricted to the tranche's messages, joined as a relation (cid, seq) in one
-    bound parameter per column whatever their number."""
-    if session.get_bind().dialect.name == "postgresql":
-        cids = bindparam("cand_c", [c for _, c, _ in tranche], ARRAY(String))
-        seqs = bindparam("cand_s", [q for _, _, q in tranche], ARRAY(Integer))
-        candidates = select(
-            func.unnest(cids).label("cid"), func.unnest(seqs).label("seq")
-        ).subquery()
-    else:
-        each = func.json_each(
-            bindparam("cand", json.dumps([[c, q] for _, c, q in tranche]))
-        ).table_valued("value")
-        candidates = select(
-            func.json_extract(each.c.value, "$[0]").label("cid"),
-            func.json_extract(each.c.value, "$[1]").label("seq"),
-        ).subquery()
-    return stmt.join(
-        candidates,
-        and_(Message.conversation_id == candidates.c.cid, Message.seq == candidates.c.seq),
+def _tranche(dialect: str, tranche: list[Candidate]) -> dict[str, Any]:
+    """The tranche's (cid, seq) pairs as the page statements bind them: one parameter per
+    column whatever their number."""
+    if dialect == "postgresql":
+        return {"cand_c": [c for _, c, _ in tranche], "cand_s": [q for _, _, q in tranche]}
+    return {"cand": json.dumps([[c, q] for _, c, q in tranche])}
+
+
+def _relation(dialect: str) -> Any:
+    """The tranche as a relation (cid, seq)."""
+    if dialect == "postgresql":
+        cids = bindparam("cand_c", type_=ARRAY(String))
+        seqs = bindparam("cand_s", type_=ARRAY(Integer))
+        return select(func.unnest(cids).label("cid"), func.unnest(seqs).label("seq")).subquery()
+    each = func.json_each(bindparam("cand", type_=String)).table_valued("value")
+    return select(
+        func.json_extract(each.c.value, "$[0]").label("cid"),
+        func.json_extract(each.c.value, "$[1]").label("seq"),
+    ).subquery()
+
+
+_PAGES: dict[tuple[int, str], tuple[Any, Any]] = {}  # by (id of a constant statement, dialect)
+
+
+def _pages(stmt: Any, dialect: str) -> tuple[Any, Any]:
+    """`stmt` joined to the tranche, newest first, BATCH rows: from the tranche's start, and
+    past the message (`at`, `mid`). Built once for the module's constant statements (building
+    one and its cache key cost as much as running it), else for each search."""
+    constant = any(stmt is c for c in _CONSTANT)
+    done = _PAGES.get((id(stmt), dialect)) if constant else None
+    if done is not None:
+        return done
+    tranche = _relation(dialect)
+    joined = stmt.join(
+        tranche, and_(Message.conversation_id == tranche.c.cid, Message.seq == tranche.c.seq)
+    ).order_by(Message.created_at.desc(), Message.id.desc())
+    at = bindparam("at", type_=Message.created_at.type)
+    past = or_(
+        Message.created_at < at, and_(Message.created_at == at, Message.id < bindparam("mid"))
     )
+    done = (joined.limit(BATCH), joined.where(past).limit(BATCH))
+    if constant:
+        _PAGES[id(stmt), dialect] = done
+    return done
 
 
 # The caller's conversations, role, and index keys in one read (a conversation with several
@@ -189,6 +211,35 @@ _CONVERSATION_KEYS = (
 
 # Selected with each candidate: a page whose messages have no reaction skips that read.
 _REACTED = exists().where(Reaction.message_id == Message.id).label("reacted")
+_READABLE = (
+    select(Message, _REACTED)
+    .join(Conversation, Conversation.id == Message.conversation_id)
+    .where(
+        Conversation.deleted_at.is_(None),
+        Message.deleted_at.is_(None),
+        Message.text_ct.is_not(None),
+        unexpired(),
+    )
+)
+# Across the caller's (`me`) conversations, with the membership row it joins: the candidates a
+# platform moderator may read, and those anyone else may (delivered, their own, or any where
+# they moderate).
+_MEMBER = _READABLE.add_columns(Participant).join(
+    Participant,
+    and_(
+        Participant.conversation_id == Message.conversation_id,
+        Participant.user_id == bindparam("me"),
+        Participant.left_at.is_(None),
+    ),
+)
+_MEMBER_VISIBLE = _MEMBER.where(
+    or_(
+        Message.state == "delivered",
+        Message.sender_id == bindparam("me"),
+        Participant.role == "moderator",
+    )
+)
+_CONSTANT = (_MEMBER, _MEMBER_VISIBLE)
 
 
 def _scope(
@@ -200,21 +251,11 @@ def _scope(
     `conversation_id` the caller's membership of it. The query selects (message, reacted) and,
     across the caller's conversations, the caller's membership row it joins (so rendering
     needs no read of the members)."""
-    base = (
-        select(Message, _REACTED)
-        .join(Conversation, Conversation.id == Message.conversation_id)
-        .where(
-            Conversation.deleted_at.is_(None),
-            Message.deleted_at.is_(None),
-            Message.text_ct.is_not(None),
-            unexpired(),
-        )
-    )
     me = who.user_id
     if cid is not None:
         _, part = readable(session, who, cid)  # 404 for a conversation the caller cannot read
         role = part.role if part is not None else None
-        stmt = base.where(Message.conversation_id == cid)
+        stmt = _READABLE.where(Message.conversation_id == cid)
         if not who.is_moderator and role != "moderator":
             stmt = stmt.where(visible_to_reader(me or ""))
         return {cid: role}, _keys_of(session, _CONVERSATION_KEYS, {"c": cid}), stmt, part
@@ -229,23 +270,7 @@ def _scope(
         roles[c] = role
         if ref is not None and dk_id is not None:
             keys.append((c, ref, dk_id))
-    stmt = base.add_columns(Participant).join(
-        Participant,
-        and_(
-            Participant.conversation_id == Message.conversation_id,
-            Participant.user_id == me,
-            Participant.left_at.is_(None),
-        ),
-    )
-    if not who.is_moderator:
-        stmt = stmt.where(
-            or_(
-                Message.state == "delivered",
-                Message.sender_id == me,
-                Participant.role == "moderator",
-            )
-        )
-    return roles, keys, stmt, None
+    return roles, keys, (_MEMBER if who.is_moderator else _MEMBER_VISIBLE), None
 
 
 def _filters(stmt: Any, params: Mapping[str, Any]) -> Any:
