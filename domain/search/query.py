@@ -211,15 +211,15 @@ _CONVERSATION_KEYS = (
 
 # Selected with each candidate: a page whose messages have no reaction skips that read.
 _REACTED = exists().where(Reaction.message_id == Message.id).label("reacted")
-_READABLE = (
-    select(Message, _REACTED)
-    .join(Conversation, Conversation.id == Message.conversation_id)
-    .where(
-        Conversation.deleted_at.is_(None),
-        Message.deleted_at.is_(None),
-        Message.text_ct.is_not(None),
-        unexpired(),
-    )
+# Whether the message's conversation is live (NULL, so no row, when it has none), as a
+# subquery, not a join: PostgreSQL planned the join for every page, half the planning time.
+_LIVE = (
+    select(Conversation.deleted_at.is_(None))
+    .where(Conversation.id == Message.conversation_id)
+    .scalar_subquery()
+)
+_READABLE = select(Message, _REACTED).where(
+    _LIVE, Message.deleted_at.is_(None), Message.text_ct.is_not(None), unexpired()
 )
 # Across the caller's (`me`) conversations, with the membership row it joins: the candidates a
 # platform moderator may read, and those anyone else may (delivered, their own, or any where
