@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Row, Table, and_, bindparam, or_, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from core.events import PRESENCE_PREFIX, Event, EventLog
@@ -227,18 +228,23 @@ def drain_many(
 
 
 def _index(svc: Services, s: Session, walked: Mapping[str, list[str]]) -> None:
-    """The walked messages' search index, in a savepoint: search must never hold up delivery,
-    so if writing it fails the index task gets the work (outbox-backed, retried on its own)
-    and the fan-out commits anyway."""
+    """The walked messages' search index. Search must never hold up delivery: if it cannot
+    be prepared (a text that no longer opens, say) the index task gets the work (outbox-backed,
+    retried on its own) and the fan-out commits anyway. Nothing of the index is written until
+    it is prepared, so no savepoint is needed (a failing statement is a database error, which
+    fails and retries the whole fan-out like any other)."""
     if not svc.settings.search_index or not any(walked.values()):
         return
     try:
-        with s.begin_nested():
-            search_stage.index_many(svc, s, walked)
+        prepared = search_stage.prepare(svc, s, walked)
+    except DBAPIError:
+        raise  # the database's own trouble: the fan-out fails and is retried as a whole
     except Exception:
         logger.exception("fan-out: search index not written, left to the index task")
         for cid, ids in walked.items():
             search_stage.queue(s, cid, ids)
+        return
+    prepared.writes.apply(s.connection())
 
 
 def _push_candidates(

@@ -17,6 +17,7 @@ import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import cast
 
@@ -185,9 +186,32 @@ class Change:
 
 
 def rewrite(conn: Connection, changes: Mapping[int, Change]) -> None:
-    """Apply each index ref's change: one read of the rows of the segments they touch (their
-    bucket, tail and times rows), then one executemany each for inserts, updates, deletes,
-    whatever the number of conversations."""
+    """Apply each index ref's change (see `planned`)."""
+    planned(conn, changes).apply(conn)
+
+
+@dataclass
+class Writes:
+    """The rows a change stores: nothing is written until `apply`, so a caller can tell a
+    change that cannot be made from one that failed half-way."""
+
+    inserts: list[dict[str, object]] = field(default_factory=list)
+    updates: list[dict[str, object]] = field(default_factory=list)
+    deletes: list[dict[str, object]] = field(default_factory=list)
+
+    def apply(self, conn: Connection) -> None:
+        """One executemany each for inserts, updates and deletes."""
+        if self.inserts:
+            conn.execute(_INSERT, self.inserts)
+        if self.updates:
+            conn.execute(_UPDATE, self.updates)
+        if self.deletes:
+            conn.execute(_DELETE, self.deletes)
+
+
+def planned(conn: Connection, changes: Mapping[int, Change]) -> Writes:
+    """The writes that make each index ref's change: one read of the rows of the segments
+    they touch (their bucket, tail and times rows), whatever the number of conversations."""
     clears: dict[int, dict[int, set[int]]] = {}  # ref -> segment -> offsets to clear
     for ref, change in changes.items():
         clear: dict[int, set[int]] = defaultdict(set)
@@ -198,26 +222,18 @@ def rewrite(conn: Connection, changes: Mapping[int, Change]) -> None:
     old: dict[int, dict[tuple[int, int], bytes]] = {ref: {} for ref in changes}
     for r, b, g, data in _read(conn, [(r, g) for r, clear in clears.items() for g in clear]):
         old[r][b, g] = data
-    inserts: list[dict[str, object]] = []
-    updates: list[dict[str, object]] = []
-    deletes: list[dict[str, object]] = []
+    out = Writes()
     for ref, change in changes.items():
-        written = _planned(old[ref], clears[ref], change)
-        for (b, g), data in written.items():
+        for (b, g), data in _planned(old[ref], clears[ref], change).items():
             key: dict[str, object] = {"r": ref, "b": b, "g": g}
             if (b, g) not in old[ref]:
                 if data:
-                    inserts.append({"ref": ref, "bucket": b, "segment": g, "data": data})
+                    out.inserts.append({"ref": ref, "bucket": b, "segment": g, "data": data})
             elif not data:
-                deletes.append(key)
+                out.deletes.append(key)
             elif data != old[ref][b, g]:
-                updates.append({**key, "d": data})
-    if inserts:
-        conn.execute(_INSERT, inserts)
-    if updates:
-        conn.execute(_UPDATE, updates)
-    if deletes:
-        conn.execute(_DELETE, deletes)
+                out.updates.append({**key, "d": data})
+    return out
 
 
 def _read(conn: Connection, pairs: list[tuple[int, int]]) -> Iterable[tuple[int, int, int, bytes]]:
@@ -279,9 +295,9 @@ def _planned(
         if postings.merge(tail, additions):
             changed.add((postings.TAIL, g))
         if len(postings.held(tail)) >= postings.TAIL_MESSAGES:  # fold it into the buckets
-            folded: dict[int, dict[int, set[int]]] = defaultdict(dict)
+            folded: dict[int, dict[int, bytes]] = defaultdict(dict)
             for t, offsets in tail.items():
-                folded[postings.bucket(t)][t] = set(offsets)
+                folded[postings.bucket(t)][t] = offsets
             for b, moved in folded.items():
                 postings.merge(loaded((b, g)), moved)
                 changed.add((b, g))

@@ -26,8 +26,9 @@ from __future__ import annotations
 import struct
 import sys
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from itertools import accumulate
 
 SEGMENT_SEQS = 128  # seqs per segment: an offset fits one byte
 BUCKETS = 16  # rows per segment; a query reads one of them per token
@@ -96,11 +97,8 @@ def decode(data: bytes) -> Postings:
 def encode(postings: Postings) -> bytes:
     tokens = sorted(t for t, p in postings.items() if p)
     lists = [postings[t] for t in tokens]
-    ends: list[int] = []
-    total = 0
-    for p in lists:
-        total += len(p)
-        ends.append(total)
+    ends = list(accumulate(map(len, lists)))
+    total = ends[-1] if ends else 0
     n = len(tokens)
     w = 2 if total <= 0xFFFF else 4  # long texts in a full segment may need wider ends
     return b"".join(
@@ -135,14 +133,26 @@ def without(postings: Postings, offsets: set[int]) -> bool:
     return changed
 
 
-def merge(postings: Postings, additions: dict[int, set[int]]) -> bool:
-    """Add each token's offsets to its posting, in place; True if any was not there."""
+def merge(postings: Postings, additions: Mapping[int, set[int] | bytes]) -> bool:
+    """Add each token's offsets (a set, or a posting: ascending bytes) to its posting, in
+    place; True if any was not there. New messages are the segment's newest, so their offsets
+    usually extend a posting at its end, with no set built."""
     changed = False
     for token, offsets in additions.items():
-        p = postings.get(token, b"")
-        if not offsets.issubset(p):
-            postings[token] = bytes(sorted(offsets.union(p)))
-            changed = True
+        add = offsets if isinstance(offsets, bytes) else bytes(sorted(offsets))
+        if not add:
+            continue
+        p = postings.get(token)
+        if not p:
+            postings[token] = add
+        elif p[-1] < add[0]:
+            postings[token] = p + add
+        else:
+            merged = bytes(sorted(set(p).union(add)))
+            if merged == p:
+                continue
+            postings[token] = merged
+        changed = True
     return changed
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
@@ -68,14 +69,33 @@ def index_many(
     """Make the tokens of these messages (conversation id -> message ids) those of their
     current texts, in the caller's transaction: (tokens written, messages read). Messages
     gone, deleted, expired or without text get none; a deleted conversation (its keys
-    shredded, its index dropped) gets no index.
+    shredded, its index dropped) gets no index."""
+    found = prepare(svc, db, messages)
+    found.writes.apply(index._conn(db))
+    return found.written, found.read
+
+
+@dataclass
+class Prepared:
+    """The index writes for some messages, not yet applied (see `prepare`)."""
+
+    writes: index.Writes = field(default_factory=index.Writes)
+    written: int = 0  # tokens
+    read: int = 0  # messages
+
+
+def prepare(svc: Services, db: index.Db, messages: Mapping[str, Sequence[str]]) -> Prepared:
+    """`index_many`'s work up to its writes: nothing of the index changes until
+    `Prepared.writes.apply` (only a conversation's first index row may be made), so a text
+    that cannot be opened or indexed fails here, and the caller can leave it to the index
+    task.
 
     The conversations' index rows are locked (in id order) before the texts are read, so an
     edit committing meanwhile is either seen here or rewrites the postings after us. Whatever
-    the number of conversations: two reads, the texts and the rows to rewrite, and one
+    the number of conversations: two reads, the texts and the rows to rewrite, then one
     executemany per kind of write."""
     if not svc.settings.search_index:
-        return 0, 0
+        return Prepared()
     conn = index._conn(db)
     cids = sorted(c for c, ids in messages.items() if ids)
     refs = index.locked(conn, cids, create=False)
@@ -85,7 +105,7 @@ def index_many(
         refs.update(index.locked(conn, live))
     wanted = [(c, mid) for c in cids if c in refs for mid in messages[c]]
     if not wanted:
-        return 0, 0
+        return Prepared()
     of = dict((mid, c) for c, mid in wanted)
     rows = [r for r in conn.execute(_TEXTS, {"ids": list(of)}) if of[r.id] == r.conversation_id]
     changes: dict[int, index.Change] = {}
@@ -99,5 +119,5 @@ def index_many(
             change.add(svc, r.seq, r.key_id, text, r.created_at)
         except MissingKeyError:  # the conversation was deleted meanwhile: nothing to index
             continue
-    index.rewrite(conn, changes)
-    return sum(c.written for c in changes.values()), len(rows)
+    writes = index.planned(conn, changes)
+    return Prepared(writes, sum(c.written for c in changes.values()), len(rows))

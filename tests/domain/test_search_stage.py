@@ -64,8 +64,8 @@ def test_with_the_index_off_nothing_is_indexed_and_search_says_so(
 
 def test_an_index_that_cannot_be_written_never_holds_up_delivery(api: Api, idle: Stack) -> None:
     """A message whose stored text no longer opens (a damaged row) after its verdict: the
-    fan-out's savepoint around the index fails, the message is delivered anyway and the
-    index is left to the index task through the outbox."""
+    fan-out cannot prepare its index, delivers the message anyway, writes none of the index
+    and leaves it to the index task through the outbox."""
     svc = idle.svc
     a, b = uid(), uid()
     cid = api.conversation(a, b)
