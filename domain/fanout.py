@@ -67,6 +67,26 @@ _WALKED = select(
     Message.moderation_action,
     Message.sender_id,
 ).order_by(Message.conversation_id, Message.seq)
+# Plain rows and Core statements, built once: the walk touches a few rows of each table, and
+# ORM objects, their flush and each statement's compilation cost more than the statements.
+_CURSORS = (
+    select(DeliveryCursor.conversation_id, DeliveryCursor.fanout_seq)
+    .where(DeliveryCursor.conversation_id.in_(bindparam("c", expanding=True)))
+    .order_by(DeliveryCursor.conversation_id)
+)
+_CURSORS_LOCKED = _CURSORS.with_for_update()
+_cursors = cast(Table, DeliveryCursor.__table__)
+_MOVE = (
+    update(_cursors)
+    .where(_cursors.c.conversation_id == bindparam("cid"))
+    .values(fanout_seq=bindparam("seq"))
+)
+_conversations = cast(Table, Conversation.__table__)
+_LAST = (
+    update(_conversations)
+    .where(_conversations.c.id == bindparam("cid"))
+    .values(last_message_id=bindparam("mid"))
+)
 _messages = cast(Table, Message.__table__)
 _DELIVERED = (
     update(_messages)
@@ -133,21 +153,12 @@ def drain_many(
     pushes: list[tuple[str, list[str]]] = []  # (message id, users to consider for a push)
     more: list[str] = []
     with svc.Session.begin() as s:
-        stmt = (
-            select(DeliveryCursor)
-            .where(DeliveryCursor.conversation_id.in_(cids))
-            .order_by(DeliveryCursor.conversation_id)
-        )
-        if svc.dialect != "sqlite":
-            stmt = stmt.with_for_update()
-        cursors = {c.conversation_id: c for c in s.scalars(stmt)}
+        stmt = _CURSORS if svc.dialect == "sqlite" else _CURSORS_LOCKED
+        cursors: dict[str, int] = dict(s.execute(stmt, {"c": cids}).all())
         for gone in set(cids) - cursors.keys():
             logger.warning("fan-out: conversation gone", extra={"conversation_id": gone})
         if not cursors:
             return
-        convs = {
-            c.id: c for c in s.scalars(select(Conversation).where(Conversation.id.in_(cursors)))
-        }
         members: dict[str, list[Row[str, str, str, datetime | None]]] = {c: [] for c in cursors}
         # Plain rows: a 1,000-member group would otherwise build 1,000 ORM objects per batch.
         for row in s.execute(
@@ -164,10 +175,10 @@ def drain_many(
             *(
                 and_(
                     Message.conversation_id == cid,
-                    Message.seq > cur.fanout_seq,
-                    Message.seq <= cur.fanout_seq + BATCH,
+                    Message.seq > fanned,
+                    Message.seq <= fanned + BATCH,
                 )
-                for cid, cur in cursors.items()
+                for cid, fanned in cursors.items()
             )
         )
         # Plain rows of the columns the walk reads: ORM objects (and their JSON columns) cost
@@ -178,8 +189,10 @@ def drain_many(
         done: list[str] = []
         delivered: list[str] = []
         walked_by: dict[str, list[str]] = {}
+        moved: dict[str, int] = {}  # conversation -> its cursor's new seq
+        last: dict[str, str] = {}  # conversation -> its newest delivered message
         for cid, batch in batches.items():
-            cursor, conv, member_rows = cursors[cid], convs[cid], members[cid]
+            member_rows = members[cid]
             member_ids = [p.user_id for p in member_rows]
             walked = 0
             for msg in batch:
@@ -193,9 +206,9 @@ def drain_many(
                 else:
                     events.append(Event(new_event_key(msg.id), "message.new", data, member_ids))
                     delivered.append(msg.id)
-                    conv.last_message_id = msg.id
+                    last[cid] = msg.id
                     pushes.append((msg.id, _push_candidates(msg, member_rows)))
-                cursor.fanout_seq = msg.seq
+                moved[cid] = msg.seq
                 done.append(msg.id)
                 walked += 1
             if walked == BATCH:
@@ -206,14 +219,18 @@ def drain_many(
                     "fanned out %d message(s) to %d member(s)",
                     walked,
                     len(member_ids),
-                    extra={"conversation_id": cid, "seq": cursor.fanout_seq},
+                    extra={"conversation_id": cid, "seq": moved[cid]},
                 )
         event_log(svc).append_many(events)  # before the commit: a crash in between repeats it
         if delivered:
             s.execute(_DELIVERED, {"ids": delivered})
+        if moved:
+            s.execute(_MOVE, [{"cid": c, "seq": q} for c, q in moved.items()])
+        if last:
+            s.execute(_LAST, [{"cid": c, "mid": m} for c, m in last.items()])
         # The search index moves with the cursors, after the streams (docs/search.md); the
-        # messages' own rows are written first, in the order an edit takes its locks.
-        s.flush()
+        # messages' and the conversations' own rows are written first, in the order an edit
+        # takes its locks.
         _index(svc, s, walked_by)
         outbox.mark_done(s, done, MODERATE_TASK)
     # Who is online now gets the message live: only the others are worth a push task (which
