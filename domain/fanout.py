@@ -250,7 +250,7 @@ def _index(svc: Services, s: Session, walked: Mapping[str, list[str]]) -> None:
     retried on its own) and the fan-out commits anyway. Nothing of the index is written until
     it is prepared, so no savepoint is needed (a failing statement is a database error, which
     fails and retries the whole fan-out like any other)."""
-    if not svc.settings.search_index or not any(walked.values()):
+    if not any(walked.values()):
         return
     try:
         prepared = search_stage.prepare(svc, s, walked)

@@ -224,7 +224,7 @@ def planned(conn: Connection, changes: Mapping[int, Change]) -> Writes:
         old[r][b, g] = data
     out = Writes()
     for ref, change in changes.items():
-        for (b, g), data in _planned(old[ref], clears[ref], change).items():
+        for (b, g), data in _new_rows(old[ref], clears[ref], change).items():
             key: dict[str, object] = {"r": ref, "b": b, "g": g}
             if (b, g) not in old[ref]:
                 if data:
@@ -249,7 +249,7 @@ def _read(conn: Connection, pairs: list[tuple[int, int]]) -> Iterable[tuple[int,
     return conn.execute(_ROWS_SQLITE, {"keys": packed})
 
 
-def _planned(
+def _new_rows(
     old: Mapping[tuple[int, int], bytes], clear: Mapping[int, set[int]], change: Change
 ) -> dict[tuple[int, int], bytes]:
     """The rows to store for one ref (b"": delete): the cleared offsets' old postings out (from

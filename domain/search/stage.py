@@ -4,7 +4,8 @@ The fan-out runs it inline, in the transaction that moves the delivery cursors p
 messages (domain/fanout.py): the index then changes exactly when the cursor does, with no
 task, outbox row or transaction of its own per conversation, and its writes come after the
 events are in the streams, so a socket never waits for them. `tasks.index.index_messages`
-runs it for one conversation: re-runs, and the rows migration e5b8f0a3c4d6 queued.
+runs it for one conversation: the fan-out's fallback when a text cannot be indexed, re-runs,
+and the rows migration e5b8f0a3c4d6 queued.
 """
 
 from __future__ import annotations
