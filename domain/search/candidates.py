@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from core.crypto import MissingKeyError
 from core.services import Services
 from domain.search import postings
-from domain.search.index import index_key, token
+from domain.search.index import index_key, rows_at, token
 
 Candidate = tuple[int, str, int]  # (created_at in microseconds, 0 when unknown; cid; seq)
 
@@ -65,7 +65,8 @@ def candidates(
                 found[ref, g] = set(found[ref, g]).union(held) if (ref, g) in found else held
     if not found:
         return []
-    stamps = {(ref, g): data for ref, _, g, data in _rows(session, sorted(found), times=True)}
+    at = [(ref, postings.TIMES, g) for ref, g in sorted(found)]
+    stamps = {(ref, g): data for ref, _, g, data in rows_at(session, at)}
     out: list[Candidate] = []
     for (ref, g), offsets in found.items():
         values = postings.stamps(stamps.get((ref, g)))
@@ -75,47 +76,26 @@ def candidates(
     return out
 
 
-# Postings rows by (ref, bucket), or times rows by (ref, segment), the pairs in one parameter
-# (a constant statement, whatever their number), each pair a primary-key prefix lookup.
+# Postings rows by (ref, bucket), every segment, the pairs in one parameter (a constant
+# statement, whatever their number), each pair a primary-key prefix lookup. On SQLite a pair
+# is one integer, ref (int4) << 5 | bucket; on PostgreSQL the read goes through the driver's
+# cursor with binary results, as index.rows_at's does.
 _ROWS_SQLITE = text(
     "SELECT p.ref, p.bucket, p.segment, p.data FROM json_each(:pairs) AS k"
-    " JOIN search_postings AS p ON p.ref = k.value >> 32 AND p.bucket = k.value & 65535"
+    " JOIN search_postings AS p ON p.ref = k.value >> 5 AND p.bucket = k.value & 31"
 )
-_TIMES_SQLITE = text(
-    "SELECT p.ref, p.bucket, p.segment, p.data FROM json_each(:pairs) AS k"
-    " JOIN search_postings AS p ON p.ref = k.value >> 32"
-    " AND p.bucket = :times AND p.segment = k.value & 4294967295"
-)
-# On PostgreSQL through the driver's cursor with binary results: the rows' bytea then comes as
-# bytes, not as hex text to decode, which was a third of the read's time. The times bucket comes
-# with each pair, not as a constant: a stale estimate of the rows of that one bucket value once
-# made the planner scan them all for each pair.
 _ROWS_PG = (
     "SELECT p.ref, p.bucket, p.segment, p.data"
     " FROM unnest(%s::int[], %s::int[]) AS k(ref, bucket)"
     " JOIN search_postings AS p ON p.ref = k.ref AND p.bucket = k.bucket"
 )
-_TIMES_PG = (
-    "SELECT p.ref, p.bucket, p.segment, p.data"
-    " FROM unnest(%s::int[], %s::int[], %s::int[]) AS k(ref, segment, bucket)"
-    " JOIN search_postings AS p"
-    " ON p.ref = k.ref AND p.bucket = k.bucket AND p.segment = k.segment"
-)
 
 
-def _rows(session: Session, pairs: list[tuple[int, int]], times: bool = False) -> Any:
-    """(ref, bucket, segment, data) of the postings rows of (ref, bucket) `pairs`, or with
-    `times` of the times rows of (ref, segment) pairs."""
+def _rows(session: Session, pairs: list[tuple[int, int]]) -> Any:
+    """(ref, bucket, segment, data) of the postings rows of (ref, bucket) `pairs`."""
     if session.get_bind().dialect.name == "postgresql":
-        args = [[a for a, _ in pairs], [b for _, b in pairs]]
         driver: Any = session.connection().connection.driver_connection
         cursor = driver.cursor(binary=True)
-        if times:
-            cursor.execute(_TIMES_PG, [*args, [postings.TIMES] * len(pairs)])
-        else:
-            cursor.execute(_ROWS_PG, args)
+        cursor.execute(_ROWS_PG, [[a for a, _ in pairs], [b for _, b in pairs]])
         return cursor.fetchall()
-    params: dict[str, Any] = {"pairs": json.dumps([a << 32 | b for a, b in pairs])}
-    if times:
-        return session.execute(_TIMES_SQLITE, {**params, "times": postings.TIMES})
-    return session.execute(_ROWS_SQLITE, params)
+    return session.execute(_ROWS_SQLITE, {"pairs": json.dumps([a << 5 | b for a, b in pairs])})

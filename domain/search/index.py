@@ -19,12 +19,11 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Connection, Integer, Table, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
 from sqlalchemy import text as sql
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from core.services import Services
@@ -105,22 +104,22 @@ _NEW_REF_PG, _NEW_REF_SQLITE = (
     .on_conflict_do_nothing(index_elements=["conversation_id"])
     for dialect in (postgresql, sqlite)
 )
-# The rows of (ref, bucket, segment) keys given in one parameter: a constant statement
-# whatever their number, each key a primary-key lookup.
-_ROWS_SQLITE = sql(
+# The rows at (ref, bucket, segment) keys given in one parameter: a constant statement
+# whatever their number, each key a primary-key lookup. On SQLite a key is one integer: ref
+# (int4, 31 bits) << 29 | bucket (5 bits) << 24 | segment (seq is int4: 24 bits), 60 bits.
+_AT_SQLITE = sql(
     "SELECT p.ref, p.bucket, p.segment, p.data FROM json_each(:keys) AS k"
-    " JOIN search_postings AS p ON p.ref = k.value >> 40"
-    " AND p.bucket = (k.value >> 32) & 255 AND p.segment = k.value & 4294967295"
+    " JOIN search_postings AS p ON p.ref = k.value >> 29"
+    " AND p.bucket = (k.value >> 24) & 31 AND p.segment = k.value & 16777215"
 )
-_ROWS_PG = sql(
+# On PostgreSQL through the driver's cursor with binary results, so bytea comes as bytes, not
+# as hex text to decode (a third of the read's time). The bucket comes with each key, not as a
+# constant: a stale estimate of one bucket value's rows once made the planner scan them all.
+_AT_PG = (
     "SELECT p.ref, p.bucket, p.segment, p.data"
-    " FROM unnest(:a, :b, :g) AS k(ref, bucket, segment)"
+    " FROM unnest(%s::int[], %s::int[], %s::int[]) AS k(ref, bucket, segment)"
     " JOIN search_postings AS p"
     " ON p.ref = k.ref AND p.bucket = k.bucket AND p.segment = k.segment"
-).bindparams(
-    bindparam("a", type_=ARRAY(Integer)),
-    bindparam("b", type_=ARRAY(Integer)),
-    bindparam("g", type_=ARRAY(Integer)),
 )
 _TABLE = cast(Table, SearchPostings.__table__)
 _KEY = (
@@ -237,16 +236,25 @@ def planned(conn: Connection, changes: Mapping[int, Change]) -> Writes:
 
 
 def _read(conn: Connection, pairs: list[tuple[int, int]]) -> Iterable[tuple[int, int, int, bytes]]:
-    """(ref, bucket, segment, data) of every row of these (ref, segment) pairs: one statement
-    (the pairs in one parameter, each a primary-key lookup per bucket), however many."""
-    keys = [(r, b, g) for r, g in pairs for b in range(postings.TAIL + 1)]
+    """(ref, bucket, segment, data) of every row of these (ref, segment) pairs."""
+    return rows_at(conn, [(r, b, g) for r, g in pairs for b in range(postings.TAIL + 1)])
+
+
+def rows_at(db: Db, keys: Sequence[tuple[int, int, int]]) -> list[tuple[int, int, int, bytes]]:
+    """(ref, bucket, segment, data) of the postings rows at these (ref, bucket, segment) keys
+    that exist: one statement, however many (the index's writers and the search's times
+    read)."""
     if not keys:
         return []
+    conn = _conn(db)
     if conn.dialect.name == "postgresql":
-        cols = {"a": [k[0] for k in keys], "b": [k[1] for k in keys], "g": [k[2] for k in keys]}
-        return conn.execute(_ROWS_PG, cols)
-    packed = json.dumps([r << 40 | b << 32 | g for r, b, g in keys])
-    return conn.execute(_ROWS_SQLITE, {"keys": packed})
+        columns = [list(c) for c in zip(*keys, strict=True)]  # refs, buckets, segments
+        driver: Any = conn.connection.driver_connection
+        cursor = driver.cursor(binary=True)
+        cursor.execute(_AT_PG, columns)
+        return [tuple(row) for row in cursor.fetchall()]
+    packed = json.dumps([r << 29 | b << 24 | g for r, b, g in keys])
+    return [tuple(row) for row in conn.execute(_AT_SQLITE, {"keys": packed})]
 
 
 def _new_rows(

@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from core.config import with_overrides
 from domain import fanout, moderation_stage, outbox
 from domain.search.stage import INDEX_TASK
-from models import Message, Outbox
+from models import Message, Outbox, SearchConversation
 from tests.conftest import Stack
 from tests.domain.test_search import hits, search, stored, word
 from tests.factories import Api, delivered_ids, uid
@@ -93,3 +93,26 @@ def test_an_index_that_cannot_be_written_never_holds_up_delivery(api: Api, idle:
         with svc.Session.begin() as s:
             s.execute(update(Message).where(Message.id == mid).values(text_ct=sealed))
             outbox.mark_done(s, [mid], INDEX_TASK)
+
+
+def test_a_conversation_with_a_large_index_reference_is_indexed_and_found(
+    api: Api, idle: Stack
+) -> None:
+    """Index references are integers without a small bound (an install with millions of
+    conversations): the reads of a conversation's postings rows must find its rows whatever
+    its reference, batch after batch."""
+    svc = idle.svc
+    a, b = uid(), uid()
+    cid = api.conversation(a, b)
+    with svc.Session.begin() as s:
+        s.add(SearchConversation(ref=2**30 + 7, conversation_id=cid))
+    tag = word()
+    sent = []
+    for i in range(3):  # three fan-outs: each rewrites the rows the one before wrote
+        mid = api.send(a, cid, f"{tag} large {i}")["id"]
+        moderation_stage.moderate_and_fan_out(svc, {mid: cid})
+        sent.append(mid)
+    with svc.Session() as s:
+        left = s.scalars(select(Outbox.ref_id).where(Outbox.task == INDEX_TASK)).all()
+    assert not set(left) & set(sent)  # written by the fan-outs, none left to the index task
+    assert {h["message"]["id"] for h in hits(api, b, tag)} == set(sent)
