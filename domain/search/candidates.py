@@ -95,7 +95,7 @@ def _rows(session: Session, pairs: list[tuple[int, int]]) -> Any:
     """(ref, bucket, segment, data) of the postings rows of (ref, bucket) `pairs`."""
     if session.get_bind().dialect.name == "postgresql":
         driver: Any = session.connection().connection.driver_connection
-        cursor = driver.cursor(binary=True)
-        cursor.execute(_ROWS_PG, [[a for a, _ in pairs], [b for _, b in pairs]])
-        return cursor.fetchall()
+        with driver.cursor(binary=True) as cursor:
+            cursor.execute(_ROWS_PG, [[a for a, _ in pairs], [b for _, b in pairs]])
+            return cursor.fetchall()
     return session.execute(_ROWS_SQLITE, {"pairs": json.dumps([a << 5 | b for a, b in pairs])})

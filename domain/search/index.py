@@ -250,9 +250,9 @@ def rows_at(db: Db, keys: Sequence[tuple[int, int, int]]) -> list[tuple[int, int
     if conn.dialect.name == "postgresql":
         columns = [list(c) for c in zip(*keys, strict=True)]  # refs, buckets, segments
         driver: Any = conn.connection.driver_connection
-        cursor = driver.cursor(binary=True)
-        cursor.execute(_AT_PG, columns)
-        return [tuple(row) for row in cursor.fetchall()]
+        with driver.cursor(binary=True) as cursor:
+            cursor.execute(_AT_PG, columns)
+            return [tuple(row) for row in cursor.fetchall()]
     packed = json.dumps([r << 29 | b << 24 | g for r, b, g in keys])
     return [tuple(row) for row in conn.execute(_AT_SQLITE, {"keys": packed})]
 
