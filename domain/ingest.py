@@ -8,9 +8,10 @@ judged by domain/messages.post's rules (domain/ingest_checks.py); per conversati
 row lock on PostgreSQL, `BEGIN IMMEDIATE` on SQLite); then one multi-row INSERT of the messages
 and one of their outbox rows, and one commit. A request whose own input is refused gets its own
 error and writes nothing, so it costs the others nothing. Every request is answered after the
-commit, then one moderate task for the whole batch goes to the broker (the moderation stage
-takes what waits, across conversations, anyway); the sweeper re-sends, one task per outbox row,
-any message the broker lost.
+commit; the batch's moderate task goes to the broker from a sender thread
+(domain/ingest_publisher.py), off the requests' path, with whatever else committed meanwhile
+(the moderation stage takes what waits, across conversations, anyway); the sweeper re-sends,
+one task per outbox row, any message the broker lost.
 
 Messages that carry attachments take the ORM path (domain/messages.post), one transaction each:
 their attachments are locked and claimed with the message. A batch that hits a unique
@@ -41,12 +42,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from core import logs
 from core.ids import iso, new_id, utcnow
 from core.services import Services
-from domain import fanout, outbox
+from domain import fanout
 from domain.errors import DomainError
 from domain.group_commit import GroupCommit, Item
 from domain.ingest_checks import Posting, Replay, check, lookup, other_conversation
+from domain.ingest_publisher import Publisher
 from domain.keys import create_data_key, message_aad
-from domain.messages import MODERATE_BATCH_TASK, MODERATE_TASK
+from domain.messages import MODERATE_TASK
 from domain.principals import Principal
 from models import Conversation, Message, Outbox
 
@@ -100,9 +102,10 @@ def _committer(svc: Services) -> GroupCommit[Posting]:
         with _committers_lock:
             found = _committers.get(svc.Session)
             if found is None:
+                publisher = Publisher(svc)
                 found = GroupCommit(
                     lambda batch: write(svc, batch),
-                    lambda batch: publish(svc, batch),
+                    lambda batch: publish(publisher, batch),
                     hold=Pacer(svc).pause_s,
                     window_s=WINDOW_S,
                     max_batch=MAX_BATCH,
@@ -332,16 +335,16 @@ def _answer(row: Mapping[str, Any], p: Posting) -> dict[str, Any]:
     return out
 
 
-def publish(svc: Services, batch: Sequence[Item[Posting]]) -> None:
-    """After the commit: one moderate task for the batch's new messages (each also has its
-    outbox row, so the sweeper re-sends any message the task did not reach). The task carries
-    the batch's request ids, comma-separated, so each request's id is on the stage's logs."""
+def publish(publisher: Publisher, batch: Sequence[Item[Posting]]) -> None:
+    """After the commit: the batch's new messages to the moderation stage, through the
+    publisher (domain/ingest_publisher.py), which sends their task off the request's path (each
+    message also has its outbox row, so the sweeper re-sends any message the task did not
+    reach). The task carries the request ids, comma-separated, so each request's id is on the
+    stage's logs."""
     created = [
-        (r.message_id, item.value.cid, item.value.request_id)
+        ((r.message_id, item.value.cid), item.value.request_id)
         for item in batch
         if isinstance(r := item.result, Posted) and r.created
     ]
     if created:
-        rids = ",".join(dict.fromkeys(rid for _, _, rid in created if rid))
-        messages = [[mid, cid] for mid, cid, _ in created]
-        outbox.send_many(svc.tasks, [(MODERATE_BATCH_TASK, [messages], rids or None)])
+        publisher.publish([m for m, _ in created], [rid for _, rid in created if rid])
