@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Collection, Mapping
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from domain.messages import members_of
@@ -25,6 +25,20 @@ MEMBER_COLUMNS = (
     Participant.read_seq,
     Participant.delivered_seq,
     Participant.left_at,
+)
+
+
+# Built once: a hub round renders a message or two, and building, coercing and keying these
+# statements cost as much as running them.
+_MESSAGES = select(Message).where(Message.id.in_(bindparam("ids", expanding=True)))
+_MEMBERS = select(*MEMBER_COLUMNS).where(
+    Participant.conversation_id.in_(bindparam("cids", expanding=True)),
+    Participant.left_at.is_(None),
+)
+_REACTIONS = (
+    select(Reaction.message_id, Reaction.emoji, Reaction.user_id)
+    .where(Reaction.message_id.in_(bindparam("ids", expanding=True)))
+    .order_by(Reaction.created_at)
 )
 
 
@@ -42,30 +56,20 @@ def render_batch(
 ) -> RenderBatch:
     """The messages, their conversations' active members and the reactions, read once for a
     whole wake-up. The objects are only valid while `session` is open."""
-    messages = {
-        m.id: m for m in session.scalars(select(Message).where(Message.id.in_(message_ids)))
-    }
+    messages = {m.id: m for m in session.scalars(_MESSAGES, {"ids": list(message_ids)})}
     cids = {m.conversation_id for m in messages.values()}
     members: dict[str, list[Participant]] = defaultdict(list)
     # Plain rows, not ORM objects: a 1,000-member group would otherwise build 1,000 instances
     # per wake-up (and Core rows skip the ORM's row processing too). render_message and
     # can_see only read these attributes.
-    for p in session.connection().execute(
-        select(*MEMBER_COLUMNS).where(
-            Participant.conversation_id.in_(cids), Participant.left_at.is_(None)
-        )
-    ):
+    for p in session.connection().execute(_MEMBERS, {"cids": list(cids)}):
         members[p.conversation_id].append(cast(Participant, p))
     # One read of the reactions gives both views: the counts everyone sees (each message's
     # emojis in order of first use, as domain/message_actions.reactions_for orders them) and
     # each viewer's own emojis (filtered here: `IN` 1,000 viewers costs more).
     counts: dict[str, dict[str, int]] = defaultdict(dict)
     mine: dict[tuple[str, str], set[str]] = defaultdict(set)
-    for mid, emoji, user in session.execute(
-        select(Reaction.message_id, Reaction.emoji, Reaction.user_id)
-        .where(Reaction.message_id.in_(list(messages)))
-        .order_by(Reaction.created_at)
-    ):
+    for mid, emoji, user in session.connection().execute(_REACTIONS, {"ids": list(messages)}):
         counts[mid][emoji] = counts[mid].get(emoji, 0) + 1
         if user in users:
             mine[(user, mid)].add(emoji)

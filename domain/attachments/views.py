@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, object_session
 
 from core.ids import iso
@@ -55,6 +55,11 @@ def view(
     return out
 
 
+_OF_MESSAGES = (  # built once: the live hub runs it for every round it renders
+    select(Attachment)
+    .where(Attachment.message_id.in_(bindparam("ids", expanding=True)))
+    .order_by(Attachment.id)
+)
 _CACHE = "parley_attachments"  # session.info: message id → its attachments, loaded or known
 
 
@@ -85,9 +90,7 @@ def for_message(svc: Services, msg: Message) -> list[dict[str, Any]]:
             if isinstance(obj, Message) and obj.id not in cache
         } | {msg.id}
         found: dict[str, list[Attachment]] = {i: [] for i in ids}
-        for att in session.scalars(
-            select(Attachment).where(Attachment.message_id.in_(ids)).order_by(Attachment.id)
-        ):
+        for att in session.scalars(_OF_MESSAGES, {"ids": list(ids)}):
             found[att.message_id or ""].append(att)
         cache.update(found)
     return [embedded(svc, a) for a in cache[msg.id]]
