@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, and_, bindparam, or_, select, update
+from sqlalchemy import Row, Table, bindparam, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -58,17 +58,37 @@ LAG_KEY = "parley:pipeline:lag_ms"
 LAG_TTL_MS = 1000
 
 
-Walked = Row[str, str, int, str, str | None, str | None]  # _WALKED's columns
-_WALKED = select(
-    Message.conversation_id,
-    Message.id,
-    Message.seq,
-    Message.state,
-    Message.moderation_action,
-    Message.sender_id,
-).order_by(Message.conversation_id, Message.seq)
 # Plain rows and Core statements, built once: the walk touches a few rows of each table, and
-# ORM objects, their flush and each statement's compilation cost more than the statements.
+# ORM objects, their flush and building each statement cost more than running it.
+Walked = Row[str, str, int, str, str | None, str | None]  # _WINDOW's columns
+# The messages after each cursor: seq is gap-free, so a window of BATCH seqs is at most BATCH
+# rows (a range of the (conversation_id, seq) index per cursor).
+_WINDOW = (
+    select(
+        Message.conversation_id,
+        Message.id,
+        Message.seq,
+        Message.state,
+        Message.moderation_action,
+        Message.sender_id,
+    )
+    .join(DeliveryCursor, DeliveryCursor.conversation_id == Message.conversation_id)
+    .where(
+        DeliveryCursor.conversation_id.in_(bindparam("c", expanding=True)),
+        Message.seq > DeliveryCursor.fanout_seq,
+        Message.seq <= DeliveryCursor.fanout_seq + BATCH,
+    )
+    .order_by(Message.conversation_id, Message.seq)
+)
+Member = Row[str, str, str, datetime | None]  # _MEMBERS' columns
+_MEMBERS = select(
+    Participant.conversation_id,
+    Participant.user_id,
+    Participant.notification_level,
+    Participant.muted_until,
+).where(
+    Participant.conversation_id.in_(bindparam("c", expanding=True)), Participant.left_at.is_(None)
+)
 _CURSORS = (
     select(DeliveryCursor.conversation_id, DeliveryCursor.fanout_seq)
     .where(DeliveryCursor.conversation_id.in_(bindparam("c", expanding=True)))
@@ -159,32 +179,11 @@ def drain_many(
             logger.warning("fan-out: conversation gone", extra={"conversation_id": gone})
         if not cursors:
             return
-        members: dict[str, list[Row[str, str, str, datetime | None]]] = {c: [] for c in cursors}
-        # Plain rows: a 1,000-member group would otherwise build 1,000 ORM objects per batch.
-        for row in s.execute(
-            select(
-                Participant.conversation_id,
-                Participant.user_id,
-                Participant.notification_level,
-                Participant.muted_until,
-            ).where(Participant.conversation_id.in_(cursors), Participant.left_at.is_(None))
-        ):
+        members: dict[str, list[Member]] = {c: [] for c in cursors}
+        for row in s.execute(_MEMBERS, {"c": list(cursors)}):
             members[row.conversation_id].append(row)
-        # seq is gap-free, so a window of BATCH seqs after each cursor is at most BATCH rows.
-        window = or_(
-            *(
-                and_(
-                    Message.conversation_id == cid,
-                    Message.seq > fanned,
-                    Message.seq <= fanned + BATCH,
-                )
-                for cid, fanned in cursors.items()
-            )
-        )
-        # Plain rows of the columns the walk reads: ORM objects (and their JSON columns) cost
-        # more than the rest of the walk.
         batches: dict[str, list[Walked]] = {c: [] for c in cursors}
-        for msg in s.execute(_WALKED.where(window)):
+        for msg in s.execute(_WINDOW, {"c": list(cursors)}):
             batches[msg.conversation_id].append(msg)
         done: list[str] = []
         delivered: list[str] = []
@@ -264,9 +263,7 @@ def _index(svc: Services, s: Session, walked: Mapping[str, list[str]]) -> None:
     prepared.writes.apply(s.connection())
 
 
-def _push_candidates(
-    msg: Walked, members: Sequence[Row[str, str, str, datetime | None]]
-) -> list[str]:
+def _push_candidates(msg: Walked, members: Sequence[Member]) -> list[str]:
     """Recipients who asked to hear about messages now; who is offline is decided at push time."""
     now: datetime = utcnow()
     return [

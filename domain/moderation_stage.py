@@ -144,12 +144,7 @@ def moderate_waiting(svc: Services, s: Session, own: Mapping[str, str]) -> Taken
     oldest = min(m.created_at for m in batch)
     taken.waited_ms = max(0.0, (utcnow() - oldest).total_seconds() * 1000)
     cids = list(dict.fromkeys(m.conversation_id for m in batch))
-    types: dict[str, str] = {
-        cid: ctype
-        for cid, ctype in s.execute(
-            select(Conversation.id, Conversation.type).where(Conversation.id.in_(cids))
-        )
-    }
+    types: dict[str, str] = {cid: ctype for cid, ctype in s.execute(_TYPES, {"ids": cids})}
     flooded = flood.record_and_check(
         svc, [(m.sender_id, text, m.conversation_id) for m, text in zip(batch, texts, strict=True)]
     )
@@ -212,6 +207,9 @@ _WAITING = (
 _WAITING_LOCKED = _WAITING.with_for_update(skip_locked=True)
 _OWN = select(*_COLUMNS).where(Message.id.in_(bindparam("ids", expanding=True)))
 _OWN_LOCKED = _OWN.with_for_update(skip_locked=True)
+_TYPES = select(Conversation.id, Conversation.type).where(
+    Conversation.id.in_(bindparam("ids", expanding=True))
+)
 _messages = cast(Table, Message.__table__)
 _VERDICT = (
     update(_messages)

@@ -54,7 +54,9 @@ def test_queue_depth_lag_and_outbox_backlog_show_work_waiting_for_a_worker(
         api.send(a, cid, f"waiting {i}")
     time.sleep(0.3)
     got = scrape(api)
-    assert value(got, "parley_queue_depth", queue="pipeline") >= 3
+    # one to three tasks: posts committed while a publish is in flight share the next one
+    # (domain/ingest_publisher.py); each message has its own outbox row either way
+    assert value(got, "parley_queue_depth", queue="pipeline") >= 1
     assert value(got, "parley_queue_lag_seconds", queue="pipeline") >= 0.3
     assert value(got, "parley_outbox_backlog") >= 3
     assert value(got, "parley_outbox_oldest_age_seconds") >= 0.3
