@@ -339,12 +339,11 @@ def publish(publisher: Publisher, batch: Sequence[Item[Posting]]) -> None:
     """After the commit: the batch's new messages to the moderation stage, through the
     publisher (domain/ingest_publisher.py), which sends their task off the request's path (each
     message also has its outbox row, so the sweeper re-sends any message the task did not
-    reach). The task carries the request ids, comma-separated, so each request's id is on the
-    stage's logs."""
+    reach), each with its request's id for the stage's logs."""
     created = [
-        ((r.message_id, item.value.cid), item.value.request_id)
+        (r.message_id, item.value.cid, item.value.request_id or "")
         for item in batch
         if isinstance(r := item.result, Posted) and r.created
     ]
     if created:
-        publisher.publish([m for m, _ in created], [rid for _, rid in created if rid])
+        publisher.publish(created)

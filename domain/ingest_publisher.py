@@ -35,16 +35,15 @@ class Publisher:
         self.svc = svc
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._messages: list[list[str]] = []
-        self._request_ids: dict[str, None] = {}
+        self._queued: list[tuple[str, str, str]] = []  # (message id, conversation id, request id)
         self._sender: threading.Thread | None = None
         self._pid = 0
         atexit.register(self.flush)
 
-    def publish(self, messages: Sequence[tuple[str, str]], request_ids: Sequence[str]) -> None:
-        """Queue [message id, conversation id] pairs and wake the sender thread; returns at
-        once."""
-        self.queue(messages, request_ids)
+    def publish(self, messages: Sequence[tuple[str, str, str]]) -> None:
+        """Queue (message id, conversation id, request id or "") and wake the sender thread;
+        returns at once."""
+        self.queue(messages)
         with self._lock:
             if self._sender is None or self._pid != os.getpid():  # first use, or a fork's child
                 self._pid = os.getpid()
@@ -54,28 +53,23 @@ class Publisher:
                 self._sender.start()
         self._wake.set()
 
-    def queue(self, messages: Sequence[tuple[str, str]], request_ids: Sequence[str]) -> None:
+    def queue(self, messages: Sequence[tuple[str, str, str]]) -> None:
         """Queue without waking the sender: the next send, or `flush()`, takes them."""
         with self._lock:
-            self._messages.extend([mid, cid] for mid, cid in messages)
-            self._request_ids.update(dict.fromkeys(rid for rid in request_ids if rid))
+            self._queued.extend(messages)
 
     def flush(self) -> int:
-        """Send what is queued now, in this thread; returns how many messages it named."""
+        """Send what is queued now, in this thread; returns how many messages it named. Each
+        task carries its own messages' request ids, comma-separated, for the stage's logs."""
         with self._lock:
-            messages, self._messages = self._messages, []
-            rids, self._request_ids = list(self._request_ids), {}
-        if not messages:
-            return 0
-        joined = ",".join(rids) or None
-        outbox.send_many(
-            self.svc.tasks,
-            [
-                (MODERATE_BATCH_TASK, [messages[k : k + MAX_PER_TASK]], joined)
-                for k in range(0, len(messages), MAX_PER_TASK)
-            ],
-        )
-        return len(messages)
+            queued, self._queued = self._queued, []
+        tasks = []
+        for k in range(0, len(queued), MAX_PER_TASK):
+            chunk = queued[k : k + MAX_PER_TASK]
+            rids = ",".join(dict.fromkeys(rid for _, _, rid in chunk if rid)) or None
+            tasks.append((MODERATE_BATCH_TASK, [[[mid, cid] for mid, cid, _ in chunk]], rids))
+        outbox.send_many(self.svc.tasks, tasks)
+        return len(queued)
 
     def _run(self) -> None:
         while True:

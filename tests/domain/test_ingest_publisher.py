@@ -51,8 +51,12 @@ def test_published_batches_reach_the_broker_each_message_once_in_bounded_tasks(
     def publish(k: int) -> None:
         start.wait()
         for b in range(k, len(sizes), 8):
-            pairs = [(f"{marker}-{b}-{n}", f"conv-{b % 3}") for n in range(sizes[b])]
-            publisher.publish(pairs, [f"{marker}-rid-{b}"])
+            publisher.publish(
+                [
+                    (f"{marker}-{b}-{n}", f"conv-{b % 3}", f"{marker}-rid-{b}")
+                    for n in range(sizes[b])
+                ]
+            )
 
     threads = [threading.Thread(target=publish, args=(k,)) for k in range(8)]
     for t in threads:
@@ -85,11 +89,13 @@ def test_flush_sends_what_is_queued_in_the_callers_thread(idle: Stack) -> None:
     publisher = Publisher(idle.svc)
     try:
         assert publisher.flush() == 0
-        publisher.queue([(f"{marker}-{n}", "c") for n in range(300)], ["r1", "r2"])
+        publisher.queue([(f"{marker}-{n}", "c", f"r{n // 150}") for n in range(300)])
         assert publisher.flush() == 300
         got = _tasks(broker, marker)
         assert sorted(len(args[0]) for _, _, args in got) == [44, 256]
-        assert {headers["request_id"] for _, headers, _ in got} == {"r1,r2"}
+        # each task names its own messages' request ids only
+        by_size = {len(args[0]): headers["request_id"] for _, headers, args in got}
+        assert by_size == {256: "r0,r1", 44: "r1"}
         assert publisher.flush() == 0
     finally:
         for raw, _, _ in _tasks(broker, marker):
