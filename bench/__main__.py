@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "moderation": ("bench.moderation", [], []),
     "pipeline": ("bench.pipeline", [], ["--messages", "200", "--seconds", "3"]),
     "ingest": ("bench.ingest", [], ["--seconds", "3"]),
+    "timeline": ("bench.timeline", [], ["--messages", "20"]),
     "ws": ("bench.ws", [], ["--sockets", "500", "--members", "200", "--messages", "5"]),
     "thumbnails": ("bench.thumbnails", [], ["--images", "2", "--rounds", "1"]),
     "search": (

@@ -82,3 +82,26 @@ def test_the_peer_bench_delivers_every_message_exactly_once_and_reports(tmp_path
     names = [f["name"] for f in doc["figures"]]
     assert len(names) == 13 and all(f["scenario"] == "peer" for f in doc["figures"])
     assert all(f["baseline"] is None and f["target"] == "" for f in doc["figures"])
+
+
+def test_the_timeline_bench_follows_each_message_through_every_stage(tmp_path: Path) -> None:
+    """bench.timeline at small N: every message is followed from its POST through the
+    verdict, the stream and the hub round to the socket, with the stages in order (none
+    negative beyond the logs' millisecond)."""
+    env = {**os.environ, "PARLEY_BENCH_OUT": str(tmp_path)}
+    subprocess.run(
+        [sys.executable, "-m", "bench.timeline", "--messages", "12", "--rate", "10"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=240,
+        capture_output=True,
+    )
+    doc = json.loads((tmp_path / "timeline.json").read_text())
+    assert doc["sent"] == 12 and doc["followed"] >= 10
+    p50 = {f["name"].removesuffix(" p50"): f["value"] for f in doc["figures"]}
+    stages = ["POST", "to verdict", "to stream", "to hub round", "to socket"]
+    assert set(p50) == {*stages, "hub round CPU", "total"}
+    assert all(p50[s] >= -1.0 for s in stages)  # log lines and stream ids carry milliseconds
+    assert p50["total"] > 0 and p50["hub round CPU"] > 0
+    assert len(doc["app_post_ms"]) == 12 and all(ms > 0 for ms in doc["app_post_ms"])
