@@ -3,8 +3,9 @@
     .venv/bin/python -m bench.timeline [--messages 200] [--rate 20] [--workers 2] [--postgres]
 
 One sender posts --messages at --rate (one conversation, keep-alive HTTP, after 10 warm-up
-messages), one receiver holds a WebSocket; the service runs from the Procfile's command lines
-(bench/stack.py), the web process at LOG_LEVEL=DEBUG for the hub's round lines. Each message's
+messages each waited for on the socket), one receiver holds a WebSocket; the service runs
+from the Procfile's command lines (bench/stack.py), the web process at LOG_LEVEL=DEBUG for
+the hub's round lines. Each message's
 way is cut at points five clocks of the same box give, and the p50 / p90 of each stage
 printed:
 
@@ -32,6 +33,7 @@ import statistics
 import threading
 import time
 from datetime import datetime
+from typing import Any
 
 import redis
 import requests
@@ -70,11 +72,14 @@ def main() -> None:
         cid = http_json(port, "POST", "/v1/conversations", body, token)["id"]
         frames: dict[str, float] = {}
         stop = threading.Event()
+        ready = threading.Event()
         reader = threading.Thread(
-            target=_receive, args=(port, stack.token(receiver), frames, stop), daemon=True
+            target=_receive, args=(port, stack.token(receiver), frames, ready, stop), daemon=True
         )
         reader.start()
-        time.sleep(0.5)
+        if not ready.wait(30):
+            raise RuntimeError("the receiver's socket did not open")
+        _warm_up(port, cid, token, frames)
         sent = _send(port, cid, token, args.messages, args.rate)
         deadline = time.monotonic() + 30
         while not sent.keys() <= frames.keys() and time.monotonic() < deadline:
@@ -139,29 +144,48 @@ def main() -> None:
     )
 
 
+def _warm_up(port: int, cid: str, token: str, frames: dict[str, float]) -> None:
+    """WARMUP messages, each waited for on the socket: the worker's children are up, and every
+    process has served the path once, before anything is measured."""
+    for i in range(WARMUP):
+        mid = http_json(port, "POST", f"/v1/conversations/{cid}/messages", {"text": f"w{i}"}, token)
+        deadline = time.monotonic() + 60
+        while mid["id"] not in frames:
+            if time.monotonic() > deadline:
+                raise RuntimeError("a warm-up message never reached the socket")
+            time.sleep(0.01)
+
+
 def _send(port: int, cid: str, token: str, n: int, rate: float) -> dict[str, tuple[float, float]]:
-    """Post WARMUP + n messages at `rate`; (send, answer) wall times of the n measured ones."""
+    """Post n messages at `rate`; (send, answer) wall times of each."""
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {token}"
     url = f"http://127.0.0.1:{port}/v1/conversations/{cid}/messages"
     sent: dict[str, tuple[float, float]] = {}
-    for i in range(WARMUP + n):
+    for i in range(n):
         t0 = time.time()
         resp = session.post(url, json={"text": f"see you at nine, number {i}"}, timeout=30)
         t1 = time.time()
         if resp.status_code != 202:
             raise RuntimeError(f"POST: {resp.status_code} {resp.text[:200]}")
-        if i >= WARMUP:
-            sent[resp.json()["id"]] = (t0, t1)
+        sent[resp.json()["id"]] = (t0, t1)
         time.sleep(max(0.0, 1 / rate - (t1 - t0)))
     return sent
 
 
-def _receive(port: int, token: str, frames: dict[str, float], stop: threading.Event) -> None:
+def _receive(
+    port: int, token: str, frames: dict[str, float], ready: threading.Event, stop: threading.Event
+) -> None:
+    """The receiver: `ready` once the hub answered a ping (registered), then every
+    `message.new` frame's arrival, first one per message."""
     import websocket
 
     url = f"ws://127.0.0.1:{port}/v1/ws?token={token}"
     ws = websocket.create_connection(url, timeout=1, skip_utf8_validation=True)
+    ws.send('{"type":"ping"}')
+    while '"pong"' not in ws.recv():
+        pass
+    ready.set()
     try:
         while not stop.is_set():
             try:
@@ -169,7 +193,7 @@ def _receive(port: int, token: str, frames: dict[str, float], stop: threading.Ev
             except websocket.WebSocketTimeoutException:
                 continue
             at = time.time()
-            if raw.startswith('{"type":"message.new"'):
+            if isinstance(raw, str) and raw.startswith('{"type":"message.new"'):
                 frames.setdefault(json.loads(raw)["data"]["id"], at)
     finally:
         ws.close()
@@ -177,7 +201,7 @@ def _receive(port: int, token: str, frames: dict[str, float], stop: threading.Ev
 
 def _stream_times(url: str, ids: set[str]) -> dict[str, float]:
     """When each message's `message.new` entered a stream: its entry id's milliseconds."""
-    client = redis.Redis.from_url(url)
+    client: Any = redis.Redis.from_url(url)  # replies as bytes
     found: dict[str, float] = {}
     for key in client.scan_iter(count=1000):
         if client.type(key) != b"stream":
