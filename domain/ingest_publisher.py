@@ -8,6 +8,12 @@ once; one sender thread (a greenlet under gunicorn's gevent worker) sends what h
 one `moderate_messages` task per MAX_PER_TASK messages. While a publish is in flight, the next
 batches gather behind it and leave together: under load, fewer and larger tasks.
 
+Why not have the leader send inline when no send is in flight (measured, bench.timeline and
+bench.peer, alternating runs): a lone message is then delivered 1.2-2.3 ms sooner, p50 (here
+the request's own after-work, its access line and its response, runs before the sender
+thread), but the peer scenarios lose 15-40% of their msgs/s at 20-60% more CPU per message,
+because fewer publishes are coalesced.
+
 Order does not depend on the tasks: the moderation stage walks each conversation in seq order
 from the database. At exit, what is still queued is sent before the process goes (atexit); a
 process killed outright leaves it to the sweeper.
