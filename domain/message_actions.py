@@ -14,7 +14,7 @@ from core.ids import utcnow
 from domain import audit, events, notifications
 from domain.conversations import PIN_ROLES, readable
 from domain.errors import Conflict, Forbidden, Invalid
-from domain.messages import announce, get_visible
+from domain.messages import PASSED, announce, get_visible
 from domain.principals import Principal
 from models import Message, Participant, Reaction, Report
 
@@ -58,7 +58,12 @@ def react(session: Session, who: Principal, mid: str, emoji: str, on: bool) -> M
     user = who.require_user()
     if part is None or part.role == "observer":
         raise Forbidden("only members may react")
-    if msg.state != "delivered" or msg.deleted_at is not None:
+    # A passed verdict whose fan-out has not committed yet is delivered as far as anyone can
+    # tell: its `message.new` is already on the sockets (see domain.messages.can_see).
+    reached = msg.state == "delivered" or (
+        msg.state == "pending" and msg.moderation_action in PASSED
+    )
+    if not reached or msg.deleted_at is not None:
         raise Conflict("only delivered, undeleted messages take reactions")
     exists_now = session.get(Reaction, (mid, user, emoji)) is not None
     if on and not exists_now:

@@ -216,6 +216,31 @@ def test_delete_leaves_a_tombstone_and_only_the_sender_may_delete(api: Api, stac
     assert api.patch(f"/v1/messages/{mid}", user=a, json={"text": "x"}).status_code == 409
 
 
+def test_a_reaction_is_taken_once_the_verdict_passed_before_the_fan_out_commits(
+    api: Api, idle: Stack
+) -> None:
+    """The fan-out appends `message.new` before it commits `delivered`, so a recipient may
+    react to a message its socket announced while the row still reads pending with a passing
+    verdict: the reaction is taken (as can_see lets it be read); before its verdict the
+    recipient cannot see the message at all (404)."""
+    from domain import moderation_stage
+
+    a, b = uid(), uid()
+    cid = api.conversation(a, b)
+    waiting = api.send(a, cid, "no verdict yet")["id"]
+    assert api.put(f"/v1/messages/{waiting}/reactions/👍", user=b).status_code == 404
+    with idle.svc.Session.begin() as s:  # the verdict's transaction only: no fan-out
+        moderation_stage.moderate_waiting(idle.svc, s, {waiting: cid})
+    with idle.svc.ReadSession() as s:
+        row = s.execute(
+            select(Message.state, Message.moderation_action).where(Message.id == waiting)
+        ).one()
+    assert tuple(row) == ("pending", "allow")
+    r = api.put(f"/v1/messages/{waiting}/reactions/👍", user=b)
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["reactions"] == [{"emoji": "👍", "count": 1, "me": True}]
+
+
 def test_pin_reactions_reports_and_replies(api: Api, stack: Stack) -> None:
     a, b = uid(), uid()
     cid = api.conversation(a, b)
