@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 from werkzeug.test import TestResponse
 
 from core.events import EventLog
 from domain import apikeys
+from models import Message
 from tests.conftest import Stack, wait_for
 
 # Edge behaviour (HTTP, counters in Redis, tokens, logging) does not depend on the database, so
@@ -119,12 +120,26 @@ def delivered_ids(stack: Stack, user: str) -> list[str]:
 
 
 def wait_delivered(stack: Stack, user: str, message_ids: list[str], timeout: float = 30) -> None:
+    """The messages are in the user's stream and their fan-out has committed: the fan-out
+    appends `message.new` before it commits `delivered`, and listings and reactions follow
+    the commit."""
     want = set(message_ids)
     wait_for(
         lambda: want <= set(delivered_ids(stack, user)),
         timeout,
         what=f"{len(want)} message(s) in {user}'s stream",
     )
+
+    def committed() -> bool:
+        with stack.svc.ReadSession() as s:
+            found = s.scalar(
+                select(func.count())
+                .select_from(Message)
+                .where(Message.id.in_(want), Message.state == "delivered")
+            )
+        return found == len(want)
+
+    wait_for(committed, timeout, what=f"{len(want)} message(s) committed as delivered")
 
 
 _SCAN = """
