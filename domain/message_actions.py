@@ -14,7 +14,7 @@ from core.ids import utcnow
 from domain import audit, events, notifications
 from domain.conversations import PIN_ROLES, readable
 from domain.errors import Conflict, Forbidden, Invalid
-from domain.messages import PASSED, announce, get_visible
+from domain.messages import PASSED, announce, get_visible, settle
 from domain.principals import Principal
 from models import Message, Participant, Reaction, Report
 
@@ -24,6 +24,7 @@ MAX_EMOJI = 32  # reactions.emoji is String(32): the longest emoji sequence is 1
 
 def set_pinned(session: Session, who: Principal, mid: str, pinned: bool) -> Message:
     msg, conv, part = get_visible(session, who, mid)
+    settle(session, msg)
     if not who.is_moderator and (part is None or part.role not in PIN_ROLES):
         raise Forbidden("only owners, admins and moderators of the conversation may pin")
     if msg.deleted_at is not None:
@@ -59,7 +60,9 @@ def react(session: Session, who: Principal, mid: str, emoji: str, on: bool) -> M
     if part is None or part.role == "observer":
         raise Forbidden("only members may react")
     # A passed verdict whose fan-out has not committed yet is delivered as far as anyone can
-    # tell: its `message.new` is already on the sockets (see domain.messages.can_see).
+    # tell: its `message.new` may be on the sockets already (see domain.messages.can_see).
+    # `settle` waits for a fan-out in flight, so the reaction's event follows its message.new.
+    settle(session, msg)
     reached = msg.state == "delivered" or (
         msg.state == "pending" and msg.moderation_action in PASSED
     )

@@ -27,6 +27,7 @@ from domain.search import index as search_index
 from models import (
     Attachment,
     Conversation,
+    DeliveryCursor,
     Message,
     MessageEdit,
     Participant,
@@ -278,8 +279,27 @@ def _apply_filters(stmt: Any, query: Mapping[str, Any]) -> Any:
 # --- changes ----------------------------------------------------------------------------------
 
 
+def settle(session: Session, msg: Message) -> None:
+    """Before changing a message whose verdict passed but whose fan-out has not committed:
+    wait for a fan-out in flight, then read its state again. The fan-out holds the
+    conversation's `delivery_cursors` row from its walk to its commit, and appends
+    `message.new` in between, so once this transaction holds that row the state is the truth:
+    `delivered` (recipients were told, so they are told of the change) or still `pending`
+    (no fan-out has reached it; the next one, waiting on this transaction, renders the message
+    as changed). Taken before any write, in the fan-out's own order (the cursor, then the
+    message row). On SQLite, BEGIN IMMEDIATE already ordered the two transactions."""
+    if msg.state == "pending" and msg.moderation_action in PASSED:
+        session.execute(
+            select(DeliveryCursor.conversation_id)
+            .where(DeliveryCursor.conversation_id == msg.conversation_id)
+            .with_for_update()
+        )
+        session.refresh(msg)
+
+
 def _own_editable(session: Session, who: Principal, mid: str) -> tuple[Message, Conversation]:
     msg, conv, _ = get_visible(session, who, mid)
+    settle(session, msg)
     if msg.sender_id is None or msg.sender_id != who.user_id:
         raise Forbidden("only the sender may change a message")
     if msg.deleted_at is not None:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
+from typing import Any
 from urllib.parse import quote
 
 import pytest
 from sqlalchemy import func, select, update
 
 from core.ids import utcnow
-from models import Conversation, Message, MessageEdit, Reaction
+from domain.events import PUBLISH_TASK
+from models import Conversation, DeliveryCursor, Message, MessageEdit, Outbox, Reaction
 from tests.conftest import Stack
 from tests.factories import Api, uid
 
@@ -239,6 +242,68 @@ def test_a_reaction_is_taken_once_the_verdict_passed_before_the_fan_out_commits(
     r = api.put(f"/v1/messages/{waiting}/reactions/👍", user=b)
     assert r.status_code == 200, r.get_json()
     assert r.get_json()["reactions"] == [{"emoji": "👍", "count": 1, "me": True}]
+
+
+def test_an_edit_during_a_fan_out_waits_for_its_commit_and_tells_every_member(
+    api: Api, idle: Stack
+) -> None:
+    """The fan-out appends `message.new` while it holds the conversation's cursor row and
+    commits `delivered` after: an edit made in between must wait for that commit and then
+    announce `message.updated` to every member, not to the sender alone as for a message no
+    one else has seen (found by a red CI run: test_ws's edit on PostgreSQL). The fan-out in
+    flight is a transaction holding what the real one holds: the cursor row, `delivered`
+    written and not yet committed."""
+    from domain import moderation_stage
+
+    a, b = uid(), uid()
+    cid = api.conversation(a, b)
+    mid = api.send(a, cid, "meet at noon")["id"]
+    with idle.svc.Session.begin() as s:  # the verdict's transaction only
+        moderation_stage.moderate_waiting(idle.svc, s, {mid: cid})
+    fan = idle.svc.Session()
+    fan.begin()
+    fan.execute(
+        select(DeliveryCursor.conversation_id)
+        .where(DeliveryCursor.conversation_id == cid)
+        .with_for_update()
+    )
+    fan.execute(update(Message).where(Message.id == mid).values(state="delivered"))
+    answers: list[Any] = []
+    edit = threading.Thread(
+        target=lambda: answers.append(
+            api.patch(f"/v1/messages/{mid}", user=a, json={"text": "meet at one"})
+        )
+    )
+    edit.start()
+    try:
+        if idle.name == "postgres":  # the edit is seen waiting on a lock, not merely slow
+            deadline = time.monotonic() + 10
+
+            def waiting() -> int:  # its own transaction: pg_stat_activity is a snapshot
+                with idle.svc.engine.connect() as c:
+                    return c.exec_driver_sql(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    ).scalar_one()
+
+            while waiting() == 0:
+                assert time.monotonic() < deadline, "the edit never waited for the fan-out"
+                time.sleep(0.02)
+        else:  # SQLite: the edit's BEGIN IMMEDIATE waits for the write lock
+            time.sleep(0.3)
+        assert edit.is_alive()
+    finally:
+        fan.commit()
+        fan.close()
+    edit.join(20)
+    assert answers and answers[0].status_code == 200, answers
+    with idle.svc.ReadSession() as s:
+        events = [
+            args
+            for args in s.scalars(select(Outbox.args).where(Outbox.task == PUBLISH_TASK))
+            if args[1] == "message.updated" and args[2]["message_id"] == mid
+        ]
+    assert len(events) == 1
+    assert sorted(events[0][3]) == sorted([a, b])
 
 
 def test_pin_reactions_reports_and_replies(api: Api, stack: Stack) -> None:
