@@ -94,6 +94,7 @@ def report(
     session: Session, who: Principal, mid: str, reason: str, note: str | None
 ) -> tuple[Report, bool]:
     msg, _, part = get_visible(session, who, mid)
+    settle(session, msg)  # so that hold_after_reports sees it delivered if it just was
     user = who.require_user()
     if part is None:
         raise Forbidden("only participants may report messages")

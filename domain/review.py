@@ -19,7 +19,7 @@ from domain import audit, events
 from domain.conversations import load, unexpired
 from domain.errors import Conflict, Forbidden, NotFound
 from domain.keys import conversation_key
-from domain.messages import edit_aad, message_aad
+from domain.messages import edit_aad, message_aad, settle
 from domain.pagination import decode_cursor, encode_cursor
 from domain.principals import Principal
 from domain.users import ensure_users
@@ -155,6 +155,7 @@ def reject(session: Session, who: Principal, mid: str, reason: str) -> Message:
     """Refuse a held or reported message: only its sender (and moderators) see it from now."""
     require_moderator(who)
     msg = _message(session, mid)
+    settle(session, msg)  # a fan-out in flight: its members saw the message, tell them
     if msg.state == "rejected":
         raise Conflict("the message is already rejected")
     conv = load(session, msg.conversation_id)
