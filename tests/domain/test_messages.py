@@ -244,17 +244,49 @@ def test_a_reaction_is_taken_once_the_verdict_passed_before_the_fan_out_commits(
     assert r.get_json()["reactions"] == [{"emoji": "👍", "count": 1, "me": True}]
 
 
-def test_an_edit_during_a_fan_out_waits_for_its_commit_and_tells_every_member(
-    api: Api, idle: Stack
+# A change made while a fan-out is in flight: (what it does, the event it emits, its status).
+CHANGES: dict[str, tuple[Any, str, int]] = {
+    "edit": (
+        lambda api, mid, a: api.patch(f"/v1/messages/{mid}", user=a, json={"text": "at one"}),
+        "message.updated",
+        200,
+    ),
+    "delete": (
+        lambda api, mid, a: api.delete(f"/v1/messages/{mid}", user=a),
+        "message.deleted",
+        200,
+    ),
+    "reaction": (
+        lambda api, mid, a: api.put(f"/v1/messages/{mid}/reactions/👍", user=a),
+        "reaction",
+        200,
+    ),
+    "reject": (
+        lambda api, mid, a: api.post(
+            f"/v1/moderation/messages/{mid}/reject",
+            user=uid("mod"),
+            roles=("moderator",),
+            json={"reason": "spam"},
+        ),
+        "message.updated",
+        200,
+    ),
+}
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_a_change_during_a_fan_out_waits_for_its_commit_and_tells_every_member(
+    api: Api, idle: Stack, change: str
 ) -> None:
     """The fan-out appends `message.new` while it holds the conversation's cursor row and
-    commits `delivered` after: an edit made in between must wait for that commit and then
-    announce `message.updated` to every member, not to the sender alone as for a message no
-    one else has seen (found by a red CI run: test_ws's edit on PostgreSQL). The fan-out in
-    flight is a transaction holding what the real one holds: the cursor row, `delivered`
-    written and not yet committed."""
+    commits `delivered` after: a change made in between (domain.messages.settle) must wait for
+    that commit, so its event follows the message.new, and go to every member, not to the
+    sender alone as for a message no one else has seen (found by a red CI run: test_ws's edit
+    on PostgreSQL). The fan-out in flight is a transaction holding what the real one holds:
+    the cursor row, `delivered` written and not yet committed."""
     from domain import moderation_stage
 
+    act, etype, status = CHANGES[change]
     a, b = uid(), uid()
     cid = api.conversation(a, b)
     mid = api.send(a, cid, "meet at noon")["id"]
@@ -269,38 +301,35 @@ def test_an_edit_during_a_fan_out_waits_for_its_commit_and_tells_every_member(
     )
     fan.execute(update(Message).where(Message.id == mid).values(state="delivered"))
     answers: list[Any] = []
-    edit = threading.Thread(
-        target=lambda: answers.append(
-            api.patch(f"/v1/messages/{mid}", user=a, json={"text": "meet at one"})
-        )
-    )
-    edit.start()
+    changing = threading.Thread(target=lambda: answers.append(act(api, mid, a)))
+    changing.start()
     try:
-        if idle.name == "postgres":  # the edit is seen waiting on a lock, not merely slow
+        if idle.name == "postgres":  # the change is seen waiting on a lock, not merely slow
             deadline = time.monotonic() + 10
 
             def waiting() -> int:  # its own transaction: pg_stat_activity is a snapshot
                 with idle.svc.engine.connect() as c:
                     return c.exec_driver_sql(
-                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE wait_event_type = 'Lock' AND datname = current_database()"
                     ).scalar_one()
 
             while waiting() == 0:
-                assert time.monotonic() < deadline, "the edit never waited for the fan-out"
+                assert time.monotonic() < deadline, f"the {change} never waited for the fan-out"
                 time.sleep(0.02)
-        else:  # SQLite: the edit's BEGIN IMMEDIATE waits for the write lock
+        else:  # SQLite: the change's BEGIN IMMEDIATE waits for the write lock
             time.sleep(0.3)
-        assert edit.is_alive()
+        assert changing.is_alive()
     finally:
         fan.commit()
         fan.close()
-    edit.join(20)
-    assert answers and answers[0].status_code == 200, answers
+    changing.join(20)
+    assert answers and answers[0].status_code == status, answers[0].get_json()
     with idle.svc.ReadSession() as s:
         events = [
             args
             for args in s.scalars(select(Outbox.args).where(Outbox.task == PUBLISH_TASK))
-            if args[1] == "message.updated" and args[2]["message_id"] == mid
+            if args[1] == etype and args[2]["message_id"] == mid
         ]
     assert len(events) == 1
     assert sorted(events[0][3]) == sorted([a, b])
