@@ -86,6 +86,12 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 
 
 def read_only(engine: Engine) -> Engine:
-    """The same engine for transactions that only read: on SQLite they begin DEFERRED, so a
-    read inside a writer's transaction (a key lookup during a task) never waits on it."""
+    """The same engine for work that only reads.
+
+    On SQLite its transactions begin DEFERRED, so a read inside a writer's transaction (a key
+    lookup during a task) never waits on it. On PostgreSQL it runs in autocommit: at READ
+    COMMITTED each statement takes its own snapshot whether or not a transaction wraps them,
+    so the BEGIN and ROLLBACK round trips bought nothing (a hub's render is four reads)."""
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(isolation_level="AUTOCOMMIT", **{READ_ONLY: True})
     return engine.execution_options(**{READ_ONLY: True})
