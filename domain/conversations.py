@@ -360,6 +360,17 @@ def _subject_or_member_named(q: str) -> Any:
     return or_(func.lower(Conversation.subject).like(pattern, escape="\\"), named)
 
 
+def last_messages(session: Session, conversation_ids: Sequence[str]) -> dict[str, Message]:
+    """The newest delivered message of each conversation (the list's preview), by
+    conversation; one whose message is gone (purged, erased) has none."""
+    stmt = (
+        select(DeliveryCursor.conversation_id, Message)
+        .join(Message, Message.id == DeliveryCursor.last_message_id)
+        .where(DeliveryCursor.conversation_id.in_(conversation_ids))
+    )
+    return {cid: msg for cid, msg in session.execute(stmt)}
+
+
 def unread_counts(
     session: Session, user_id: str, conversation_ids: Sequence[str]
 ) -> dict[str, int]:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, bindparam, select, update
+from sqlalchemy import Row, String, Table, bindparam, func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -27,7 +27,7 @@ from domain import outbox
 from domain.events import PUBLISH_TASK
 from domain.messages import MODERATE_TASK
 from domain.search import stage as search_stage
-from models import Conversation, DeliveryCursor, Message, Participant
+from models import DeliveryCursor, Message, Participant
 
 logger = logging.getLogger(__name__)
 
@@ -96,16 +96,15 @@ _CURSORS = (
 )
 _CURSORS_LOCKED = _CURSORS.with_for_update()
 _cursors = cast(Table, DeliveryCursor.__table__)
+# The cursor moves, and names the newest message delivered (None: a walk of held or rejected
+# messages only, which keeps the one before).
 _MOVE = (
     update(_cursors)
     .where(_cursors.c.conversation_id == bindparam("cid"))
-    .values(fanout_seq=bindparam("seq"))
-)
-_conversations = cast(Table, Conversation.__table__)
-_LAST = (
-    update(_conversations)
-    .where(_conversations.c.id == bindparam("cid"))
-    .values(last_message_id=bindparam("mid"))
+    .values(
+        fanout_seq=bindparam("seq"),
+        last_message_id=func.coalesce(bindparam("mid", type_=String), _cursors.c.last_message_id),
+    )
 )
 _messages = cast(Table, Message.__table__)
 _DELIVERED = (
@@ -224,12 +223,10 @@ def drain_many(
         if delivered:
             s.execute(_DELIVERED, {"ids": delivered})
         if moved:
-            s.execute(_MOVE, [{"cid": c, "seq": q} for c, q in moved.items()])
-        if last:
-            s.execute(_LAST, [{"cid": c, "mid": m} for c, m in last.items()])
+            s.execute(_MOVE, [{"cid": c, "seq": q, "mid": last.get(c)} for c, q in moved.items()])
         # The search index moves with the cursors, after the streams (docs/search.md); the
-        # messages' and the conversations' own rows are written first, in the order an edit
-        # takes its locks.
+        # messages' rows and the cursors are written first, in the order an edit takes its
+        # locks. The conversation's own row is not written: posts reserve their seqs there.
         _index(svc, s, walked_by)
         outbox.mark_done(s, done, MODERATE_TASK)
     # Who is online now gets the message live: only the others are worth a push task (which

@@ -23,7 +23,7 @@ from domain.messages import edit_aad, message_aad, settle
 from domain.pagination import decode_cursor, encode_cursor
 from domain.principals import Principal
 from domain.users import ensure_users
-from models import AuditEntry, Message, MessageEdit, Report, User
+from models import AuditEntry, DeliveryCursor, Message, MessageEdit, Report, User
 
 QUEUE_KINDS = ("held", "reported", "flagged")
 REPORTED = "reported"
@@ -146,8 +146,10 @@ def approve(
     # Recipients never saw a message held at moderation: it is new to them. One held after
     # reports was seen before: it comes back as an update.
     events.emit(session, "message.updated" if was_delivered else "message.new", data, members)
-    if conv.last_message_id is None or conv.last_seq <= msg.seq:
-        conv.last_message_id = mid
+    preview = update(DeliveryCursor).where(DeliveryCursor.conversation_id == conv.id)
+    if conv.last_seq > msg.seq:  # newer messages came after it: only fill an empty preview
+        preview = preview.where(DeliveryCursor.last_message_id.is_(None))
+    session.execute(preview.values(last_message_id=mid))
     return msg
 
 

@@ -50,7 +50,6 @@ class Conversation(Base):
     dedupe_key: Mapped[str | None] = mapped_column(String(64))
     data_key_id: Mapped[str | None] = mapped_column(String(40))
     last_seq: Mapped[int] = mapped_column(default=0)
-    last_message_id: Mapped[str | None] = mapped_column(String(26))
     last_activity_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     created_by: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -91,9 +90,13 @@ class Participant(Base):
 
 
 class DeliveryCursor(Base):
-    """How far a conversation's messages have been fanned out, in seq order.
+    """How far a conversation's messages have been fanned out, in seq order, and the newest
+    message it delivered (the conversation list's preview).
 
-    Kept apart from `conversations` so the fan-out lock never contends with posting.
+    Kept apart from `conversations` so the fan-out lock never contends with posting: a POST
+    reserves its seq on the conversation's row, the fan-out writes only this one. The
+    preview's id may name a message deleted since (purged, erased); readers join it to
+    `messages`, so there is then no preview until the next delivery.
     """
 
     __tablename__ = "delivery_cursors"
@@ -102,3 +105,4 @@ class DeliveryCursor(Base):
         ForeignKey("conversations.id", ondelete="CASCADE"), primary_key=True
     )
     fanout_seq: Mapped[int] = mapped_column(default=0)
+    last_message_id: Mapped[str | None] = mapped_column(String(26))

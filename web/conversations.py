@@ -6,12 +6,10 @@ from typing import Any
 
 from flask import Blueprint
 from marshmallow import fields, validate
-from sqlalchemy import select
 
 from core.services import services
 from domain import conversations as convs
 from domain.render import preview, render_conversation
-from models import Message
 from web.auth import current, require_auth
 from web.http import doc, json_body, query_args
 from web.limits import limits
@@ -41,7 +39,7 @@ def _render_one(session: Any, conv: Any) -> dict[str, Any]:
     who = current()
     me = convs.membership(session, conv.id, who.user_id)
     unread = convs.unread_counts(session, me.user_id, [conv.id]) if me else {}
-    last = session.get(Message, conv.last_message_id) if conv.last_message_id else None
+    last = convs.last_messages(session, [conv.id]).get(conv.id)
     return render_conversation(conv, me, unread.get(conv.id, 0), preview(services(), last))
 
 
@@ -86,14 +84,10 @@ def list_conversations() -> dict[str, Any]:
             cursor=q.get("cursor"),
             limit=q["limit"],
         )
-        last_ids = [c.last_message_id for c in rows if c.last_message_id]
-        lasts = {m.id: m for m in s.scalars(select(Message).where(Message.id.in_(last_ids)))}
+        lasts = convs.last_messages(s, [c.id for c in rows])
         items = [
             render_conversation(
-                c,
-                mine.get(c.id),
-                unread.get(c.id, 0),
-                preview(svc, lasts.get(c.last_message_id or "")),
+                c, mine.get(c.id), unread.get(c.id, 0), preview(svc, lasts.get(c.id))
             )
             for c in rows
         ]

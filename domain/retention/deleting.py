@@ -11,14 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from core.services import Services
 from domain.search import index as search_index
 from models import (
     Attachment,
-    Conversation,
     Message,
     MessageEdit,
     Notification,
@@ -52,11 +51,6 @@ def delete_messages(
     atts = rowcount(session.execute(delete(Attachment).where(Attachment.message_id.in_(ids))))
     for child in (MessageEdit, Reaction, Report, Notification):
         session.execute(delete(child).where(child.message_id.in_(ids)))
-    session.execute(
-        update(Conversation)
-        .where(Conversation.last_message_id.in_(ids))
-        .values(last_message_id=None)
-    )
     search_index.forget_messages(session, ids)  # postings hold seqs, not foreign keys
     return rowcount(session.execute(delete(Message).where(Message.id.in_(ids)))), atts
 

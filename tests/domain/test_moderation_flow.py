@@ -38,6 +38,10 @@ def test_a_held_message_is_queued_and_approval_delivers_it(api: Api, live: Stack
     assert api.get(f"/v1/messages/{mid}", user=b).get_json()["text"] == (
         "mail me at jo@example.com"
     )
+    # The approved message is the conversation's preview, in the list and on its own.
+    assert api.get(f"/v1/conversations/{cid}", user=b).get_json()["last_message"]["id"] == mid
+    listed = api.get("/v1/conversations", user=b).get_json()["items"]
+    assert [c["last_message"]["id"] for c in listed if c["id"] == cid] == [mid]
     again = api.post(f"/v1/moderation/messages/{mid}/approve", user=mod, roles=MOD, json={})
     assert again.status_code == 409
     log = api.get(f"/v1/moderation/audit?target_id={mid}", user=mod, roles=MOD).get_json()
