@@ -141,7 +141,19 @@ def test_edit_and_approve_delivers_the_moderators_text(api: Api, live: Stack) ->
 def test_rejection_tells_the_sender_and_never_reaches_recipients(api: Api, live: Stack) -> None:
     a, b, mod = uid(), uid(), uid("mod")
     cid = api.conversation(a, b, ctype="support")
+    first = api.send(a, cid, "hello, about the order")["id"]
+    wait_delivered(live, b, [first])
     mid = _held(api, live, a, cid, "jo@example.com please")
+    # Once the fan-out walked the held message (its sender is told), the preview is still the
+    # delivered one: a walk with nothing delivered keeps the cursor's preview.
+    wait_for(
+        lambda: any(
+            e["data"]["message_id"] == mid for e in stream_events(live, a, "message.updated")
+        ),
+        30,
+        what="the held notice to the sender",
+    )
+    assert api.get(f"/v1/conversations/{cid}", user=b).get_json()["last_message"]["id"] == first
     assert (
         api.post(f"/v1/moderation/messages/{mid}/reject", user=mod, roles=MOD, json={}).status_code
         == 422

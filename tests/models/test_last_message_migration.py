@@ -4,28 +4,16 @@ every row that references the conversation; and back on downgrade."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import cast
 
-import pytest
 from alembic import command
 from sqlalchemy import Table, create_engine, insert, inspect, text
 
 from core.ids import new_id
 from models import Conversation, DeliveryCursor, Participant, User
 from models.migrate import alembic_config, upgrade
-from tests.conftest import fresh_postgres
 
 BEFORE = "e5b8f0a3c4d6"
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'parley.db'}"
-    else:
-        yield from fresh_postgres("parley_last_message_migration")
 
 
 def _columns(url: str, table: str) -> set[str]:

@@ -4,28 +4,16 @@ again (moderated, with text, not deleted or expired), per conversation, 100 to a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import cast
 
-import pytest
 from sqlalchemy import Table, create_engine, insert, inspect, select
 
 from core.ids import new_id
 from domain.search.stage import INDEX_TASK
 from models import Conversation, Message, Outbox
 from models.migrate import upgrade
-from tests.conftest import fresh_postgres
 
 BEFORE = "d4a7e9c1f2b3"
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'parley.db'}"
-    else:
-        yield from fresh_postgres("parley_search_migration")
 
 
 def test_upgrading_requeues_the_index_stage_for_what_search_must_find_again(
