@@ -36,3 +36,20 @@ def test_walked_marks_are_set_whether_or_not_anyone_may_get_a_push(api: Api, idl
             ).all()
         )
     assert states == {first: "delivered", second: "delivered"}
+
+
+def test_one_command_writes_the_marks_and_the_lag_and_reads_who_is_online(idle: Stack) -> None:
+    svc = idle.svc
+    here, away = uid(), uid()
+    svc.redis.set(PRESENCE_PREFIX + here, 1, ex=30)
+    mids = [uid("m"), uid("m")]
+    online = fanout._mark_walked(svc, mids, 12.5, [away, here, away])
+    assert online == {here}
+    assert fanout.walked(svc, [*mids, uid("m")]) == [True, True, False]
+    assert 0 < svc.redis.ttl(fanout.WALKED_PREFIX + mids[0]) <= fanout.WALKED_TTL_S
+    assert fanout.lag_ms(svc) == 12.5
+    assert 0 < svc.redis.pttl(fanout.LAG_KEY) <= fanout.LAG_TTL_MS
+
+    svc.redis.delete(fanout.LAG_KEY)
+    assert fanout._mark_walked(svc, [], None, [here]) == {here}  # no marks, no lag: read only
+    assert svc.redis.exists(fanout.LAG_KEY) == 0
