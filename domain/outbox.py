@@ -57,7 +57,8 @@ RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2}
 # How much of a task's arguments its message shows to monitoring (Flower, task events). Given
 # here, Celery skips its own `saferepr`, a pure-Python walk of the arguments that cost ~3% of a
 # web process's CPU under load (a batch task carries up to 64 [message, conversation] pairs);
-# our arguments are ids and numbers, so the built-in `repr` shows the same, cut at the size.
+# our arguments are plain JSON (ids, numbers, small event data), for which the built-in
+# `repr` shows what `saferepr` would, cut at the same size.
 ARGS_SHOWN = 1024
 
 
