@@ -46,7 +46,10 @@ def flask_app() -> Flask:
     if _flask_app is None:
         from web import create_app  # the worker's parent and beat never need it
 
-        _flask_app = create_app()
+        # No round trip to test each pooled connection before use: a task that meets one the
+        # database dropped fails on its first statement, and TEMPORARY (tasks/retry.py) retries
+        # it on a fresh one. Two round trips fewer per moderation batch on PostgreSQL.
+        _flask_app = create_app({"db_pre_ping": False})
         # What is loaded now (app, models, libraries) lives as long as the process: keep it
         # out of the collector's full passes, which otherwise stall a task for ~100 ms.
         gc.freeze()

@@ -31,7 +31,7 @@ DEFAULT_DATA_DIR = Path("var")
 
 # Set by code only (the caller of create_app, tests), never from a variable: PARLEY_TESTING must
 # not be a way to switch rate limits off in production.
-CODE_ONLY = frozenset({"testing", "extra", "page_limit_default", "page_limit_max"})
+CODE_ONLY = frozenset({"testing", "extra", "page_limit_default", "page_limit_max", "db_pre_ping"})
 
 
 class _Environment(EnvSettingsSource):
@@ -134,6 +134,9 @@ class Settings(BaseSettings):
     limit_conversation_user: str = "20/minute"
     limit_conversation_ip: str = "300/minute"
     limit_failed_auth_ip: str = "30/minute"
+    # Code-only: a PostgreSQL connection is tested (a round trip) each time it leaves the pool.
+    # The worker turns it off (worker.py): its tasks retry on a dropped connection anyway.
+    db_pre_ping: bool = True
     testing: bool = False
     extra: Mapping[str, Any] = Field(default_factory=dict)
 

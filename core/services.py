@@ -45,7 +45,7 @@ class Services:
 def build_services(settings: Settings, producer: Celery) -> Services:
     """The process's handles; `producer` is the Celery app it sends tasks with."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, pre_ping=settings.db_pre_ping)
     session_factory = make_sessionmaker(engine)
     read_factory = make_sessionmaker(read_only(engine))
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Row, Table, bindparam, exists, select, update
+from sqlalchemy import Row, Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from core import metrics
@@ -144,14 +144,13 @@ def moderate_waiting(svc: Services, s: Session, own: Mapping[str, str]) -> Taken
     oldest = min(m.created_at for m in batch)
     taken.waited_ms = max(0.0, (utcnow() - oldest).total_seconds() * 1000)
     cids = list(dict.fromkeys(m.conversation_id for m in batch))
-    types: dict[str, str] = {cid: ctype for cid, ctype in s.execute(_TYPES, {"ids": cids})}
     flooded = flood.record_and_check(
         svc, [(m.sender_id, text, m.conversation_id) for m, text in zip(batch, texts, strict=True)]
     )
     overrides = svc.settings.moderation_overrides
     verdicts: list[dict[str, object]] = []
     for msg, text, is_flood in zip(batch, texts, flooded, strict=True):
-        verdict = moderate(text, policy_for(types.get(msg.conversation_id) or "group", overrides))
+        verdict = moderate(text, policy_for(msg.conversation_type, overrides))
         action, reason = verdict.action, verdict.reason
         labels: list[str] = list(verdict.labels)
         if is_flood:
@@ -181,7 +180,9 @@ def moderate_waiting(svc: Services, s: Session, own: Mapping[str, str]) -> Taken
 
 
 # Built once, plain rows of the columns the stage reads (ORM objects and their JSON columns
-# cost more than the verdicts), the verdicts written with one executemany.
+# cost more than the verdicts), the verdicts written with one executemany. The conversation's
+# type (which policy applies) comes with each message; only the message rows are locked
+# (FOR UPDATE OF messages): posts reserve their seqs on the conversation's row.
 _COLUMNS = (
     Message.id,
     Message.conversation_id,
@@ -191,25 +192,26 @@ _COLUMNS = (
     Message.created_at,
     Message.moderation_action,
     Message.state,
+    Conversation.type.label("conversation_type"),
 )
 _WAITING = (
     select(*_COLUMNS)
+    .join(Conversation, Conversation.id == Message.conversation_id)
     .where(
         Message.state == "pending",
         Message.moderation_action.is_(None),
-        ~exists().where(  # a deleted conversation's messages wait for its purge
-            Conversation.id == Message.conversation_id, Conversation.deleted_at.is_not(None)
-        ),
+        Conversation.deleted_at.is_(None),  # a deleted conversation's messages wait for its purge
     )
     .order_by(Message.created_at)
     .limit(BATCH)
 )
-_WAITING_LOCKED = _WAITING.with_for_update(skip_locked=True)
-_OWN = select(*_COLUMNS).where(Message.id.in_(bindparam("ids", expanding=True)))
-_OWN_LOCKED = _OWN.with_for_update(skip_locked=True)
-_TYPES = select(Conversation.id, Conversation.type).where(
-    Conversation.id.in_(bindparam("ids", expanding=True))
+_WAITING_LOCKED = _WAITING.with_for_update(skip_locked=True, of=Message)
+_OWN = (
+    select(*_COLUMNS)
+    .join(Conversation, Conversation.id == Message.conversation_id)
+    .where(Message.id.in_(bindparam("ids", expanding=True)))
 )
+_OWN_LOCKED = _OWN.with_for_update(skip_locked=True, of=Message)
 _messages = cast(Table, Message.__table__)
 _VERDICT = (
     update(_messages)
@@ -222,7 +224,7 @@ _VERDICT = (
         moderation_reason=bindparam("reason"),
     )
 )
-Waiting = Row[str, str, str | None, str | None, bytes | None, datetime, str | None, str]
+Waiting = Row[str, str, str | None, str | None, bytes | None, datetime, str | None, str, str]
 
 
 def _locks(svc: Services) -> bool:

@@ -19,7 +19,10 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 READ_ONLY = "parley_read_only"
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, pre_ping: bool = True, **kwargs: Any) -> Engine:
+    """`pre_ping`: test a server connection (one round trip) each time it leaves the pool, so
+    one the server dropped (a restart) is replaced instead of failing the statement. Off where
+    the caller retries anyway (the worker's tasks). SQLite has no server connection to test."""
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
@@ -32,10 +35,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
-    return create_engine(url, **kwargs)
+    return create_engine(url, pool_pre_ping=pre_ping, **kwargs)
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -33,7 +33,7 @@ READ_ELSEWHERE = {
     "PROMETHEUS_MULTIPROC_DIR": "core/metrics.py",
 }
 # Set by code only: no variable may reach them (PARLEY_TESTING would turn rate limits off).
-CODE_ONLY = {"testing", "extra", "page_limit_default", "page_limit_max"}
+CODE_ONLY = {"testing", "extra", "page_limit_default", "page_limit_max", "db_pre_ping"}
 REDIS = "redis://127.0.0.1:6399/5"
 
 

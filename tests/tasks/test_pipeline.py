@@ -15,7 +15,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import select, text
 
 from domain.messages import MODERATE_TASK
 from models import Message, Notification, Outbox
@@ -144,6 +145,33 @@ def test_a_worker_child_killed_mid_batch_loses_and_duplicates_nothing(
         assert Counter(got) == Counter(ids), f"{user}: duplicates or losses"
         assert got == ids, f"{user}: not in seq order"
     assert "SIGKILL" in live.worker.log() or "signal 9" in live.worker.log()
+
+
+@pytest.mark.parametrize("stack", ["postgres"], indirect=True)
+def test_connections_the_database_dropped_cost_the_worker_a_retry_not_a_message(
+    api: Api, live: Stack
+) -> None:
+    """The worker tests no pooled connection before use (worker.py): when PostgreSQL drops
+    them all (a restart, a failover), the next task fails on its first statement and is
+    retried on a fresh connection, and every message is delivered once, in order."""
+    a, b = uid(), uid()
+    cid = api.conversation(a, b)
+    ids = [api.send(a, cid, "before the drop")["id"]]
+    wait_delivered(live, b, ids)  # the worker's children now hold pooled connections
+    seen = len(live.worker.log())
+    with live.svc.engine.connect() as conn:
+        dropped = conn.execute(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ).scalar_one()
+    assert dropped >= 2  # at least one per worker child
+    ids += [api.send(a, cid, f"after the drop {i}")["id"] for i in range(3)]
+    for user in (a, b):
+        wait_delivered(live, user, ids, timeout=60)
+        assert delivered_ids(live, user) == ids, f"{user}: duplicates, losses or disorder"
+    assert "Retry in" in live.worker.log()[seen:], "no task met a dropped connection"
 
 
 def test_messages_survive_a_redis_flushall_while_the_worker_is_down(
