@@ -25,6 +25,7 @@ from domain.pagination import decode_cursor, encode_cursor
 from domain.principals import Principal
 from domain.search import index as search_index
 from models import (
+    MEDIA_TYPES,
     Attachment,
     Conversation,
     DeliveryCursor,
@@ -38,7 +39,6 @@ logger = logging.getLogger(__name__)
 
 MODERATE_TASK = "tasks.moderate.moderate_message"
 MODERATE_BATCH_TASK = "tasks.moderate.moderate_messages"  # a group-commit batch (domain/ingest.py)
-MEDIA_TYPES = frozenset({"image", "file", "audio", "video"})
 PASSED = ("allow", "mask")  # verdicts that let a message reach its recipients
 
 

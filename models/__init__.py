@@ -12,7 +12,15 @@ from models.conversations import (
     Participant,
     User,
 )
-from models.messages import MESSAGE_STATES, MESSAGE_TYPES, Message, MessageEdit, Reaction, Report
+from models.messages import (
+    MEDIA_TYPES,
+    MESSAGE_STATES,
+    MESSAGE_TYPES,
+    Message,
+    MessageEdit,
+    Reaction,
+    Report,
+)
 from models.ops import ApiKey, AuditEntry, DataKey, Job, Notification, Outbox
 from models.push import (
     DELIVERY_STATES,
@@ -30,6 +38,7 @@ __all__ = [
     "CONVERSATION_STATUSES",
     "CONVERSATION_TYPES",
     "DELIVERY_STATES",
+    "MEDIA_TYPES",
     "MESSAGE_STATES",
     "MESSAGE_TYPES",
     "NOTIFICATION_LEVELS",

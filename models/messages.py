@@ -13,6 +13,7 @@ from models.base import Base
 
 MESSAGE_TYPES = ("text", "image", "file", "audio", "video", "location", "system")
 MESSAGE_STATES = ("pending", "delivered", "held", "rejected")
+MEDIA_TYPES = frozenset({"image", "file", "audio", "video"})  # the only types with attachments
 
 
 class Message(Base):

@@ -12,7 +12,7 @@ from core.ids import iso
 from core.services import Services
 from domain.attachments.downloads import DownloadLinks
 from domain.attachments.stored import filename
-from models import Attachment, Message
+from models import MEDIA_TYPES, Attachment, Message
 
 
 def embedded(svc: Services, att: Attachment) -> dict[str, Any]:
@@ -74,7 +74,11 @@ def for_message(svc: Services, msg: Message) -> list[dict[str, Any]]:
     for every viewer; URLs come from GET /v1/attachments/{id}).
 
     Loads attachments for every message of the same session in one query, so rendering a
-    page of messages costs one query, not one per message."""
+    page of messages costs one query, not one per message. Only media messages carry any
+    (domain/messages._check_content): a text message, what the live hub renders most, costs
+    no query at all."""
+    if msg.type not in MEDIA_TYPES:
+        return []
     session = object_session(msg)
     if session is None:
         with svc.ReadSession() as s:
@@ -87,7 +91,7 @@ def for_message(svc: Services, msg: Message) -> list[dict[str, Any]]:
         ids = {
             obj.id
             for obj in list(session.identity_map.values())
-            if isinstance(obj, Message) and obj.id not in cache
+            if isinstance(obj, Message) and obj.type in MEDIA_TYPES and obj.id not in cache
         } | {msg.id}
         found: dict[str, list[Attachment]] = {i: [] for i in ids}
         for att in session.scalars(_OF_MESSAGES, {"ids": list(ids)}):

@@ -12,13 +12,14 @@ import os
 import re
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
 import pytest
 from PIL import ExifTags, Image, ImageChops, PngImagePlugin
-from sqlalchemy import select, text, update
+from sqlalchemy import event, select, text, update
 from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.test import TestResponse, encode_multipart
 
@@ -627,6 +628,48 @@ def test_media_list_and_has_attachments_filter(api: Api, live: Stack) -> None:
     forged = encode_cursor({"s": "4 OR 1=1", "id": 7})  # well-formed, wrong types
     bad = api.get(f"/v1/conversations/{cid}/attachments?cursor={forged}", user=b)
     assert bad.status_code == 422 and "cursor" in bad.get_json()["errors"]
+
+
+@contextmanager
+def attachment_reads(stack: Stack) -> Iterator[list[str]]:
+    """The statements this process sends that read the attachments table."""
+    seen: list[str] = []
+
+    def on_execute(_conn: Any, _cur: Any, statement: str, *_: Any) -> None:
+        if "FROM attachments" in statement:
+            seen.append(statement)
+
+    event.listen(stack.svc.engine, "before_cursor_execute", on_execute)
+    try:
+        yield seen
+    finally:
+        event.remove(stack.svc.engine, "before_cursor_execute", on_execute)
+
+
+def test_only_media_messages_cost_an_attachments_read(api: Api, live: Stack) -> None:
+    """Only image, file, audio and video messages carry attachments, so text messages (what
+    the live hub renders most) are rendered without reading the attachments table, and a page
+    with media still reads them once for the page."""
+    a, b = uid(), uid()
+    cid = api.conversation(a, b)
+    texts = [api.send(a, cid, f"words {i}")["id"] for i in range(3)]
+    delivered(live, b, texts)
+    base = f"/v1/conversations/{cid}/messages"
+    with attachment_reads(live) as seen:
+        page = api.get(base, user=b).get_json()["items"]
+        one = api.get(f"/v1/messages/{texts[0]}", user=b).get_json()
+    assert [m["id"] for m in page] == texts
+    assert all(m["attachments"] == [] for m in [*page, one])
+    assert seen == []
+    aid = uploaded(api, a, cid, jpeg_with_gps(300, 200), "p.jpg")
+    settled(api, a, aid)
+    mid = api.send(a, cid, None, type="image", attachments=[aid])["id"]
+    delivered(live, b, [mid])
+    with attachment_reads(live) as seen:
+        page = api.get(base, user=b).get_json()["items"]
+    assert [m["id"] for m in page] == [*texts, mid]
+    assert [att["id"] for att in page[-1]["attachments"]] == [aid]
+    assert len(seen) == 1
 
 
 # --- the media stage runs once in effect ------------------------------------------------------
