@@ -5,13 +5,14 @@ up what every request of the batch needs (its conversation, the caller's members
 standing, an earlier message with the same client_msg_id, the reply target), and each is
 judged by domain/messages.post's rules (domain/ingest_checks.py); per conversation one
 `UPDATE … RETURNING` reserves the batch's seqs (consecutive, in arrival order, gap-free: the
-row lock on PostgreSQL, `BEGIN IMMEDIATE` on SQLite); then one multi-row INSERT of the messages
-and one of their outbox rows, and one commit. A request whose own input is refused gets its own
-error and writes nothing, so it costs the others nothing. Every request is answered after the
-commit; the batch's moderate task goes to the broker from a sender thread
-(domain/ingest_publisher.py), off the requests' path, with whatever else committed meanwhile
-(the moderation stage takes what waits, across conversations, anyway); the sweeper re-sends,
-one task per outbox row, any message the broker lost.
+row lock on PostgreSQL, where they share one round trip, `BEGIN IMMEDIATE` on SQLite); then
+one multi-row INSERT of the messages and one of their outbox rows, and one commit. A request
+whose own input is refused gets its own error and writes nothing, so it costs the others
+nothing. Every request is answered after the commit; the batch's moderate task goes to the
+broker from a sender thread (domain/ingest_publisher.py), off the requests' path, with
+whatever else committed meanwhile (the moderation stage takes what waits, across
+conversations, anyway); the sweeper re-sends, one task per outbox row, any message the broker
+lost.
 
 Messages that carry attachments take the ORM path (domain/messages.post), one transaction each:
 their attachments are locked and claimed with the message. A batch that hits a unique
@@ -26,7 +27,8 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, cast
 from weakref import WeakKeyDictionary
 
 from sqlalchemy import (
@@ -36,7 +38,8 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError, NoResultFound
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import logs
@@ -51,6 +54,9 @@ from domain.keys import create_data_key, message_aad
 from domain.messages import MODERATE_TASK
 from domain.principals import Principal
 from models import Conversation, Message, Outbox
+
+if TYPE_CHECKING:
+    import psycopg
 
 logger = logging.getLogger(__name__)
 
@@ -227,6 +233,42 @@ def _write(svc: Services, batch: Sequence[Item[Posting]]) -> None:
             item.answer(error=got)
 
 
+def _reserve(
+    conn: Connection, counts: Mapping[str, int], now: datetime
+) -> dict[str, tuple[int, str | None]]:
+    """For each conversation, in `counts`' order (by id: two writers never wait on each other
+    in a cycle), its last seq once `counts[cid]` more are reserved, and its data key: one
+    `UPDATE … RETURNING` each. On PostgreSQL a batch's UPDATEs go in one round trip
+    (psycopg's pipeline mode, which its executemany uses); the server still runs them one
+    after the other, in that order. SQLite runs them in-process anyway."""
+    params = [{"conv": cid, "n": n, "at": now} for cid, n in counts.items()]
+    if len(params) > 1 and conn.dialect.name == "postgresql":
+        rows = _reserve_pipelined(conn, params)
+    else:
+        rows = [conn.execute(_RESERVE, p).one() for p in params]
+    return {cid: (row[0], row[1]) for cid, row in zip(counts, rows, strict=True)}
+
+
+_RESERVE_SQL: dict[str, str] = {}  # _RESERVE as psycopg's SQL, compiled once per process
+
+
+def _reserve_pipelined(conn: Connection, params: list[dict[str, Any]]) -> list[Any]:
+    sql = _RESERVE_SQL.get(conn.dialect.name)
+    if sql is None:
+        sql = _RESERVE_SQL[conn.dialect.name] = str(_RESERVE.compile(dialect=conn.dialect))
+    rows: list[Any] = []
+    raw = cast("psycopg.Connection[Any]", conn.connection.dbapi_connection)
+    with raw.cursor() as cur:
+        cur.executemany(sql, params, returning=True)
+        while True:
+            row = cur.fetchone()
+            if row is None:  # the conversation is gone: as `.one()` would fail
+                raise NoResultFound(f"conversation {params[len(rows)]['conv']} not found")
+            rows.append(row)
+            if not cur.nextset():
+                return rows
+
+
 def _idempotency_key(p: Posting) -> tuple[str, str] | None:
     cmid = p.body.get("client_msg_id")
     return (p.who.user_id, cmid) if cmid and p.who.user_id is not None else None
@@ -243,9 +285,9 @@ def _insert(svc: Services, s: Session, posts: Sequence[Posting]) -> list[dict[st
         by_conv.setdefault(p.cid, []).append(i)
     seqs: list[int] = [0] * len(posts)
     keys: dict[str, str] = {}
-    for cid in sorted(by_conv):
+    reserved = _reserve(conn, {cid: len(by_conv[cid]) for cid in sorted(by_conv)}, now)
+    for cid, (last, dk) in reserved.items():
         mine = by_conv[cid]
-        last, dk = conn.execute(_RESERVE, {"conv": cid, "n": len(mine), "at": now}).one()
         if dk is None:  # the conversation's first message: its data key, in this transaction
             dk = create_data_key(svc, s, cid)
             s.flush()

@@ -11,7 +11,10 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import NoResultFound
 
+from core.ids import utcnow
+from domain import ingest
 from domain.group_commit import GroupCommit, Item
 from domain.messages import MODERATE_TASK
 from models import Message, Outbox
@@ -151,6 +154,25 @@ def test_a_burst_over_several_conversations_stores_each_message_once_with_gap_fr
             .where(Outbox.ref_id.in_([got["id"] for _, got in good]), Outbox.task == MODERATE_TASK)
         )
         assert outbox == 48
+
+
+def test_a_batch_reserves_each_conversations_seqs_and_names_its_data_key(
+    api: Api, stack: Stack
+) -> None:
+    """One reservation per conversation of a batch (on PostgreSQL all in one round trip):
+    each gets its own last seq and data key; a conversation gone fails the batch."""
+    a, b = uid(), uid()
+    cids = sorted(api.conversation(a, b) for _ in range(3))
+    api.send(a, cids[1], "its first message makes its data key")
+    with stack.svc.Session.begin() as s:
+        got = ingest._reserve(s.connection(), {cids[0]: 2, cids[1]: 3, cids[2]: 1}, utcnow())
+    assert list(got) == cids
+    assert [seq for seq, _ in got.values()] == [2, 4, 1]
+    assert got[cids[1]][1] is not None and got[cids[0]][1] is None and got[cids[2]][1] is None
+    with pytest.raises(NoResultFound), stack.svc.Session.begin() as s:
+        ingest._reserve(s.connection(), {cids[0]: 5, "01NOSUCHCONVERSATION000000": 1}, utcnow())
+    with stack.svc.Session.begin() as s:  # the failed batch reserved nothing
+        assert ingest._reserve(s.connection(), {cids[0]: 1}, utcnow())[cids[0]][0] == 3
 
 
 def test_the_same_client_msg_id_twice_in_one_burst_is_one_message(api: Api, stack: Stack) -> None:
