@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.exc import NoResultFound
 
 from core.ids import utcnow
@@ -164,8 +164,19 @@ def test_a_batch_reserves_each_conversations_seqs_and_names_its_data_key(
     a, b = uid(), uid()
     cids = sorted(api.conversation(a, b) for _ in range(3))
     api.send(a, cids[1], "its first message makes its data key")
-    with stack.svc.Session.begin() as s:
-        got = ingest._reserve(s.connection(), {cids[0]: 2, cids[1]: 3, cids[2]: 1}, utcnow())
+    statements: list[str] = []
+
+    def on_execute(_conn: Any, _cur: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    event.listen(stack.svc.engine, "before_cursor_execute", on_execute)
+    try:
+        with stack.svc.Session.begin() as s:
+            got = ingest._reserve(s.connection(), {cids[0]: 2, cids[1]: 3, cids[2]: 1}, utcnow())
+    finally:
+        event.remove(stack.svc.engine, "before_cursor_execute", on_execute)
+    # PostgreSQL: the three go through psycopg's pipelined executemany, not one statement each
+    assert len(statements) == (0 if stack.svc.dialect == "postgresql" else 3)
     assert list(got) == cids
     assert [seq for seq, _ in got.values()] == [2, 4, 1]
     assert got[cids[1]][1] is not None and got[cids[0]][1] is None and got[cids[2]][1] is None
