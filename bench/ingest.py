@@ -29,7 +29,7 @@ from typing import Any
 from flask import Flask, request
 
 from bench import report
-from bench.profile import Profiler
+from bench.profile import Profiler, add_profile_argument
 from bench.stack import Stack, cpu_s, http_json, percentile, services
 
 TARGET = "ratio >= 0.4"
@@ -131,7 +131,7 @@ def main() -> None:
     parser.add_argument("--web-processes", type=int, default=1, help="gunicorn workers")
     parser.add_argument("--keep", action="store_true", help="keep the tmp dir with the logs")
     parser.add_argument("--postgres", action="store_true", help="PostgreSQL, not SQLite")
-    parser.add_argument("--profile", action="store_true", help="py-spy the web process")
+    add_profile_argument(parser, "the web process")
     parser.add_argument(
         "--rate-limits", action="store_true", help="limits on (as in production), never reached"
     )
@@ -155,7 +155,7 @@ def main() -> None:
         print(
             f"  parley: {args.clients}x{args.threads} connections, {args.seconds:g} s", flush=True
         )
-        profiler = Profiler()
+        profiler = Profiler(args.profile)
         if args.profile:
             profiler.attach(web_pid, "ingest-web")
         pids = web_workers(stack)

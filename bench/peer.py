@@ -42,7 +42,7 @@ from bench import report
 from bench.peer_common import Inbox, Scenario, Setup, check, cpu_snapshot, cpu_used
 from bench.peer_parley import parley
 from bench.peer_synapse import synapse
-from bench.profile import Profiler
+from bench.profile import Profiler, add_profile_argument
 from bench.stack import percentile
 
 WARMUP = 8  # messages per scenario before the measured ones: first use (Celery children, caches)
@@ -96,7 +96,7 @@ def await_all(inboxes: list[Inbox], sent: list[list[str]], timeout: float) -> bo
 
 
 def run_scenario(
-    side: Side, sc: Scenario, run: int, timeout: float, profile: bool = False
+    side: Side, sc: Scenario, run: int, timeout: float, profile: str | None = None
 ) -> dict[str, Any]:
     tag = f"{sc.key}-{run}-{secrets.token_hex(3)}"
     setup = side.prepare(sc, tag)
@@ -105,7 +105,7 @@ def run_scenario(
         warm_sent, _ = send(setup, warm, 0)
         await_all(setup.inboxes, warm_sent, 180)
         time.sleep(0.5)  # the warm-up's leftovers (push checks, cursors) out of the way
-        profiler = Profiler()
+        profiler = Profiler(profile)
         for name in ("web", "worker") if profile else ():  # Parley's: gunicorn, Celery
             profiler.attach(side.roots[name], f"peer-{sc.key}-{name}")
         if profile:
@@ -149,7 +149,7 @@ def run_scenario(
 
 
 def run_side(
-    side: Side, plan: list[Scenario], run: int, timeout: float, profile: bool = False
+    side: Side, plan: list[Scenario], run: int, timeout: float, profile: str | None = None
 ) -> dict[str, Any]:
     out = {}
     for sc in plan:
@@ -230,9 +230,7 @@ def main() -> int:
     parser.add_argument(
         "--pace-ms", type=float, default=0, help="Parley's PARLEY_INGEST_PACE_LAG_MS (0: off)"
     )
-    parser.add_argument(
-        "--profile", action="store_true", help="py-spy Parley's web and worker (not timed runs)"
-    )
+    add_profile_argument(parser, "Parley's web and worker (not timed runs)")
     parser.add_argument("--keep", action="store_true", help="keep the tmp dirs with the logs")
     args = parser.parse_args()
     plan = scenarios([int(n) for n in args.messages.split(",")], args.group)

@@ -42,7 +42,7 @@ from typing import Any
 import redis
 
 from bench import report
-from bench.profile import Profiler
+from bench.profile import Profiler, add_profile_argument
 from bench.stack import Stack, http_json, percentile, services
 
 PARLEY_QUEUES = ("pipeline", "media", "push", "maintenance")
@@ -274,7 +274,7 @@ def run_parley(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         progress("parley: warm-up")
         measure(post_all, receipts, 40, None, args.senders)
         progress(f"parley: throughput, {args.messages} messages")
-        profiler = Profiler()
+        profiler = Profiler(args.profile)
         if args.profile:
             profiler.attach(worker.pid, "pipeline-worker")
             profiler.attach(web_pid, "pipeline-web")
@@ -363,7 +363,7 @@ def main() -> None:
     parser.add_argument("--senders", type=int, default=4, help="POSTing threads")
     parser.add_argument("--keep", action="store_true", help="keep the tmp dir with the logs")
     parser.add_argument("--postgres", action="store_true", help="PostgreSQL, not SQLite")
-    parser.add_argument("--profile", action="store_true", help="py-spy the throughput phase")
+    add_profile_argument(parser, "the throughput phase")
     parser.add_argument("--web-processes", type=int, default=1, help="gunicorn workers")
     parser.add_argument("--broker", default="", help="broker URL (default: the private Redis)")
     parser.add_argument(

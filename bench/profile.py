@@ -5,10 +5,16 @@ Celery's prefork pool) while a scenario runs; `stop()` ends the recordings and w
 process, the collapsed stacks (bench/out/profile-<name>.txt, for flame-graph tools) and the
 functions with the largest share of samples, inclusive and self (printed, and in
 bench/out/profile-<name>.top.txt).
+
+Two modes, chosen with each benchmark's `--profile [gil]`: by default py-spy samples every
+thread it finds running, which includes time spent waiting inside C (SQLite's lock, a socket
+send, a pipe read); `gil` keeps only the samples of the thread holding the GIL, so the shares
+are those of Python's own CPU: what to read when the question is where the CPU goes.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import signal
@@ -22,6 +28,18 @@ from bench.report import OUT
 ROOT = Path(__file__).resolve().parents[1]
 
 TOP = 25
+MODES = ("cpu", "gil")
+
+
+def add_profile_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """Each benchmark's `--profile [gil]` (None when absent, else one of MODES)."""
+    parser.add_argument(
+        "--profile",
+        nargs="?",
+        const="cpu",
+        choices=MODES,
+        help=f"py-spy {what}; `--profile gil`: only samples holding the GIL (Python's CPU)",
+    )
 
 
 def _py_spy() -> str:
@@ -32,13 +50,15 @@ def _py_spy() -> str:
 
 
 class Profiler:
-    def __init__(self) -> None:
+    def __init__(self, mode: str | None = "cpu") -> None:
+        self.gil = mode == "gil"
         self.running: list[tuple[str, subprocess.Popen[bytes]]] = []
 
     def attach(self, pid: int, name: str, rate: int = 250) -> None:
         OUT.mkdir(parents=True, exist_ok=True)
         raw = OUT / f"profile-{name}.txt"
         argv = [_py_spy(), "record", "--pid", str(pid), "--rate", str(rate)]
+        argv += ["--gil"] if self.gil else []
         argv += ["--subprocesses", "--format", "raw", "--output", str(raw)]
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.running.append((name, proc))

@@ -42,7 +42,7 @@ from flask import Flask, request
 from flask_sock import Sock
 
 from bench import report
-from bench.profile import Profiler
+from bench.profile import Profiler, add_profile_argument
 from bench.stack import (
     Stack,
     cpu_s,
@@ -278,9 +278,11 @@ def fanout(
     watch: Any = None,
     servers: dict[str, int] | None = None,
     profile: dict[str, int] | None = None,
+    profile_mode: str | None = None,
 ) -> dict[str, Any]:
     """`servers`: processes (name → pid) whose CPU time per message is reported; `profile`:
-    processes (profile name → pid) py-spy records while the messages fan out."""
+    processes (profile name → pid) py-spy records while the messages fan out, in
+    `profile_mode` (bench/profile.py's MODES)."""
     path = "/v1/ws" if kind == "parley" else "/ws"
     spec = {"kind": kind, "url": f"ws://127.0.0.1:{port}{path}", "secret": secret}
     group = ClientGroup(stack, spec, range(members), processes)
@@ -298,7 +300,7 @@ def fanout(
     if watch is not None:
         watch(rewind=True)
     pids = {**(servers or {}), **{f"client-{i}": p.pid for i, p in enumerate(group.procs)}}
-    profiler = Profiler()
+    profiler = Profiler(profile_mode)
     for name, pid in (profile or {}).items():
         profiler.attach(pid, name)
     if profile:
@@ -422,6 +424,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             appended,
             servers={"web": p_pid, "worker": worker.pid},
             profile={"ws-web": p_pid, "ws-worker": worker.pid} if args.profile else None,
+            profile_mode=args.profile,
         )
         if args.profile:
             parley |= hub_rounds(stack.tmp / "parley.log", parley["posted"], args.members)
@@ -436,6 +439,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             broadcast,
             servers={"web": b_pid},
             profile={"ws-bare-web": b_pid} if args.profile else None,
+            profile_mode=args.profile,
         )
         for side in (parley, baseline):
             del side["posted"]
@@ -509,9 +513,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4, help="client processes")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the tmp dir with the logs")
-    parser.add_argument(
-        "--profile", action="store_true", help="py-spy and hub stage timings of the fan-out phase"
-    )
+    add_profile_argument(parser, "the fan-out phase (and report the hub's stage timings)")
     parser.add_argument("--client", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
