@@ -15,9 +15,12 @@ Latency: just before the POST (Parley) / PUT (Synapse) → receipt at the receiv
 `/sync` loop (Synapse, how Matrix clients receive). Throughput: N (and N x receivers for
 deliveries) / first send → last receipt. Server CPU per message: user + system time of every
 server process over the scenario (psutil): Parley's gunicorn web, Celery worker (with its
-children), beat and private redis-server; Synapse's one process. Each scenario first sends a
-few warm-up messages (not measured), and checks that every receiver got every message exactly
-once and each sender's in order: otherwise the run fails (exit 1) after writing its JSON.
+children), beat and private redis-server, and with `--postgres` the PostgreSQL server (its
+postmaster's tree: the backends serving the run and its background writers; nothing else uses
+the server meanwhile); Synapse's one process, whose SQLite runs inside it. Each scenario
+first sends a few warm-up messages (not measured), and checks that every receiver got every
+message exactly once and each sender's in order: otherwise the run fails (exit 1) after
+writing its JSON.
 
 Parley runs from the Procfile's command lines (bench/stack.py) on SQLite (`--postgres`: a fresh
 PostgreSQL database) with rate limits off (`--pace-ms N`: with ingest pacing past N ms of

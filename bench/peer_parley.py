@@ -15,7 +15,7 @@ from typing import Any
 import requests
 
 from bench.peer_common import Inbox, Scenario, Setup, listening, text
-from bench.stack import Stack, http_json, procfile_argv, services
+from bench.stack import Stack, http_json, postgres_server_pid, procfile_argv, services
 
 
 class ParleySide:
@@ -111,4 +111,6 @@ def parley(keep: bool, postgres: bool, workers: int, pace_ms: float = 0) -> Iter
         beat = stack.spawn("beat", procfile_argv("beat", stack.env))
         roots = {"web": web_master.pid, "worker": worker.pid, "beat": beat.pid}
         roots["redis"] = redis_pid
+        if postgres:  # SQLite runs inside web and worker; PostgreSQL is a server of its own
+            roots["postgres"] = postgres_server_pid(stack.env["DATABASE_URL"])
         yield ParleySide(stack, port, roots)

@@ -216,6 +216,22 @@ def _database(tmp: Path, postgres: bool) -> Iterator[str]:
         admin.dispose()
 
 
+def postgres_server_pid(database_url: str) -> int:
+    """The pid of the local PostgreSQL server's postmaster behind `database_url`: its process
+    tree (the backends serving a run, the WAL writer, the checkpointer) is the database's CPU,
+    which a benchmark counts as the service's own (an embedded SQLite's is in-process)."""
+    import psutil
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            backend = int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+    finally:
+        engine.dispose()
+    return psutil.Process(backend).ppid()
+
+
 @contextmanager
 def services(keep: bool = False, postgres: bool = False) -> Iterator[Stack]:
     """A private redis-server and data dir, SQLite (or with `postgres` a fresh database on

@@ -84,6 +84,31 @@ def test_the_peer_bench_delivers_every_message_exactly_once_and_reports(tmp_path
     assert all(f["baseline"] is None and f["target"] == "" for f in doc["figures"])
 
 
+def test_the_peer_bench_counts_the_postgresql_server_as_the_services_cpu(
+    postgres_url: str,
+) -> None:
+    """With --postgres the database is a server of its own: the postmaster's tree, where a
+    connection's backend runs, is one of the roots whose CPU the peer bench sums, and a query
+    that burns CPU in the backend shows up there."""
+    from sqlalchemy import create_engine, text
+
+    from bench.peer_common import cpu_snapshot, cpu_used
+    from bench.stack import postgres_server_pid
+
+    roots = {"postgres": postgres_server_pid(postgres_url)}
+    engine = create_engine(postgres_url)
+    try:
+        with engine.connect() as conn:
+            backend = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            before = cpu_snapshot(roots)
+            conn.execute(text("SELECT count(*) FROM generate_series(1, 3000000)")).scalar_one()
+            used = cpu_used(before, cpu_snapshot(roots))
+    finally:
+        engine.dispose()
+    assert any(key[1] == backend for key in before)  # the backend is in the root's tree
+    assert used["postgres"] > 0.05  # seconds: ~0.3 s of counting on the 2-core box
+
+
 def test_the_timeline_bench_follows_each_message_through_every_stage(tmp_path: Path) -> None:
     """bench.timeline at small N: every message is followed from its POST through the
     verdict, the stream and the hub round to the socket, with the stages in order (none
