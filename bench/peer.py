@@ -2,7 +2,7 @@
 scenarios, each side's real server processes on the same box, one after the other, in one run.
 
     .venv/bin/python -m bench.peer [--synapse] [--runs 1] [--messages 500,1000,100]
-                                   [--group 50] [--workers 2] [--postgres] [--keep]
+                                   [--group 50] [--workers 2 | --solo] [--postgres] [--keep]
                                    [--pace-ms 0]
 
 Scenarios (N messages in total, each sender posting its share one after the other, flat out):
@@ -24,7 +24,8 @@ writing its JSON.
 
 Parley runs from the Procfile's command lines (bench/stack.py) on SQLite (`--postgres`: a fresh
 PostgreSQL database) with rate limits off (`--pace-ms N`: with ingest pacing past N ms of
-pipeline lag, docs/architecture.md). `--synapse` also installs Synapse (pinned,
+pipeline lag, docs/architecture.md; `--solo`: the worker as one `--pool solo` process, the
+option docs/deploy.md describes for pipeline workers). `--synapse` also installs Synapse (pinned,
 bench/peer_synapse.py) into its own venv under bench/out/, runs the same scenarios against its
 client-server API, and prints the ratios Parley / Synapse and the targets. Figures (medians
 over --runs, with the spread) go to bench/out/peer.json. `--profile` records Parley's web and
@@ -228,6 +229,9 @@ def main() -> int:
     )
     parser.add_argument("--group", type=int, default=50, help="receivers in the group scenario")
     parser.add_argument("--workers", type=int, default=2, help="Parley's worker children")
+    parser.add_argument(
+        "--solo", action="store_true", help="Parley's worker: one --pool solo process (no children)"
+    )
     parser.add_argument("--timeout", type=float, default=300, help="s to wait for receipts")
     parser.add_argument("--postgres", action="store_true", help="Parley on PostgreSQL")
     parser.add_argument(
@@ -242,7 +246,7 @@ def main() -> int:
     versions = {}
     for run in range(args.runs):
         print(f"run {run + 1}/{args.runs}", flush=True)
-        with parley(args.keep, args.postgres, args.workers, args.pace_ms) as ours:
+        with parley(args.keep, args.postgres, args.workers, args.pace_ms, args.solo) as ours:
             runs["parley"].append(run_side(ours, plan, run, args.timeout, args.profile))
         if args.synapse:
             with synapse(args.keep) as theirs:

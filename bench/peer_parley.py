@@ -98,16 +98,19 @@ def _poster(port: int, cid: str, token: str) -> Callable[[int], str]:
 
 
 @contextmanager
-def parley(keep: bool, postgres: bool, workers: int, pace_ms: float = 0) -> Iterator[ParleySide]:
+def parley(
+    keep: bool, postgres: bool, workers: int, pace_ms: float = 0, solo: bool = False
+) -> Iterator[ParleySide]:
     """Parley as `make run` runs it (web, worker, beat) with its private redis-server;
-    `pace_ms` > 0 turns ingest pacing on (PARLEY_INGEST_PACE_LAG_MS)."""
+    `pace_ms` > 0 turns ingest pacing on (PARLEY_INGEST_PACE_LAG_MS); `solo`: the worker is
+    one `--pool solo` process instead of `workers` prefork children."""
     with services(keep, postgres) as stack:
         if pace_ms > 0:
             stack.env["PARLEY_INGEST_PACE_LAG_MS"] = str(pace_ms)
         redis_pid = stack.procs[0].pid
         port, _ = stack.web("web")
         web_master = stack.procs[-1]  # the gunicorn master: its worker is its child
-        worker = stack.worker("worker", workers)
+        worker = stack.worker("worker", workers, solo=solo)
         beat = stack.spawn("beat", procfile_argv("beat", stack.env))
         roots = {"web": web_master.pid, "worker": worker.pid, "beat": beat.pid}
         roots["redis"] = redis_pid

@@ -181,10 +181,15 @@ class Stack:
         return port, int(wait_for(worker_pid, 60, f"{name} to serve"))
 
     def worker(
-        self, name: str, concurrency: int, app: str = "worker", queues: str = ""
+        self, name: str, concurrency: int, app: str = "worker", queues: str = "", solo: bool = False
     ) -> subprocess.Popen[bytes]:
-        """The Procfile's Celery worker, with `app` (and its queues) swapped in for baselines."""
+        """The Procfile's Celery worker, with `app` (and its queues) swapped in for baselines;
+        `solo`: one process running the tasks itself (`--pool solo`) instead of the prefork
+        pool's `concurrency` children (docs/deploy.md)."""
         argv = procfile_argv("worker", {**self.env, "WORKER_CONCURRENCY": str(concurrency)})
+        if solo:
+            at = argv.index("--concurrency")
+            argv[at : at + 2] = ["--pool", "solo"]
         argv[argv.index("-A") + 1] = app
         if queues:
             argv[argv.index("-Q") + 1] = queues

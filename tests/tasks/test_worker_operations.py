@@ -16,6 +16,8 @@ import time
 import uuid
 from collections import Counter
 
+import pytest
+
 from domain.moderation_stage import BATCH
 from tests.conftest import ROOT, Stack, wait_for
 from tests.factories import (
@@ -70,12 +72,18 @@ def test_status_exits_1_when_no_worker_answers(idle: Stack) -> None:
     assert "none answered" in result.output and "DEGRADED" in result.output
 
 
+@pytest.mark.parametrize(
+    "pool",
+    [["--concurrency", "2"], ["--pool", "solo"]],  # the Procfile's; docs/deploy.md's option
+    ids=["prefork", "solo"],
+)
 def test_sigterm_to_a_worker_mid_batch_then_a_restart_delivers_every_message_once(
-    api: Api, idle: Stack
+    api: Api, idle: Stack, pool: list[str]
 ) -> None:
     """SIGTERM the worker's process group (as honcho and systemd do) while it works through a
     batch: the warm shutdown finishes or requeues what it holds, and after a restart every
-    message reaches every member exactly once, in order."""
+    message reaches every member exactly once, in order. With the prefork pool (children run
+    the tasks) and with a solo worker (the process itself runs them)."""
     a, b = uid(), uid()
     cids = [api.conversation(a, b) for _ in range(4)]  # message i goes to cids[i % 4]
     ids: list[str] = []
@@ -87,7 +95,7 @@ def test_sigterm_to_a_worker_mid_batch_then_a_restart_delivers_every_message_onc
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "worker", "worker", "--loglevel=INFO",
-             "-Q", "pipeline,media,push,maintenance", "--concurrency", "2",
+             "-Q", "pipeline,media,push,maintenance", *pool,
              "--hostname", f"sigterm-{uuid.uuid4().hex[:6]}@%h",
              "--without-mingle", "--without-gossip"],
             cwd=ROOT, env=idle.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
