@@ -32,19 +32,27 @@ EVENT = "notification"
 
 
 def record(session: Session, msg: Message, users: Sequence[str]) -> list[Notification]:
-    """Upsert each user's unread notification for `msg`'s conversation; emit the change."""
+    """Upsert each user's unread notification for `msg`'s conversation; emit the change.
+
+    The unread rows are locked (PostgreSQL; SQLite serializes writers anyway), in user order:
+    two tasks of one conversation then compare with what the other committed, so the newest
+    message wins rather than the last writer. Two first inserts collide on the unique index
+    instead, and the loser's task runs again (tasks/push.py)."""
     if not users:
         return []
     cid = msg.conversation_id
     unread = {
         n.user_id: n
         for n in session.scalars(
-            select(Notification).where(
+            select(Notification)
+            .where(
                 Notification.user_id.in_(users),
                 Notification.kind == "message",
                 Notification.conversation_id == cid,
                 Notification.read_at.is_(None),
             )
+            .order_by(Notification.user_id)
+            .with_for_update()
         )
     }
     changed: list[Notification] = []
