@@ -196,8 +196,10 @@ def _write(svc: Services, batch: Sequence[Item[Posting]]) -> None:
     outcomes: dict[int, Posted | BaseException] = {}
     accepted: list[tuple[int, Item[Posting]]] = []
     first_of: dict[tuple[str, str], int] = {}  # (sender, client_msg_id) → its item in this batch
-    with svc.Session.begin() as s:
-        looked_up = lookup(s.connection(), [item.value for item in batch])
+    # A Core connection, not an ORM session: every statement here is Core, and a session's
+    # transaction bookkeeping cost 10-20% of the write's CPU (docs/performance.md, Ingest).
+    with svc.engine.begin() as conn:
+        looked_up = lookup(conn, [item.value for item in batch])
         for k, item in enumerate(batch):
             try:
                 check(svc, item.value, looked_up[k])
@@ -216,7 +218,7 @@ def _write(svc: Services, batch: Sequence[Item[Posting]]) -> None:
             except DomainError as exc:
                 outcomes[k] = exc
         if accepted:
-            rows = _insert(svc, s, [item.value for _, item in accepted])
+            rows = _insert(svc, conn, [item.value for _, item in accepted])
             for (k, item), row in zip(accepted, rows, strict=True):
                 outcomes[k] = Posted(row["id"], True, _answer(row, item.value))
     for k, item in enumerate(batch):
@@ -274,11 +276,10 @@ def _idempotency_key(p: Posting) -> tuple[str, str] | None:
     return (p.who.user_id, cmid) if cmid and p.who.user_id is not None else None
 
 
-def _insert(svc: Services, s: Session, posts: Sequence[Posting]) -> list[dict[str, Any]]:
+def _insert(svc: Services, conn: Connection, posts: Sequence[Posting]) -> list[dict[str, Any]]:
     """Seqs per conversation (one UPDATE each, in id order so two writers never wait on each
     other in a cycle), the sealed texts, then one INSERT of the messages and one of the
     outbox rows. Returns the message rows, in the order of `posts`."""
-    conn = s.connection()
     now = utcnow()
     by_conv: dict[str, list[int]] = {}
     for i, p in enumerate(posts):
@@ -289,8 +290,9 @@ def _insert(svc: Services, s: Session, posts: Sequence[Posting]) -> list[dict[st
     for cid, (last, dk) in reserved.items():
         mine = by_conv[cid]
         if dk is None:  # the conversation's first message: its data key, in this transaction
-            dk = create_data_key(svc, s, cid)
-            s.flush()
+            with Session(bind=conn) as s:  # joins the batch's transaction, never ends it
+                dk = create_data_key(svc, s, cid)
+                s.flush()
             conn.execute(_SET_KEY, {"conv": cid, "dk": dk})
         keys[cid] = dk
         for n, i in enumerate(mine):
