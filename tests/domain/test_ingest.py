@@ -17,7 +17,7 @@ from core.ids import utcnow
 from domain import ingest
 from domain.group_commit import GroupCommit, Item
 from domain.messages import MODERATE_TASK
-from models import Message, Outbox
+from models import Conversation, DataKey, Message, Outbox
 from tests.conftest import Stack
 from tests.factories import Api, uid
 
@@ -164,6 +164,9 @@ def test_a_batch_reserves_each_conversations_seqs_and_names_its_data_key(
     a, b = uid(), uid()
     cids = sorted(api.conversation(a, b) for _ in range(3))
     api.send(a, cids[1], "its first message makes its data key")
+    with stack.svc.ReadSession() as s:  # stored in the post's transaction, not only cached
+        key = s.scalar(select(Conversation.data_key_id).where(Conversation.id == cids[1]))
+        assert key is not None and s.get(DataKey, key) is not None
     statements: list[str] = []
 
     def on_execute(_conn: Any, _cur: Any, statement: str, *_: Any) -> None:
