@@ -189,17 +189,18 @@ def drain_many(
     pushes: list[tuple[str, list[str]]] = []  # (message id, users to consider for a push)
     more: list[str] = []
     with svc.Session.begin() as s:
+        conn = s.connection()  # Core statements: the session's ORM execution path costs more
         stmt = _CURSORS if svc.dialect == "sqlite" else _CURSORS_LOCKED
-        cursors: dict[str, int] = dict(s.execute(stmt, {"c": cids}).all())
+        cursors: dict[str, int] = dict(conn.execute(stmt, {"c": cids}).all())
         for gone in set(cids) - cursors.keys():
             logger.warning("fan-out: conversation gone", extra={"conversation_id": gone})
         if not cursors:
             return
         members: dict[str, list[Member]] = {c: [] for c in cursors}
-        for row in s.execute(_MEMBERS, {"c": list(cursors)}):
+        for row in conn.execute(_MEMBERS, {"c": list(cursors)}):
             members[row.conversation_id].append(row)
         batches: dict[str, list[Walked]] = {c: [] for c in cursors}
-        for msg in s.execute(_WINDOW, {"c": list(cursors)}):
+        for msg in conn.execute(_WINDOW, {"c": list(cursors)}):
             batches[msg.conversation_id].append(msg)
         done: list[str] = []
         delivered: list[str] = []
@@ -238,9 +239,11 @@ def drain_many(
                 )
         event_log(svc).append_many(events)  # before the commit: a crash in between repeats it
         if delivered:
-            s.execute(_DELIVERED, {"ids": delivered})
+            conn.execute(_DELIVERED, {"ids": delivered})
         if moved:
-            s.execute(_MOVE, [{"cid": c, "seq": q, "mid": last.get(c)} for c, q in moved.items()])
+            conn.execute(
+                _MOVE, [{"cid": c, "seq": q, "mid": last.get(c)} for c, q in moved.items()]
+            )
         # The search index moves with the cursors, after the streams (docs/search.md); the
         # messages' rows and the cursors are written first, in the order an edit takes its
         # locks. The conversation's own row is not written: posts reserve their seqs there.

@@ -127,11 +127,12 @@ def moderate_waiting(svc: Services, s: Session, own: Mapping[str, str]) -> Taken
     first, the outbox sweeper re-sends this message's task)."""
     taken = Taken()
     locks = _locks(svc)
-    batch = list(s.execute(_WAITING_LOCKED if locks else _WAITING))
+    conn = s.connection()  # Core statements: the session's ORM execution path costs more
+    batch = list(conn.execute(_WAITING_LOCKED if locks else _WAITING))
     free = {m.id for m in batch} & own.keys()
     missing = [mid for mid in own if mid not in free]
     if missing:
-        for m in s.execute(_OWN_LOCKED if locks else _OWN, {"ids": missing}):
+        for m in conn.execute(_OWN_LOCKED if locks else _OWN, {"ids": missing}):
             free.add(m.id)
             if m.moderation_action is None:
                 batch.append(m)
@@ -174,7 +175,7 @@ def moderate_waiting(svc: Services, s: Session, own: Mapping[str, str]) -> Taken
             extra={"message_id": msg.id, "conversation_id": msg.conversation_id},
         )
         taken.verdicts.append((action, sorted(labels)))
-    s.execute(_VERDICT, verdicts)
+    conn.execute(_VERDICT, verdicts)
     taken.to_fan_out = list(dict.fromkeys([*taken.to_fan_out, *cids]))
     return taken
 
