@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Row, Table, bindparam, select, update
+from sqlalchemy import Connection, Row, Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from core import metrics
@@ -86,8 +86,8 @@ def moderate_and_fan_out(svc: Services, own: Mapping[str, str]) -> None:
     streams, which is before the fan-out commits, so the verdict (and the spans to mask) must
     already be committed when the fan-out appends it."""
     started = time.perf_counter()
-    with svc.Session.begin() as s:
-        taken = moderate_waiting(svc, s, own)
+    with svc.engine.begin() as conn:  # Core statements only: no ORM session to set up
+        taken = moderate_waiting(svc, conn, own)
     for verdict_made in taken.verdicts:  # counted once committed, so a retried run counts once
         metrics.moderation_verdict(*verdict_made)
     committed = time.perf_counter()
@@ -113,7 +113,7 @@ class Taken:
     waited_ms: float | None = None  # how long its oldest message waited to be taken
 
 
-def moderate_waiting(svc: Services, s: Session, own: Mapping[str, str]) -> Taken:
+def moderate_waiting(svc: Services, db: Session | Connection, own: Mapping[str, str]) -> Taken:
     """Moderate the messages waiting for a verdict, whatever their conversation (up to BATCH,
     oldest first, always including the task's `own` messages unless another task holds them),
     in the caller's transaction: under a burst one task takes what is waiting and the others
@@ -127,7 +127,8 @@ def moderate_waiting(svc: Services, s: Session, own: Mapping[str, str]) -> Taken
     first, the outbox sweeper re-sends this message's task)."""
     taken = Taken()
     locks = _locks(svc)
-    conn = s.connection()  # Core statements: the session's ORM execution path costs more
+    # Core statements: a session's ORM execution path costs more than they do
+    conn = db if isinstance(db, Connection) else db.connection()
     batch = list(conn.execute(_WAITING_LOCKED if locks else _WAITING))
     free = {m.id for m in batch} & own.keys()
     missing = [mid for mid in own if mid not in free]
