@@ -28,6 +28,7 @@ from domain.events import PUBLISH_TASK
 from domain.messages import MODERATE_TASK
 from domain.search import stage as search_stage
 from models import DeliveryCursor, Message, Participant
+from models.db import connection_of
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +190,7 @@ def drain_many(
     pushes: list[tuple[str, list[str]]] = []  # (message id, users to consider for a push)
     more: list[str] = []
     with svc.Session.begin() as s:
-        conn = s.connection()  # Core statements: the session's ORM execution path costs more
+        conn = connection_of(s)
         stmt = _CURSORS if svc.dialect == "sqlite" else _CURSORS_LOCKED
         cursors: dict[str, int] = dict(conn.execute(stmt, {"c": cids}).all())
         for gone in set(cids) - cursors.keys():

@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Connection, Row, Table, bindparam, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Row, Table, bindparam, select, update
 
 from core import metrics
 from core.crypto import MissingKeyError
@@ -31,6 +30,7 @@ from core.services import Services
 from domain import fanout, flood
 from domain.keys import message_aad
 from models import Conversation, DeliveryCursor, Message
+from models.db import Db, connection_of
 from moderation import moderate, policy_for
 
 logger = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class Taken:
     waited_ms: float | None = None  # how long its oldest message waited to be taken
 
 
-def moderate_waiting(svc: Services, db: Session | Connection, own: Mapping[str, str]) -> Taken:
+def moderate_waiting(svc: Services, db: Db, own: Mapping[str, str]) -> Taken:
     """Moderate the messages waiting for a verdict, whatever their conversation (up to BATCH,
     oldest first, always including the task's `own` messages unless another task holds them),
     in the caller's transaction: under a burst one task takes what is waiting and the others
@@ -127,8 +127,7 @@ def moderate_waiting(svc: Services, db: Session | Connection, own: Mapping[str, 
     first, the outbox sweeper re-sends this message's task)."""
     taken = Taken()
     locks = _locks(svc)
-    # Core statements: a session's ORM execution path costs more than they do
-    conn = db if isinstance(db, Connection) else db.connection()
+    conn = connection_of(db)
     batch = list(conn.execute(_WAITING_LOCKED if locks else _WAITING))
     free = {m.id for m in batch} & own.keys()
     missing = [mid for mid in own if mid not in free]

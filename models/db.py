@@ -11,12 +11,20 @@ import sqlite3
 import time
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 READ_ONLY = "parley_read_only"
+
+Db = Session | Connection  # a caller's transaction: an ORM session, or a bare connection
+
+
+def connection_of(db: Db) -> Connection:
+    """The connection under `db`. Core statements run on it directly: through the session's
+    `execute` they take the ORM's execution path, which costs more than they do."""
+    return db if isinstance(db, Connection) else db.connection()
 
 
 def make_engine(url: str, *, pre_ping: bool = True, **kwargs: Any) -> Engine:

@@ -30,6 +30,7 @@ from core.services import Services
 from domain.search import postings
 from domain.search.text import index_terms
 from models import Message, SearchConversation, SearchPostings
+from models.db import Db, connection_of
 
 logger = logging.getLogger(__name__)
 
@@ -60,13 +61,6 @@ def tokens(key: bytes, terms: Iterable[tuple[str, str]]) -> set[int]:
     return {token(key, t) for t in terms}
 
 
-Db = Session | Connection  # the stage runs on a bare Connection (no ORM session to set up)
-
-
-def _conn(db: Db) -> Connection:
-    return db if isinstance(db, Connection) else db.connection()
-
-
 def lock(db: Db, conversation_id: str, create: bool = True) -> int | None:
     """The conversation's index reference, its row locked for this transaction (made first
     when `create`); None when it has no index and `create` is false."""
@@ -77,7 +71,7 @@ def locked(db: Db, conversation_ids: Iterable[str], create: bool = True) -> dict
     """conversation id -> index reference of these conversations, their rows locked for this
     transaction in conversation-id order (one lock order for every writer of several), made
     first when `create`; a conversation without one is left out unless `create`."""
-    conn = _conn(db)
+    conn = connection_of(db)
     pg = conn.dialect.name == "postgresql"
     stmt = _REFS_FOR_UPDATE if pg else _REFS
     cids = sorted(set(conversation_ids))
@@ -154,7 +148,7 @@ def write(
         change.add(svc, seq, dk_id, text, (times or {}).get(seq))
     if not change.seqs:
         return 0
-    conn = _conn(db)
+    conn = connection_of(db)
     if ref is None:
         ref = lock(conn, conversation_id, create=bool(change.adds))
     if ref is None:
@@ -246,7 +240,7 @@ def rows_at(db: Db, keys: Sequence[tuple[int, int, int]]) -> list[tuple[int, int
     read)."""
     if not keys:
         return []
-    conn = _conn(db)
+    conn = connection_of(db)
     if conn.dialect.name == "postgresql":
         columns = [list(c) for c in zip(*keys, strict=True)]  # refs, buckets, segments
         driver: Any = conn.connection.driver_connection

@@ -23,6 +23,7 @@ from domain import outbox
 from domain.keys import message_aad
 from domain.search import index
 from models import Conversation, Message
+from models.db import Db, connection_of
 
 logger = logging.getLogger(__name__)
 
@@ -64,15 +65,13 @@ def queue(session: Session, conversation_id: str, message_ids: Sequence[str]) ->
         outbox.add(session, INDEX_TASK, [conversation_id, list(message_ids)], message_ids[0])
 
 
-def index_many(
-    svc: Services, db: index.Db, messages: Mapping[str, Sequence[str]]
-) -> tuple[int, int]:
+def index_many(svc: Services, db: Db, messages: Mapping[str, Sequence[str]]) -> tuple[int, int]:
     """Make the tokens of these messages (conversation id -> message ids) those of their
     current texts, in the caller's transaction: (tokens written, messages read). Messages
     gone, deleted, expired or without text get none; a deleted conversation (its keys
     shredded, its index dropped) gets no index."""
     found = prepare(svc, db, messages)
-    found.writes.apply(index._conn(db))
+    found.writes.apply(connection_of(db))
     return found.written, found.read
 
 
@@ -85,7 +84,7 @@ class Prepared:
     read: int = 0  # messages
 
 
-def prepare(svc: Services, db: index.Db, messages: Mapping[str, Sequence[str]]) -> Prepared:
+def prepare(svc: Services, db: Db, messages: Mapping[str, Sequence[str]]) -> Prepared:
     """`index_many`'s work up to its writes: nothing of the index changes until
     `Prepared.writes.apply` (only a conversation's first index row may be made), so a text
     that cannot be opened or indexed fails here, and the caller can leave it to the index
@@ -97,7 +96,7 @@ def prepare(svc: Services, db: index.Db, messages: Mapping[str, Sequence[str]]) 
     executemany per kind of write."""
     if not svc.settings.search_index:
         return Prepared()
-    conn = index._conn(db)
+    conn = connection_of(db)
     cids = sorted(c for c, ids in messages.items() if ids)
     refs = index.locked(conn, cids, create=False)
     fresh = [c for c in cids if c not in refs]
