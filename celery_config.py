@@ -10,6 +10,7 @@ environment: Settings has already (and `.env`).
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from kombu import Queue
 
@@ -38,6 +39,8 @@ ROUTES = {
     "tasks.rotation.*": {"queue": "maintenance"},
     "tasks.retention.*": {"queue": "maintenance"},
 }
+# kombu's Redis transport with one client per channel (core/redis_transport.py), for redis://
+REDIS_TRANSPORT = "core.redis_transport:Transport"
 # Longer than any countdown/ETA we use, so the Redis broker never hands a waiting task to a
 # second worker (kombu restores unacked messages after this many seconds).
 VISIBILITY_TIMEOUT_S = 3600
@@ -51,6 +54,9 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         # not, so Settings decide (two apps in one process keep their own brokers).
         "broker_read_url": settings.broker_url,
         "broker_write_url": settings.broker_url,
+        "broker_transport": REDIS_TRANSPORT
+        if urlsplit(settings.broker_url).scheme == "redis"
+        else None,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
         "include": list(TASK_MODULES),
