@@ -2,9 +2,9 @@
 
 kombu's Redis channel builds a new `redis.Redis` on its connection pool for every publish, and
 in a worker for every delivery's bookkeeping and every acknowledgement. Each new client copies
-redis-py's table of ~170 response callbacks, upper-casing every key (redis-py #3624, open):
-measured on a lone sender (`bench.peer --solo --profile gil`), ~7% of the worker's CPU and
-~4% of the web's went to building clients. A redis-py client is safe to share between threads
+redis-py's table of ~170 response callbacks, upper-casing every key (an open redis-py issue):
+in py-spy profiles of a lone sender, ~7% of a solo worker's CPU and ~4% of the web's went to
+building clients (docs/performance.md). A redis-py client is safe to share between threads
 and greenlets (every command checks a connection out of the pool; pipelines stay per use), so
 a channel keeps the one it built, and builds another only when its pool has been replaced
 after a reconnect. Nothing else differs from kombu's transport; celery_config.py selects it for
