@@ -23,9 +23,11 @@ def test_celery_uses_it_for_redis_brokers_only() -> None:
     on_redis = app("redis://127.0.0.1:6390/1")
     on_amqp = app("amqp://guest:guest@127.0.0.1:5672//")
     assert on_redis.conf.broker_transport == REDIS_TRANSPORT
-    assert isinstance(on_redis.connection_for_write().transport, Transport)
     assert on_amqp.conf.broker_transport is None
-    assert not isinstance(on_amqp.connection_for_write().transport, Transport)
+    with on_redis.connection_for_write() as conn:  # not connected: the transport is chosen
+        assert isinstance(conn.transport, Transport)
+    with on_amqp.connection_for_write() as conn:
+        assert not isinstance(conn.transport, Transport)
 
 
 def test_puts_gets_and_acks_share_one_client_and_deliver_in_order(tmp_path: Path) -> None:
