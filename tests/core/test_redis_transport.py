@@ -49,6 +49,28 @@ def test_puts_gets_and_acks_share_one_client_and_deliver_in_order(tmp_path: Path
         queue.close()
 
 
+def test_a_channel_whose_pool_kombu_replaced_builds_its_client_on_the_new_pool(
+    tmp_path: Path,
+) -> None:
+    """After a fork kombu disconnects the channel's pools and makes new ones on next use
+    (`_after_fork`, which its fork hook calls): the shared client must follow, not keep
+    the old pool."""
+    with RedisServer(tmp_path) as server, Connection(server.url(2), transport=Transport) as conn:
+        queue = conn.SimpleQueue("new-pool")
+        channel = queue.channel
+        with channel.conn_or_acquire() as before:
+            pass
+        channel._after_fork()
+        with channel.conn_or_acquire() as after:
+            assert after is not before
+            assert after.connection_pool is channel.pool
+        queue.put({"n": 1})
+        message = queue.get(timeout=2)
+        assert message.payload == {"n": 1}
+        message.ack()
+        queue.close()
+
+
 def test_after_a_redis_restart_publishing_works_again(tmp_path: Path) -> None:
     """A restart drops the pooled sockets the shared client would use: kombu's retrying publish
     goes through, on a new client if kombu replaced the channel's pool."""
