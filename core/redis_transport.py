@@ -6,9 +6,9 @@ redis-py's table of ~170 response callbacks, upper-casing every key (an open red
 in py-spy profiles of a lone sender, ~7% of a solo worker's CPU and ~4% of the web's went to
 building clients (docs/performance.md). A redis-py client is safe to share between threads
 and greenlets (every command checks a connection out of the pool; pipelines stay per use), so
-a channel keeps the one it built, and builds another only when its pool has been replaced
-after a reconnect. Nothing else differs from kombu's transport; celery_config.py selects it for
-`redis://` brokers.
+a channel keeps the one it built, and builds another only when kombu has replaced its pool
+(after a fork; a reconnect opens new channels). Nothing else differs from kombu's transport;
+celery_config.py selects it for `redis://` brokers.
 """
 
 from __future__ import annotations
