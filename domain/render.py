@@ -46,12 +46,15 @@ def message_text(svc: Services, msg: Message, privileged: bool) -> str | None:
 
 def sender_status(msg: Message, members: Sequence[Participant]) -> str:
     """sent / delivered / seen for the sender, from the other members' cursors."""
-    others = [p for p in members if p.user_id != msg.sender_id and p.left_at is None]
-    if msg.state != "delivered" or not others:
+    if msg.state != "delivered":
         return "sent"
-    if all(p.read_seq >= msg.seq for p in others):
+    sender, seq = msg.sender_id, msg.seq  # read once: members can be 1,000 (the live hub)
+    others = [p for p in members if p.user_id != sender and p.left_at is None]
+    if not others:
+        return "sent"
+    if all(p.read_seq >= seq for p in others):
         return "seen"
-    if all(p.delivered_seq >= msg.seq for p in others):
+    if all(p.delivered_seq >= seq for p in others):
         return "delivered"
     return "sent"
 
