@@ -167,7 +167,10 @@ def test_sockets_replaying_their_backlog_are_left_to_their_replay() -> None:
 def test_users_without_a_local_socket_or_a_usable_pair_are_not_taken_from_the_wake_up() -> None:
     payload = wake({"u1": ("0-0", "100-0"), "u2": ("0-0", "100-0"), "u3": ("100-0", "100-0")})
     payload["u4"] = ["x", "100-0"]
-    found = parse_wake(payload, {"u1", "u3", "u4"})
+    payload["u5"] = [0, "100-0"]  # not strings: left out like a malformed id
+    payload["u6"] = [None, None]
+    payload["u7"] = ["0-0"]
+    found = parse_wake(payload, {"u1", "u3", "u4", "u5", "u6", "u7"})
     assert list(found) == ["u1"]
     prev, entry = found["u1"]
     assert prev == (0, 0) and entry.sid == (100, 0) and entry.data["message_id"] == "m1"
