@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Row, Table, bindparam, select, update
+from sqlalchemy import Connection, Row, Table, bindparam, select, update
 
 from core import metrics
 from core.crypto import MissingKeyError
@@ -86,8 +86,11 @@ def moderate_and_fan_out(svc: Services, own: Mapping[str, str]) -> None:
     streams, which is before the fan-out commits, so the verdict (and the spans to mask) must
     already be committed when the fan-out appends it."""
     started = time.perf_counter()
-    with svc.engine.begin() as conn:  # Core statements only: no ORM session to set up
-        taken = moderate_waiting(svc, conn, own)
+    if _locks(svc):
+        with svc.engine.begin() as conn:  # Core statements only: no ORM session to set up
+            taken = moderate_waiting(svc, conn, own)
+    else:
+        taken = _judged_then_written(svc, own)
     for verdict_made in taken.verdicts:  # counted once committed, so a retried run counts once
         metrics.moderation_verdict(*verdict_made)
     committed = time.perf_counter()
@@ -113,6 +116,16 @@ class Taken:
     waited_ms: float | None = None  # how long its oldest message waited to be taken
 
 
+@dataclass
+class Judged:
+    """A batch's verdicts, not yet written: the rows as they were read, and one `_VERDICT`
+    parameter set per row."""
+
+    taken: Taken
+    rows: list[Waiting] = field(default_factory=list)
+    verdicts: list[dict[str, object]] = field(default_factory=list)
+
+
 def moderate_waiting(svc: Services, db: Db, own: Mapping[str, str]) -> Taken:
     """Moderate the messages waiting for a verdict, whatever their conversation (up to BATCH,
     oldest first, always including the task's `own` messages unless another task holds them),
@@ -125,9 +138,43 @@ def moderate_waiting(svc: Services, db: Db, own: Mapping[str, str]) -> Taken:
     covers the batch's conversations and those of the task's own messages, except a message
     whose row another task held: that task fans it out after its commit (and if it dies
     first, the outbox sweeper re-sends this message's task)."""
-    taken = Taken()
-    locks = _locks(svc)
     conn = connection_of(db)
+    judged = _judge(svc, conn, own, _locks(svc))
+    _write(conn, judged)
+    return judged.taken
+
+
+def _judged_then_written(svc: Services, own: Mapping[str, str]) -> Taken:
+    """SQLite's way: its one write lock covers the whole file, so every post and every other
+    stage waits while a writer holds it. The batch is read and judged before the lock is
+    taken (opening the texts, the flood check's Redis round trip, the rules); under the lock
+    one read checks that each row is as it was judged, and the verdicts are written. If any
+    row changed meanwhile (another task judged it, an edit, a delete), that judgement is
+    dropped and the batch is judged again under the lock, as `moderate_waiting` always does.
+    Judging twice is harmless: the rules are pure and the flood check records a (sender,
+    text, conversation) once however often it runs."""
+    with svc.ReadSession() as s:
+        judged = _judge(svc, connection_of(s), own, locks=False)
+    return _written(svc, judged, own)
+
+
+def _written(svc: Services, judged: Judged, own: Mapping[str, str]) -> Taken:
+    """Under the write lock: `judged` written if its rows are as they were judged, else the
+    batch judged again and written (see `_judged_then_written`). Nothing judged, nothing to
+    write: the task's own messages were committed before it was sent, so the read saw them."""
+    if not judged.rows:
+        return judged.taken
+    with svc.engine.begin() as conn:
+        if _as_judged(conn, judged.rows):
+            _write(conn, judged)
+            return judged.taken
+        return moderate_waiting(svc, conn, own)
+
+
+def _judge(svc: Services, conn: Connection, own: Mapping[str, str], locks: bool) -> Judged:
+    """Read the batch (see `moderate_waiting`) and make its verdicts, writing nothing."""
+    taken = Taken()
+    judged = Judged(taken)
     batch = list(conn.execute(_WAITING_LOCKED if locks else _WAITING))
     free = {m.id for m in batch} & own.keys()
     missing = [mid for mid in own if mid not in free]
@@ -138,10 +185,10 @@ def moderate_waiting(svc: Services, db: Db, own: Mapping[str, str]) -> Taken:
                 batch.append(m)
     taken.to_fan_out = list(dict.fromkeys(own[mid] for mid in own if mid in free))
     if not batch:
-        return taken
+        return judged
     batch, texts = _opened(svc, batch, own.keys())
     if not batch:
-        return taken
+        return judged
     oldest = min(m.created_at for m in batch)
     taken.waited_ms = max(0.0, (utcnow() - oldest).total_seconds() * 1000)
     cids = list(dict.fromkeys(m.conversation_id for m in batch))
@@ -149,7 +196,6 @@ def moderate_waiting(svc: Services, db: Db, own: Mapping[str, str]) -> Taken:
         svc, [(m.sender_id, text, m.conversation_id) for m, text in zip(batch, texts, strict=True)]
     )
     overrides = svc.settings.moderation_overrides
-    verdicts: list[dict[str, object]] = []
     for msg, text, is_flood in zip(batch, texts, flooded, strict=True):
         verdict = moderate(text, policy_for(msg.conversation_type, overrides))
         action, reason = verdict.action, verdict.reason
@@ -159,7 +205,7 @@ def moderate_waiting(svc: Services, db: Db, own: Mapping[str, str]) -> Taken:
             if action in ("allow", "mask"):
                 action, reason = "hold", "the same text was sent to many conversations"
         held = action in ("hold", "reject")
-        verdicts.append(
+        judged.verdicts.append(
             {
                 "mid": msg.id,
                 "action": action,
@@ -169,15 +215,35 @@ def moderate_waiting(svc: Services, db: Db, own: Mapping[str, str]) -> Taken:
                 "reason": reason[:300] if held else None,
             }
         )
+        taken.verdicts.append((action, sorted(labels)))
+    judged.rows = batch
+    taken.to_fan_out = list(dict.fromkeys([*taken.to_fan_out, *cids]))
+    return judged
+
+
+def _write(conn: Connection, judged: Judged) -> None:
+    if not judged.verdicts:
+        return
+    conn.execute(_VERDICT, judged.verdicts)
+    for msg, (action, _) in zip(judged.rows, judged.taken.verdicts, strict=True):
         logger.info(
             "moderated %s",
             action,
             extra={"message_id": msg.id, "conversation_id": msg.conversation_id},
         )
-        taken.verdicts.append((action, sorted(labels)))
-    conn.execute(_VERDICT, verdicts)
-    taken.to_fan_out = list(dict.fromkeys([*taken.to_fan_out, *cids]))
-    return taken
+
+
+def _as_judged(conn: Connection, rows: Sequence[Waiting]) -> bool:
+    """Whether each of these rows still waits for its verdict with the state and text it was
+    judged on (an edit gives a message its verdict; a delete removes its text)."""
+    now = {r.id: r for r in conn.execute(_RECHECK, {"ids": [m.id for m in rows]})}
+    for m in rows:
+        r = now.get(m.id)
+        if r is None or r.moderation_action is not None:
+            return False
+        if r.state != m.state or r.text_ct != m.text_ct:
+            return False
+    return True
 
 
 # Built once, plain rows of the columns the stage reads (ORM objects and their JSON columns
@@ -213,6 +279,9 @@ _OWN = (
     .where(Message.id.in_(bindparam("ids", expanding=True)))
 )
 _OWN_LOCKED = _OWN.with_for_update(skip_locked=True, of=Message)
+_RECHECK = select(Message.id, Message.moderation_action, Message.state, Message.text_ct).where(
+    Message.id.in_(bindparam("ids", expanding=True))
+)
 _messages = cast(Table, Message.__table__)
 _VERDICT = (
     update(_messages)

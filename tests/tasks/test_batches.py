@@ -163,3 +163,51 @@ def test_a_message_that_cannot_be_opened_does_not_stall_other_conversations(
         moderation_stage.moderate_and_fan_out(svc, {bad: damaged})
     resp = api.delete(f"/v1/conversations/{damaged}", user=a)  # leave nothing stuck behind
     assert resp.status_code in (200, 202), resp.get_json()
+
+
+@pytest.mark.parametrize("meanwhile", ["another task", "the sender's delete"])
+def test_a_batch_judged_before_the_lock_is_judged_again_when_a_row_changed_meanwhile(
+    api: Api, stack: Stack, meanwhile: str
+) -> None:
+    """SQLite judges a batch before it takes the database's one write lock (opening the texts,
+    the flood check, the rules), then checks under the lock that each row is as it was
+    judged. A row that changed in between is not given the stale verdict: another task's
+    verdict stands (and is not counted twice), and a deleted message is judged again on what
+    is left of it (no text, so no masked spans of the text it no longer has)."""
+    if stack.name != "sqlite":
+        pytest.skip("SQLite's path: PostgreSQL judges under the rows' own locks")
+    stack.worker.stop()
+    a, b = uid(), uid()
+    cid = api.conversation(a, b)
+    mid = api.send(a, cid, "what the shit is this")["id"]
+    svc = stack.svc
+    with svc.ReadSession() as s:
+        judged = moderation_stage._judge(svc, s.connection(), {mid: cid}, locks=False)
+    assert [(v["mid"], v["action"]) for v in judged.verdicts] == [(mid, "mask")]
+    assert judged.verdicts[0]["spans"]
+
+    def row() -> tuple:
+        with svc.ReadSession() as s:
+            return tuple(
+                s.execute(
+                    select(
+                        Message.moderation_action,
+                        Message.moderation_spans,
+                        Message.state,
+                        Message.deleted_at,
+                    ).where(Message.id == mid)
+                ).one()
+            )
+
+    if meanwhile == "another task":
+        moderation_stage.moderate_and_fan_out(svc, {mid: cid})
+        before = row()
+        assert before[0] == "mask" and before[2] == "delivered"
+        taken = moderation_stage._written(svc, judged, {mid: cid})
+        assert taken.verdicts == [] and row() == before
+    else:
+        assert api.delete(f"/v1/messages/{mid}", user=a).status_code == 200
+        taken = moderation_stage._written(svc, judged, {mid: cid})
+        action, spans, state, deleted_at = row()
+        assert (action, spans, state) == ("allow", [], "pending") and deleted_at is not None
+        assert taken.verdicts == [("allow", [])] and taken.to_fan_out == [cid]
