@@ -9,7 +9,10 @@ to read), and otherwise reads the stream ONCE, after the lowest cursor among tha
 sockets; it renders the entries per viewer (render.py) and queues to each socket only what lies
 past its own cursor. The collector is paused while a round runs: its temporaries die by
 reference count instead of being promoted, so full collections (which scan every socket's
-objects and stall them all) stay rare.
+objects and stall them all) stay rare. For the same reason a wake-up waits for its round as
+the text it arrived as: parsed on arrival, its per-user entries were alive when the collector
+came back on, and each such pass promoted thousands of them towards the oldest generation,
+whose growth is what starts a full collection.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class Dispatcher:
         # Pending users whose new entries came with their wake-up: (id before them, entries in
         # order, each right after the one before). Only ever a subset of `pending`.
         self.known: dict[str, tuple[StreamId, list[Entry]]] = {}
+        self._wakes: list[str | bytes] = []  # wake-ups not parsed yet, in arrival order
         self._wake = Event()
 
     # --- the subscriber -----------------------------------------------------------------------
@@ -82,14 +86,18 @@ class Dispatcher:
                     ps.close()
 
     def on_message(self, msg: dict[str, Any]) -> None:
-        with collector_paused():  # a wake-up's entries live until their round: not promoted
-            self._handle_message(msg)
-
-    def _handle_message(self, msg: dict[str, Any]) -> None:
         channel = msg["channel"]
         channel = channel.decode() if isinstance(channel, bytes) else channel
+        if channel == WAKE_CHANNEL:  # parsed by the round (see the module docstring)
+            self._wakes.append(msg["data"])
+            self._wake.set()
+            return
+        with collector_paused():
+            self._handle_message(channel, msg["data"])
+
+    def _handle_message(self, channel: str, data: str | bytes) -> None:
         try:
-            payload = json.loads(msg["data"])
+            payload = json.loads(data)
         except ValueError:
             logger.warning("undecodable message on %s", channel)
             return
@@ -144,22 +152,42 @@ class Dispatcher:
         while not hub.stopping:
             self._wake.wait()
             self._wake.clear()
-            while self.pending and not hub.stopping:
-                users = [self.pending.pop() for _ in range(min(DISPATCH_USERS, len(self.pending)))]
-                try:
-                    with collector_paused():
-                        self.deliver(users)
-                except (redis.RedisError, SQLAlchemyError):
-                    logger.warning("dispatch failed; retrying", exc_info=True)
-                    self.pending.update(users)
+            while not hub.stopping:
+                with collector_paused():  # from the wake-ups' parsing to the round's end
+                    self._take_wakes()
+                    if not self.pending:
+                        break
+                    n = min(DISPATCH_USERS, len(self.pending))
+                    users = [self.pending.pop() for _ in range(n)]
+                    failed = self._round(users)
+                if failed:
                     gevent.sleep(0.5)
-                except Exception:
-                    # Not transient: hand each socket to its own replay, so one bad entry
-                    # cannot silently hold back everyone woken with it.
-                    logger.exception("dispatch failed for %d user(s)", len(users))
-                    for u in users:
-                        for c in list(hub.by_user.get(u, ())):
-                            hub.replay.catch_up(c)
+
+    def _take_wakes(self) -> None:
+        """Parse the wake-ups that arrived since the last round, in order."""
+        while self._wakes:
+            wakes, self._wakes = self._wakes, []
+            for data in wakes:
+                self._handle_message(WAKE_CHANNEL, data)
+
+    def _round(self, users: list[str]) -> bool:
+        """Deliver to `users`; True when it failed on Redis or the database (they are pending
+        again, for a retry after a pause)."""
+        hub = self.hub
+        try:
+            self.deliver(users)
+        except (redis.RedisError, SQLAlchemyError):
+            logger.warning("dispatch failed; retrying", exc_info=True)
+            self.pending.update(users)
+            return True
+        except Exception:
+            # Not transient: hand each socket to its own replay, so one bad entry
+            # cannot silently hold back everyone woken with it.
+            logger.exception("dispatch failed for %d user(s)", len(users))
+            for u in users:
+                for c in list(hub.by_user.get(u, ())):
+                    hub.replay.catch_up(c)
+        return False
 
     def deliver(self, users: list[str]) -> None:
         """One round: the new entries of `users`, rendered and queued to their live sockets."""
