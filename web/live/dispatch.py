@@ -44,6 +44,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DISPATCH_USERS = 2000  # users per dispatch round (one pipelined read, one render batch)
+# Wake-ups kept as text for the next round. Past this many (a round stuck on Redis or the
+# database) they are parsed on arrival, into state that is bounded per user.
+UNPARSED_MAX = 256
 
 
 class Dispatcher:
@@ -90,6 +93,9 @@ class Dispatcher:
         channel = channel.decode() if isinstance(channel, bytes) else channel
         if channel == WAKE_CHANNEL:  # parsed by the round (see the module docstring)
             self._wakes.append(msg["data"])
+            if len(self._wakes) >= UNPARSED_MAX:
+                with collector_paused():
+                    self._take_wakes()
             self._wake.set()
             return
         with collector_paused():

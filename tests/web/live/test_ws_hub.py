@@ -12,6 +12,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request, TextMessage
 from wsproto.extensions import PerMessageDeflate
 
+from web.live import dispatch
 from web.live.connection import _without_extensions, text_frame
 from web.live.hub import Hub
 from web.live.render import Outgoing, Viewer
@@ -178,6 +179,31 @@ def test_users_without_a_local_socket_or_a_usable_pair_are_not_taken_from_the_wa
     h.add("u4", (0, 0))
     h.hub.dispatcher.wake_with_entries(payload)
     assert h.hub.dispatcher.pending == {"u4"} and h.hub.dispatcher.known == {}  # woken to read
+
+
+def test_a_wake_up_waits_for_its_round_as_text_unless_too_many_are_waiting() -> None:
+    """Wake-ups are parsed by the dispatch round (their entries are never alive while the
+    collector runs), in arrival order; when rounds do not come (stuck on Redis or the
+    database) the text stops piling up and wake-ups are parsed on arrival."""
+    h = Harness()
+    d = h.hub.dispatcher
+    a = h.add("u1", (0, 0))
+    chain = [("0-0", "100-0"), ("100-0", "200-0"), ("200-0", "300-0")]
+    for prev, eid in chain:
+        msg = {"channel": b"parley:wake", "data": json.dumps(wake({"u1": (prev, eid)}))}
+        d.on_message(msg)
+    assert d.pending == set() and d.known == {} and len(d._wakes) == 3
+    d._take_wakes()
+    assert d._wakes == [] and d.pending == {"u1"}
+    assert [e.id for e in d.known["u1"][1]] == ["100-0", "200-0", "300-0"]  # chained in order
+    h.dispatch()
+    assert a.got == ["100-0", "200-0", "300-0"] and h.reads == []
+    for n in range(dispatch.UNPARSED_MAX):
+        assert len(d._wakes) == n and d.pending == set()  # no round: the texts wait
+        prev = "300-0" if n == 0 else f"{399 + n}-0"
+        wakes = wake({"u1": (prev, f"{400 + n}-0")})
+        d.on_message({"channel": "parley:wake", "data": json.dumps(wakes)})
+    assert d._wakes == [] and d.pending == {"u1"}  # the last one parsed them all
 
 
 @pytest.mark.parametrize("n", [0, 1, 125, 126, 127, 65535, 65536, 70000])
