@@ -225,10 +225,10 @@ def _write(conn: Connection, judged: Judged) -> None:
     if not judged.verdicts:
         return
     conn.execute(_VERDICT, judged.verdicts)
-    for msg, (action, _) in zip(judged.rows, judged.taken.verdicts, strict=True):
+    for msg, verdict in zip(judged.rows, judged.verdicts, strict=True):
         logger.info(
             "moderated %s",
-            action,
+            verdict["action"],
             extra={"message_id": msg.id, "conversation_id": msg.conversation_id},
         )
 

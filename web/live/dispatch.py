@@ -170,11 +170,11 @@ class Dispatcher:
                     gevent.sleep(0.5)
 
     def _take_wakes(self) -> None:
-        """Parse the wake-ups that arrived since the last round, in order."""
-        while self._wakes:
-            wakes, self._wakes = self._wakes, []
-            for data in wakes:
-                self._handle_message(WAKE_CHANNEL, data)
+        """Parse the wake-ups that arrived since the last round, in order (parsing never
+        yields, so none arrives meanwhile)."""
+        wakes, self._wakes = self._wakes, []
+        for data in wakes:
+            self._handle_message(WAKE_CHANNEL, data)
 
     def _round(self, users: list[str]) -> bool:
         """Deliver to `users`; True when it failed on Redis or the database (they are pending
