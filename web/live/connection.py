@@ -60,9 +60,24 @@ class SerializedSocket:
         return getattr(self.raw, name)
 
 
+_last_framed: tuple[str | None, bytes] = (None, b"")  # (frame, its bytes): see text_frame
+
+
 def text_frame(frame: str) -> bytes:
     """A server's unfragmented, unmasked text frame (RFC 6455 5.2): what wsproto sends for
-    `TextMessage(frame)` on a connection without extensions, for a tenth of its cost."""
+    `TextMessage(frame)` on a connection without extensions, for a tenth of its cost. A
+    dispatch round hands the same frame object to the sockets of everyone who sees an event
+    alike (web/live/render.py), so the last one encoded is kept and reused."""
+    global _last_framed
+    last = _last_framed
+    if last[0] is frame:
+        return last[1]
+    data = _framed(frame)
+    _last_framed = (frame, data)
+    return data
+
+
+def _framed(frame: str) -> bytes:
     data = frame.encode()
     n = len(data)
     if n < 126:
@@ -96,6 +111,7 @@ class Connection:
         "__weakref__",
         "_fd",
         "_plain",
+        "_principal",
         "_queue",
         "_room",
         "_writer",
@@ -110,8 +126,8 @@ class Connection:
         "max_queue",
         "on_delivered",
         "ping_at",
-        "principal",
         "replaying",
+        "roles",
         "typing_at",
         "user_id",
         "ws",
@@ -128,7 +144,7 @@ class Connection:
     ) -> None:
         assert principal.user_id is not None
         self.ws = ws
-        self.principal = principal
+        self.principal = principal  # sets `roles` too
         self.user_id: str = principal.user_id
         self.expires_at = expires_at  # time.time() at which the token expires
         self.max_queue = max_queue
@@ -136,7 +152,9 @@ class Connection:
         self.on_delivered = on_delivered
         self._queue: deque[tuple[int, Any, Any]] = deque()
         self._fd = direct_fd(ws.sock.raw) if isinstance(ws.sock, SerializedSocket) else None
-        self._plain = _without_extensions(ws)
+        # wsproto's connection, when frames may be written as `text_frame` makes them (its
+        # state is read per frame: one property, not WSConnection's two)
+        self._plain = ws.ws.connection if _without_extensions(ws) else None
         self._writer: gevent.Greenlet | None = None
         self._room: Event | None = None
         # Stream position: the id of the last durable event queued (or skipped) for this socket.
@@ -152,8 +170,15 @@ class Connection:
         self.typing_at: dict[str, float] | None = None  # created by the first typing frame
 
     @property
-    def roles(self) -> frozenset[str]:
-        return self.principal.roles
+    def principal(self) -> Principal:
+        return self._principal
+
+    @principal.setter
+    def principal(self, principal: Principal) -> None:
+        """A re-authenticated socket's roles follow its new token. `roles` is a plain
+        attribute: each dispatch round reads it twice for every socket it serves."""
+        self._principal = principal
+        self.roles: frozenset[str] = principal.roles
 
     # --- sending ------------------------------------------------------------------------------
 
@@ -211,7 +236,7 @@ class Connection:
         if not self.ws.connected or not sock.lock.acquire(blocking=False):
             return False
         try:
-            if self._plain and self.ws.ws.state is ConnectionState.OPEN:
+            if self._plain is not None and self._plain.state is ConnectionState.OPEN:
                 data = text_frame(frame)
             else:  # extensions, or not open (wsproto raises LocalProtocolError)
                 data = self.ws.ws.send(TextMessage(data=frame))

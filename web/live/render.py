@@ -5,8 +5,9 @@ decrypted and rendered here exactly as `GET /v1/messages/{mid}` renders it for t
 A wake-up for a 1,000-member conversation renders one message for 1,000 users: the messages,
 their conversations' members and the reactions are read once for the whole batch
 (`domain.live.render_batch`), and viewers who would get identical JSON share one rendering
-(see `_view_key`): per viewer there is a membership lookup, a dict lookup and the frame's
-envelope (its `id` is the viewer's own).
+(see `_view_key`). The frame's envelope carries the viewer's own entry id, but one fan-out's
+entries mostly share theirs, so viewers alike mostly share the whole frame too: per viewer
+there is a membership lookup and two dict lookups.
 """
 
 from __future__ import annotations
@@ -91,11 +92,18 @@ class _Views:
         self.svc = svc
         self.facts = {mid: _Facts.of(m) for mid, m in messages.items()}
         self.members = members
-        self.parts = {(p.conversation_id, p.user_id): p for ps in members.values() for p in ps}
+        # (conversation, user) → (their membership, whether they moderate it): read once here,
+        # not once per viewer (an ORM attribute costs ~300 ns)
+        self.parts = {
+            (p.conversation_id, p.user_id): (p, p.role == "moderator")
+            for ps in members.values()
+            for p in ps
+        }
         self.shared = shared
         self.mine = mine
         # view key → the rendered data, or None when such viewers may not see the message
         self.cache: dict[tuple[Any, ...], str | None] = {}
+        self.outgoing_of: dict[tuple[Any, ...], Outgoing] = {}  # (entry id, type, view key)
         self.moderators: dict[frozenset[str], bool] = {}
         self.now_ms = time.time() * 1000  # stream ids start with Redis's clock in ms
 
@@ -109,7 +117,7 @@ class _Views:
         moderator = self.moderators.get(roles)
         if moderator is None:
             moderator = self.moderators[roles] = bool(roles & MODERATOR_ROLES)
-        part = self.parts.get((msg.conversation_id, user))
+        part, moderates = self.parts.get((msg.conversation_id, user), _NO_PART)
         if part is None and not moderator:
             return Outgoing(e.sid, None)  # GET /v1/messages/{mid} would answer 404
         # Fan-out appends message.new just before committing state=delivered: a still-pending
@@ -120,15 +128,24 @@ class _Views:
             return Outgoing(e.sid, None, later=True)
         mine = self.mine.get((user, msg.id))
         emojis = frozenset(mine) if mine else _NONE
-        key = (msg.id, forced, _view_key(msg.sender_id, user, moderator, part), emojis)
+        key = (msg.id, forced, _view_key(msg.sender_id, user, moderator, moderates), emojis)
+        # A fan-out's entries mostly share their id (appended in one script, in the same ms):
+        # viewers alike then get the very same Outgoing, frame included, which the socket
+        # layer encodes once (web/live/connection.text_frame).
+        shared = self.outgoing_of.get((e.id, e.type, key))
+        if shared is not None:
+            return shared
         if key in self.cache:
             data_json = self.cache[key]
         else:
             data_json = self.cache[key] = self._render(msg.row, viewer, part, forced, emojis)
         if data_json is None:
-            return Outgoing(e.sid, None)
-        delivered = (msg.conversation_id, msg.seq) if new else None
-        return Outgoing(e.sid, protocol.durable(e.type, e.id, data_json), delivered)
+            out = Outgoing(e.sid, None)
+        else:
+            delivered = (msg.conversation_id, msg.seq) if new else None
+            out = Outgoing(e.sid, protocol.durable(e.type, e.id, data_json), delivered)
+        self.outgoing_of[(e.id, e.type, key)] = out
+        return out
 
     def _render(
         self,
@@ -167,6 +184,7 @@ class _Views:
 
 
 _NONE: frozenset[str] = frozenset()
+_NO_PART: tuple[None, bool] = (None, False)
 
 
 class _Facts(NamedTuple):
@@ -185,7 +203,7 @@ class _Facts(NamedTuple):
         return cls(m, m.id, m.conversation_id, m.seq, m.sender_id, m.state == "pending")
 
 
-def _view_key(sender_id: str | None, user: str, moderator: bool, part: Participant | None) -> Any:
+def _view_key(sender_id: str | None, user: str, moderator: bool, moderates: bool) -> Any:
     """Everything besides the message and the viewer's own reactions that render_message's
     output and can_see's verdict depend on: the sender sees their own fields (status,
     client_msg_id), privileged viewers (moderators) see the moderation verdict and held
@@ -193,5 +211,5 @@ def _view_key(sender_id: str | None, user: str, moderator: bool, part: Participa
     domain.messages.can_see."""
     if sender_id is not None and sender_id == user:
         return ("sender", user, moderator)
-    privileged = moderator or (part is not None and part.role == "moderator")
+    privileged = moderator or moderates
     return "privileged" if privileged else "plain"

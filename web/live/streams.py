@@ -62,15 +62,24 @@ def parse_wake(
         return {}
     etype, data = str(event.get("type", "")), _decode_data(str(event.get("data", "{}")))
     out: dict[str, tuple[StreamId, Entry]] = {}
+    # One script appended them all, mostly within one ms: most users share their new id (and,
+    # in a busy group, the one before it), so each distinct id is parsed once and each
+    # distinct new entry made once.
+    sids: dict[str, StreamId] = {}
+    made: dict[str, Entry] = {}
     for user, ids in payload.items():  # a 1,000-member group names 1,000 users: kept lean
         if user not in users or type(ids) is not list or len(ids) != 2:
             continue
+        before, new = ids
         try:
-            prev, sid = _sid(ids[0]), _sid(ids[1])
+            prev = sids[before] if before in sids else sids.setdefault(before, _sid(before))
+            entry = made.get(new)
+            if entry is None:
+                entry = made[new] = Entry(_sid(new), new, etype, data)
         except (AttributeError, TypeError, ValueError):  # not a str, or not '<ms>-<seq>'
             continue
-        if prev < sid:
-            out[user] = (prev, Entry(sid, ids[1], etype, data))
+        if prev < entry.sid:
+            out[user] = (prev, entry)
     return out
 
 

@@ -136,6 +136,28 @@ def test_message_new_carries_the_full_message_as_the_recipient_gets_it_over_rest
     )
 
 
+def test_in_a_group_each_socket_gets_the_message_as_its_own_user_gets_it_over_rest(
+    api: Api, live: Stack, node: WebNode, connect: Any
+) -> None:
+    """Viewers who see a message alike share one rendered frame, the sender sees their own
+    fields: each socket's message.new (the sender's own included) is GET's answer for its user,
+    and its id is an entry of that user's own stream."""
+    sender, b, c = uid(), uid(), uid()
+    cid = api.conversation(sender, b, c)
+    sockets = {user: connect(node, user) for user in (sender, b, c)}
+    for sock in sockets.values():
+        _ready(sock)
+    mid = api.send(sender, cid, "the crane arrives at seven", client_msg_id="crane-1")["id"]
+    for user, sock in sockets.items():
+        event = sock.wait(lambda m: m["type"] == "message.new", what=f"{user}'s message.new")
+        assert event["data"] == api.get(f"/v1/messages/{mid}", user=user).get_json()
+        entries = live.redis.xrange(stream_key(user))
+        assert event["id"] in [(e.decode() if isinstance(e, bytes) else e) for e, _ in entries]
+    own = sockets[sender].messages()[0]["data"]
+    assert own["client_msg_id"] == "crane-1"
+    assert "client_msg_id" not in sockets[b].messages()[0]["data"]
+
+
 def test_live_messages_arrive_masked_however_fast_the_hub_is(
     api: Api, live: Stack, node: WebNode, connect: Any
 ) -> None:
