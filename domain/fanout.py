@@ -6,44 +6,40 @@ moderation (its moderating task resumes the walk), and appends `message.new` to 
 stream through `EventLog.append_many` (one round trip for the batch), so a re-run adds
 nothing. The same transaction moves the cursors and writes the search index. Redis effects
 happen before the commit: a crash after them and before the commit repeats them harmlessly; a
-crash before them loses nothing because the cursors did not move. Run by tasks/fanout.py and,
+crash before them loses nothing because the cursors did not move. On SQLite, whose one write
+lock every POST waits for, the walk and the append come before the lock, and the transaction
+records what of the walk is still as it was read (a conversation with a changed row is walked
+again under the lock). The walk itself is domain/fanout_walk.py. Run by tasks/fanout.py and,
 inline, by the moderation stage (domain/moderation_stage.py)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
-from sqlalchemy import Row, String, Table, bindparam, func, select, update
+from sqlalchemy import String, Table, bindparam, func, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from core.events import PRESENCE_PREFIX, Event, EventLog
-from core.ids import utcnow
+from core.events import PRESENCE_PREFIX, EventLog
 from core.services import Services
 from domain import outbox
 from domain.events import PUBLISH_TASK
+from domain.fanout_walk import Walk, as_read, walk_after_cursors
 from domain.messages import MODERATE_TASK
 from domain.search import stage as search_stage
-from models import DeliveryCursor, Message, Participant
+from models import DeliveryCursor, Message
 from models.db import connection_of
 
 logger = logging.getLogger(__name__)
 
 FANOUT_TASK = "tasks.fanout.fanout_conversation"
 NOTIFY_OFFLINE_TASK = "tasks.push.notify_offline"
-BATCH = 200
 
 
 def event_log(svc: Services) -> EventLog:
     return EventLog(svc.redis, svc.settings.stream_maxlen)
-
-
-def new_event_key(message_id: str) -> str:
-    """The key under which a message's `message.new` is appended once per member."""
-    return f"msg:{message_id}:new"
 
 
 # Set after a fan-out commits, for each message it walked: the tasks of a burst that find
@@ -59,55 +55,6 @@ LAG_KEY = "parley:pipeline:lag_ms"
 LAG_TTL_MS = 1000
 
 
-# Plain rows and Core statements, built once: the walk touches a few rows of each table, and
-# ORM objects, their flush and building each statement cost more than running it.
-Walked = Row[str, str, int, str, str | None, str | None]  # _WINDOW's columns
-# The messages after each cursor: seq is gap-free, so a window of BATCH seqs is at most BATCH
-# rows (a range of the (conversation_id, seq) index per cursor).
-_WINDOW = (
-    select(
-        Message.conversation_id,
-        Message.id,
-        Message.seq,
-        Message.state,
-        Message.moderation_action,
-        Message.sender_id,
-    )
-    .join(DeliveryCursor, DeliveryCursor.conversation_id == Message.conversation_id)
-    .where(
-        DeliveryCursor.conversation_id.in_(bindparam("c", expanding=True)),
-        Message.seq > DeliveryCursor.fanout_seq,
-        Message.seq <= DeliveryCursor.fanout_seq + BATCH,
-    )
-    .order_by(Message.conversation_id, Message.seq)
-)
-
-
-class Member(NamedTuple):
-    """A recipient as the walk reads it (_MEMBERS' columns). A tuple, not the Core Row: a Row's
-    attribute costs ~500 ns (found by `__getattr__` after the class lookup fails), and a
-    1,000-member conversation reads several per member for every message."""
-
-    conversation_id: str
-    user_id: str
-    notification_level: str
-    muted_until: datetime | None
-
-
-_MEMBERS = select(
-    Participant.conversation_id,
-    Participant.user_id,
-    Participant.notification_level,
-    Participant.muted_until,
-).where(
-    Participant.conversation_id.in_(bindparam("c", expanding=True)), Participant.left_at.is_(None)
-)
-_CURSORS = (
-    select(DeliveryCursor.conversation_id, DeliveryCursor.fanout_seq)
-    .where(DeliveryCursor.conversation_id.in_(bindparam("c", expanding=True)))
-    .order_by(DeliveryCursor.conversation_id)
-)
-_CURSORS_LOCKED = _CURSORS.with_for_update()
 _cursors = cast(Table, DeliveryCursor.__table__)
 # The cursor moves, and names the newest message delivered (None: a walk of held or rejected
 # messages only, which keeps the one before).
@@ -187,90 +134,93 @@ def drain(svc: Services, conversation_id: str) -> None:
 def drain_many(
     svc: Services, conversation_ids: Iterable[str], waited_ms: float | None = None
 ) -> None:
-    """Fan out every ready message of these conversations, in seq order within each, in one
-    transaction and one Redis round trip; send the push intents of those who may be away, and
-    a fan-out task for each conversation whose backlog did not fit in the batch.
+    """Fan out every ready message of these conversations, in seq order within each, with one
+    write transaction and one Redis round trip; send the push intents of those who may be
+    away, and a fan-out task for each conversation whose backlog did not fit in the batch.
 
-    The delivery cursors are locked in conversation-id order (PostgreSQL; SQLite's BEGIN
-    IMMEDIATE serializes writers anyway), so two drains over overlapping sets never deadlock:
-    the later one waits, then finds the cursors moved. `waited_ms`: the moderation batch's
-    queue wait, recorded as the pipeline's lag (LAG_KEY)."""
+    PostgreSQL locks the delivery cursors in conversation-id order, so two drains over
+    overlapping sets never deadlock: the later one waits, then finds the cursors moved. SQLite
+    has one write lock for the whole database, which every POST waits for: there the walk and
+    its Redis round trip happen before the lock (`_walked_then_recorded`). `waited_ms`: the
+    moderation batch's queue wait, recorded as the pipeline's lag (LAG_KEY)."""
     cids = sorted(set(conversation_ids))
+    if cids and svc.dialect == "sqlite":
+        cids = _walked_then_recorded(svc, cids, waited_ms)
     if not cids:
         return
-    events: list[Event] = []
-    pushes: list[tuple[str, list[str]]] = []  # (message id, users to consider for a push)
-    more: list[str] = []
     with svc.Session.begin() as s:
-        conn = connection_of(s)
-        stmt = _CURSORS if svc.dialect == "sqlite" else _CURSORS_LOCKED
-        cursors: dict[str, int] = dict(conn.execute(stmt, {"c": cids}).all())
-        for gone in set(cids) - cursors.keys():
-            logger.warning("fan-out: conversation gone", extra={"conversation_id": gone})
-        if not cursors:
-            return
-        members: dict[str, list[Member]] = {c: [] for c in cursors}
-        for row in conn.execute(_MEMBERS, {"c": list(cursors)}).all():
-            member = Member(*row)
-            members[member.conversation_id].append(member)
-        batches: dict[str, list[Walked]] = {c: [] for c in cursors}
-        for msg in conn.execute(_WINDOW, {"c": list(cursors)}):
-            batches[msg.conversation_id].append(msg)
-        done: list[str] = []
-        delivered: list[str] = []
-        walked_by: dict[str, list[str]] = {}
-        moved: dict[str, int] = {}  # conversation -> its cursor's new seq
-        last: dict[str, str] = {}  # conversation -> its newest delivered message
-        for cid, batch in batches.items():
-            member_rows = members[cid]
-            member_ids = [p.user_id for p in member_rows]
-            walked = 0
-            for msg in batch:
-                if msg.moderation_action is None:
-                    break  # still in moderation: its moderating task resumes the walk
-                data = {"conversation_id": cid, "message_id": msg.id, "seq": msg.seq}
-                if msg.state in ("held", "rejected"):
-                    if msg.sender_id:
-                        key = f"msg:{msg.id}:{msg.state}"
-                        events.append(Event(key, "message.updated", data, [msg.sender_id]))
-                else:
-                    events.append(Event(new_event_key(msg.id), "message.new", data, member_ids))
-                    delivered.append(msg.id)
-                    last[cid] = msg.id
-                    pushes.append((msg.id, _push_candidates(msg, member_rows)))
-                moved[cid] = msg.seq
-                done.append(msg.id)
-                walked += 1
-            if walked == BATCH:
-                more.append(cid)
-            walked_by[cid] = done[len(done) - walked :]
-            if walked:
-                logger.info(
-                    "fanned out %d message(s) to %d member(s)",
-                    walked,
-                    len(member_ids),
-                    extra={"conversation_id": cid, "seq": moved[cid]},
-                )
-        event_log(svc).append_many(events)  # before the commit: a crash in between repeats it
-        if delivered:
-            conn.execute(_DELIVERED, {"ids": delivered})
-        if moved:
-            conn.execute(
-                _MOVE, [{"cid": c, "seq": q, "mid": last.get(c)} for c, q in moved.items()]
-            )
-        # The search index moves with the cursors, after the streams (docs/search.md); the
-        # messages' rows and the cursors are written first, in the order an edit takes its
-        # locks. The conversation's own row is not written: posts reserve their seqs there.
-        _index(svc, s, walked_by)
-        outbox.mark_done(s, done, MODERATE_TASK)
+        walk = walk_after_cursors(connection_of(s), cids, lock=svc.dialect != "sqlite")
+        event_log(svc).append_many(walk.events)  # before the commit: a crash in between repeats it
+        _record(svc, s, walk)
+    _finish(svc, walk, waited_ms)
+
+
+def _walked_then_recorded(svc: Services, cids: list[str], waited_ms: float | None) -> list[str]:
+    """SQLite: walk and append before taking the write lock, then, under it, record what of
+    the walk is still as it was read (`fanout_walk.as_read`). Returns the conversations with
+    a changed row, for a walk under the lock.
+
+    Appending before the lock is safe because every walk appends a run of messages that
+    starts right after a committed cursor, in seq order, and the streams skip what they
+    already hold: a walk that read an older cursor appends nothing out of order, and what of
+    it is not recorded is what another walk appends (or has appended) anyway."""
+    walk = _walked_before_the_lock(svc, cids)
+    return _recorded(svc, walk, waited_ms) if walk.seen else []
+
+
+def _walked_before_the_lock(svc: Services, cids: list[str]) -> Walk:
+    with svc.ReadSession() as rs:
+        walk = walk_after_cursors(connection_of(rs), cids, lock=False)
+    event_log(svc).append_many(walk.events)
+    return walk
+
+
+def _recorded(svc: Services, walk: Walk, waited_ms: float | None) -> list[str]:
+    """Under the write lock: record what of `walk` is still as read (see `fanout_walk.as_read`); the
+    conversations to walk again under the lock."""
+    with svc.Session.begin() as s:
+        walk, changed = as_read(connection_of(s), walk)
+        if walk.seen:
+            _record(svc, s, walk)
+    _finish(svc, walk, waited_ms)
+    return sorted(changed)
+
+
+def _record(svc: Services, s: Session, walk: Walk) -> None:
+    """In the caller's transaction: the delivered messages' state, the cursors, the search
+    index and the moderate tasks' outbox rows."""
+    conn = connection_of(s)
+    if delivered := walk.delivered:
+        conn.execute(_DELIVERED, {"ids": delivered})
+    if moves := walk.moves():
+        conn.execute(_MOVE, moves)
+    # The search index moves with the cursors, after the streams (docs/search.md); the
+    # messages' rows and the cursors are written first, in the order an edit takes its
+    # locks. The conversation's own row is not written: posts reserve their seqs there.
+    _index(svc, s, walk.walked_by())
+    outbox.mark_done(s, walk.done, MODERATE_TASK)
+
+
+def _finish(svc: Services, walk: Walk, waited_ms: float | None) -> None:
+    """After the commit: the log lines, the walked marks, the push intents of those who are
+    not online now, and a fan-out task for each conversation with more waiting."""
+    walked = walk.walked_by()
+    for move in walk.moves():
+        cid = move["cid"]
+        logger.info(
+            "fanned out %d message(s) to %d member(s)",
+            len(walked[cid]),
+            walk.members[cid],
+            extra={"conversation_id": cid, "seq": move["seq"]},
+        )
     # Who is online now gets the message live: only the others are worth a push task (which
     # checks presence again before it records anything).
-    online = _mark_walked(svc, done, waited_ms, (u for _, users in pushes for u in users))
-    pushes = [(mid, [u for u in users if u not in online]) for mid, users in pushes]
+    online = _mark_walked(svc, walk.done, waited_ms, (u for _, us in walk.pushes for u in us))
+    pushes = [(mid, [u for u in users if u not in online]) for mid, users in walk.pushes]
     pushes = [(mid, users) for mid, users in pushes if users]
     if pushes:
         outbox.send(svc.tasks, NOTIFY_OFFLINE_TASK, [pushes])  # one push-intent task per batch
-    for cid in more:
+    for cid in walk.more:
         outbox.send(svc.tasks, FANOUT_TASK, [cid])
 
 
@@ -292,19 +242,6 @@ def _index(svc: Services, s: Session, walked: Mapping[str, list[str]]) -> None:
             search_stage.queue(s, cid, ids)
         return
     prepared.writes.apply(s.connection())
-
-
-def _push_candidates(msg: Walked, members: Sequence[Member]) -> list[str]:
-    """Recipients who asked to hear about messages now; who is offline is decided at push time."""
-    now: datetime = utcnow()
-    sender = msg.sender_id  # read once: a Row's attribute is slow, and members can be 1,000
-    return [
-        p.user_id
-        for p in members
-        if p.user_id != sender
-        and p.notification_level != "none"
-        and (p.muted_until is None or p.muted_until <= now)
-    ]
 
 
 def publish(

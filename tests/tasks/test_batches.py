@@ -9,13 +9,14 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
 from domain import fanout, moderation_stage
 from domain.messages import MODERATE_TASK
-from models import Message, Outbox
+from models import DeliveryCursor, Message, Outbox
 from tests.conftest import Stack, wait_for
 from tests.factories import Api, delivered_ids, uid, wait_delivered
 
@@ -210,3 +211,74 @@ def test_a_batch_judged_before_the_lock_is_judged_again_when_a_row_changed_meanw
         action, spans, state, deleted_at = row()
         assert (action, spans, state) == ("allow", [], "pending") and deleted_at is not None
         assert taken.verdicts == [("allow", [])] and taken.to_fan_out == [cid]
+
+
+@pytest.mark.parametrize("stack", ["sqlite"], indirect=True)  # PostgreSQL walks under row locks
+@pytest.mark.parametrize(
+    "meanwhile", ["a walk recorded part of it", "a walk went further", "a moderator rejected"]
+)
+def test_a_walk_made_before_the_lock_records_only_what_is_still_as_it_was_read(
+    api: Api, stack: Stack, meanwhile: str
+) -> None:
+    """SQLite walks a conversation and appends its events before it takes the database's one
+    write lock. Under the lock it records (the cursor, the delivered state) only what lies
+    past the cursor as it is now, and only if those rows are as they were read; a
+    conversation with a changed row is walked again under the lock. A later walk's cursor is
+    never moved back, nothing is delivered twice or out of order, and a message rejected in
+    between is never marked delivered."""
+    stack.worker.stop()
+    a, b = uid(), uid()
+    cid = api.conversation(a, b)
+    first = api.send(a, cid, "the crane arrives at seven")["id"]
+    svc = stack.svc
+
+    def give_verdict(mid: str) -> None:
+        with svc.ReadSession() as s:
+            judged = moderation_stage._judge(svc, s.connection(), {mid: cid}, locks=False)
+        moderation_stage._written(svc, judged, {mid: cid})
+
+    def now() -> tuple[Any, ...]:
+        """The cursor's seq, then each message's state in seq order."""
+        with svc.ReadSession() as s:
+            seq = s.scalar(
+                select(DeliveryCursor.fanout_seq).where(DeliveryCursor.conversation_id == cid)
+            )
+            states = s.scalars(
+                select(Message.state).where(Message.conversation_id == cid).order_by(Message.seq)
+            ).all()
+        return (seq, *states)
+
+    give_verdict(first)
+    walk = fanout._walked_before_the_lock(svc, [cid])
+    assert walk.done == [first] and delivered_ids(stack, b) == [first]  # appended already
+    if meanwhile == "a moderator rejected":
+        resp = api.post(
+            f"/v1/moderation/messages/{first}/reject",
+            user=uid("mod"),
+            roles=("moderator",),
+            json={"reason": "off-platform contact"},
+        )
+        assert resp.status_code == 200, resp.get_json()
+        again = fanout._recorded(svc, walk, None)
+        assert now() == (0, "rejected")  # not delivered
+        assert again == [cid]
+        fanout.drain_many(svc, again)  # the walk under the lock
+        assert now() == (1, "rejected")
+        assert api.get(f"/v1/messages/{first}", user=b).status_code == 404
+        expected = [first]  # in the stream, never shown: the hub renders what the row says
+    else:
+        second = api.send(a, cid, "the crane arrives at eight")["id"]
+        expected = [first, second]
+        if meanwhile == "a walk went further":
+            moderation_stage.moderate_and_fan_out(svc, {second: cid})  # its verdict, a walk
+            assert now() == (2, "delivered", "delivered")
+            assert fanout._recorded(svc, walk, None) == []
+        else:
+            give_verdict(second)
+            longer = fanout._walked_before_the_lock(svc, [cid])
+            assert longer.done == expected and fanout._recorded(svc, walk, None) == []
+            assert now() == (1, "delivered", "pending")
+            assert fanout._recorded(svc, longer, None) == []  # from 1 on
+        assert now() == (2, "delivered", "delivered")  # and not moved back to 1
+    assert delivered_ids(stack, b) == expected
+    assert _pending_moderate_rows(stack, set(expected)) == 0
