@@ -82,8 +82,7 @@ class Walk:
     """What a walk found after each cursor: the rows it walked past, in seq order per
     conversation, and what recording them writes."""
 
-    def __init__(self, cursors: dict[str, int], members: dict[str, int]) -> None:
-        self.cursors = cursors  # conversation -> its cursor's seq, as read
+    def __init__(self, members: dict[str, int]) -> None:
         self.members = members  # conversation -> its member count
         self.events: list[Event] = []
         self.seen: list[Walked] = []  # the rows walked past, as read
@@ -118,7 +117,7 @@ class Walk:
     def kept(self, keep: Callable[[Walked], bool]) -> Walk:
         """This walk with only the rows `keep` accepts (the events stay appended: a later
         walk's are the same ones, which the streams skip)."""
-        out = Walk(self.cursors, self.members)
+        out = Walk(self.members)
         out.seen = [m for m in self.seen if keep(m)]
         ids = {m.id for m in out.seen}
         cids = {m.conversation_id for m in out.seen}
@@ -136,16 +135,16 @@ def walk_after_cursors(conn: Connection, cids: list[str], lock: bool) -> Walk:
     )
     for gone in set(cids) - cursors.keys():
         logger.warning("fan-out: conversation gone", extra={"conversation_id": gone})
+    if not cursors:
+        return Walk({})
     members: dict[str, list[Member]] = {c: [] for c in cursors}
-    if cursors:
-        for row in conn.execute(_MEMBERS, {"c": list(cursors)}).all():
-            member = Member(*row)
-            members[member.conversation_id].append(member)
+    for row in conn.execute(_MEMBERS, {"c": list(cursors)}).all():
+        member = Member(*row)
+        members[member.conversation_id].append(member)
     batches: dict[str, list[Walked]] = {c: [] for c in cursors}
-    if cursors:
-        for msg in conn.execute(_WINDOW, {"c": list(cursors)}):
-            batches[msg.conversation_id].append(msg)
-    walk = Walk(cursors, {c: len(ms) for c, ms in members.items()})
+    for msg in conn.execute(_WINDOW, {"c": list(cursors)}):
+        batches[msg.conversation_id].append(msg)
+    walk = Walk({c: len(ms) for c, ms in members.items()})
     for cid, batch in batches.items():
         member_rows = members[cid]
         member_ids = [p.user_id for p in member_rows]
@@ -154,7 +153,7 @@ def walk_after_cursors(conn: Connection, cids: list[str], lock: bool) -> Walk:
             if msg.moderation_action is None:
                 break  # still in moderation: its moderating task resumes the walk
             data = {"conversation_id": cid, "message_id": msg.id, "seq": msg.seq}
-            if msg.state in ("held", "rejected"):
+            if msg.state in _NOT_DELIVERED:
                 if msg.sender_id:
                     key = f"msg:{msg.id}:{msg.state}"
                     walk.events.append(Event(key, "message.updated", data, [msg.sender_id]))
@@ -177,25 +176,22 @@ _NOW = select(Message.id, Message.state, Message.moderation_action).where(
 def as_read(conn: Connection, walk: Walk) -> tuple[Walk, set[str]]:
     """What of `walk` can be recorded now, and the conversations to walk again.
 
-    Another walk may have recorded part of it meanwhile: what lies at or before a cursor now
-    is left out, and the rest (appended after it, in order) is recorded from there. A
-    conversation one of whose remaining rows changed state or verdict since it was read (a
-    moderator decided) is left out whole, for a walk under the lock; so is one whose cursor
-    went back, which no writer does."""
+    Another walk may have recorded part of it meanwhile (cursors only ever move forward):
+    what lies at or before a cursor now is left out, and the rest (appended after it, in
+    order) is recorded from there. A conversation one of whose remaining rows changed state
+    or verdict since it was read (a moderator decided) is left out whole, for a walk under
+    the lock."""
     cids = list(dict.fromkeys(m.conversation_id for m in walk.seen))
     if not cids:
         return walk, set()
     now: dict[str, int] = dict(conn.execute(_CURSORS, {"c": cids}).all())
-    changed = {c for c, seq in now.items() if seq < walk.cursors[c]}
     rest = walk.kept(lambda m: m.seq > now.get(m.conversation_id, m.seq))  # gone: nothing
-    if rest.seen:
-        rows = conn.execute(_NOW, {"ids": rest.done})
-        as_now = {r.id: (r.state, r.moderation_action) for r in rows}
-        changed.update(
-            m.conversation_id
-            for m in rest.seen
-            if as_now.get(m.id) != (m.state, m.moderation_action)
-        )
+    if not rest.seen:
+        return rest, set()
+    as_now = {r.id: (r.state, r.moderation_action) for r in conn.execute(_NOW, {"ids": rest.done})}
+    changed = {
+        m.conversation_id for m in rest.seen if as_now.get(m.id) != (m.state, m.moderation_action)
+    }
     return rest.kept(lambda m: m.conversation_id not in changed), changed
 
 

@@ -72,7 +72,9 @@ def parse_wake(
             continue
         before, new = ids
         try:
-            prev = sids[before] if before in sids else sids.setdefault(before, _sid(before))
+            prev = sids.get(before)
+            if prev is None:
+                prev = sids[before] = _sid(before)
             entry = made.get(new)
             if entry is None:
                 entry = made[new] = Entry(_sid(new), new, etype, data)

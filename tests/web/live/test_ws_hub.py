@@ -181,6 +181,21 @@ def test_users_without_a_local_socket_or_a_usable_pair_are_not_taken_from_the_wa
     assert h.hub.dispatcher.pending == {"u4"} and h.hub.dispatcher.known == {}  # woken to read
 
 
+def test_users_woken_with_the_same_ids_share_one_entry_and_one_encoded_frame() -> None:
+    """A fan-out's entries mostly share their id: each distinct id is parsed once and makes
+    one entry, and a frame handed to several sockets is encoded once."""
+    found = parse_wake(
+        wake({"u1": ("50-0", "100-0"), "u2": ("50-0", "100-0"), "u3": ("70-0", "100-1")}),
+        {"u1", "u2", "u3"},
+    )
+    assert found["u1"][1] is found["u2"][1] and found["u1"][0] == (50, 0)
+    assert found["u3"] == ((70, 0), Entry((100, 1), "100-1", "message.new", found["u3"][1].data))
+    frame = '{"type":"message.new","id":"100-0","data":{}}'
+    first = text_frame(frame)
+    assert text_frame(frame) is first
+    assert text_frame(frame + " ") != first and text_frame(frame) == first
+
+
 def test_a_wake_up_waits_for_its_round_as_text_unless_too_many_are_waiting() -> None:
     """Wake-ups are parsed by the dispatch round (their entries are never alive while the
     collector runs), in arrival order; when rounds do not come (stuck on Redis or the
