@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from celery import shared_task
 
 from core.services import services
-from domain import moderation_stage
+from domain import ingest_handoff, moderation_stage
 from domain.messages import MODERATE_BATCH_TASK, MODERATE_TASK
 from tasks.retry import PIPELINE
 
@@ -31,8 +31,10 @@ def moderate_messages(messages: Sequence[Sequence[str]]) -> None:
 
 
 def _moderate(messages: list[tuple[str, str | None]]) -> None:
-    """Record verdicts once, then fan out; messages already done end after one Redis read."""
+    """Record verdicts once, then fan out, for these messages and the posts handed over since
+    the last task took them (domain/ingest_handoff.py); messages already done end after one
+    Redis read."""
     svc = services()
-    own = moderation_stage.still_to_moderate(svc, messages)
+    own = moderation_stage.still_to_moderate(svc, ingest_handoff.with_handed(svc, messages))
     if own:
         moderation_stage.moderate_and_fan_out(svc, own)

@@ -7,6 +7,7 @@ import threading
 
 from sqlalchemy import select
 
+from domain import ingest_handoff
 from domain.messages import MODERATE_TASK
 from models import Message, Outbox
 from tests.conftest import Stack, free_port, wait_for
@@ -58,6 +59,9 @@ def test_posts_while_the_broker_is_down_are_committed_and_the_sweeper_sends_them
         t.join(60)
     down.extensions["parley"].engine.dispose()
     assert codes == [202] * 12
+    # each failed publish (from the sender thread, after the answers) drops the hand-over
+    # list, so the next post sends a task of its own
+    wait_for(lambda: live.redis.llen(ingest_handoff.KEY) == 0, 20, 0.1, "the list dropped")
     with live.svc.Session() as s:
         mids = list(s.scalars(select(Message.id).where(Message.conversation_id == cid)))
         assert len(mids) == 12
