@@ -19,9 +19,12 @@ what waits takes it anyway (oldest first, up to the stage's batch), and the swee
 the task of any message not done in time, a task that takes the list too. So a rider whose task
 died after its take is moderated by the task's redelivery (or the next task), and if the worker
 died after the verdicts' commit but before the fan-out's, the sweeper's task fans it out. A
-publish that fails drops the list (`forget`), so the next post sends a task of its own; a list
-that outlives its task otherwise (the broker lost it) is taken by the sweeper's tasks, and
-expires TTL_S after its last push. Redis unreachable: each flush sends its task as before.
+publish that fails drops the list (`forget`), so the next post sends a task of its own. A list
+whose task never comes otherwise (the web process was killed between its push and its publish,
+the broker lost the task) expires TTL_S after it was made, whatever rode on it since: the next
+post then sends a task, and that task's read of what waits takes the riders (the sweeper's
+tasks take the list too, if they come first). Redis unreachable: each flush sends its task as
+before.
 """
 
 from __future__ import annotations
@@ -42,7 +45,9 @@ from domain.moderation_stage import BATCH
 logger = logging.getLogger(__name__)
 
 KEY = "parley:moderate:handed"
-TTL_S = 10
+# How long posts may ride on a task that never comes (a web process killed between its push
+# and its publish): then the next post sends a task, whose read of what waits takes them.
+TTL_S = 2
 # The moderation stage's batch: a task takes no more than one transaction's worth (it always
 # moderates what it names), and under a backlog the tasks it sends for the rest share them out.
 TAKE_AT_MOST = BATCH
@@ -50,15 +55,27 @@ TAKE_AT_MOST = BATCH
 Handed = tuple[str, str, str]  # (message id, conversation id, request id or "")
 
 
+# KEYS[1]: the list; ARGV[1]: its TTL (s), then the posts. The TTL is set by the push that
+# makes the list, not refreshed by the ones that ride: a list lives TTL_S at most.
+_PUSH = """
+local n = 0
+for i = 2, #ARGV do
+  n = redis.call('RPUSH', KEYS[1], ARGV[i])
+end
+if n == #ARGV - 1 then
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+end
+return n
+"""
+
+
 def hand_over(r: redis.Redis, posts: Sequence[Handed]) -> bool:
     """Push committed posts; True when the list was empty, so the caller must send a task
     (naming them) for the list to be taken."""
     if not posts:
         return False
-    pipe = r.pipeline(transaction=True)
-    pipe.rpush(KEY, *(json.dumps(p, separators=(",", ":")) for p in posts))
-    pipe.expire(KEY, TTL_S)
-    length, _ = pipe.execute()
+    entries = [json.dumps(p, separators=(",", ":")) for p in posts]
+    length = r.register_script(_PUSH)(keys=[KEY], args=[TTL_S, *entries])
     return int(length) == len(posts)
 
 

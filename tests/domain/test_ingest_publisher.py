@@ -9,8 +9,10 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 from typing import Any
 
+import pytest
 import redis
 
 from core import logs
@@ -56,7 +58,7 @@ def _clean(broker: redis.Redis, r: redis.Redis, marker: str) -> None:
 
 
 def test_concurrent_batches_are_handed_over_once_and_only_the_first_flush_sends_tasks(
-    idle: Stack,
+    idle: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Forty batches published from eight threads at once, 990 messages in all, with no
     worker to take them: every message is on the hand-over list exactly once with its
@@ -70,6 +72,7 @@ def test_concurrent_batches_are_handed_over_once_and_only_the_first_flush_sends_
     # Posts of earlier tests may still be handed over: their tasks wait on the broker, and
     # their messages for any task's read of what waits.
     idle.redis.delete(ingest_handoff.KEY)
+    monkeypatch.setattr(ingest_handoff, "TTL_S", 60)  # no worker takes the list: keep it
 
     def publish(k: int) -> None:
         start.wait()
@@ -109,15 +112,16 @@ def test_concurrent_batches_are_handed_over_once_and_only_the_first_flush_sends_
 
 
 def test_flush_hands_over_in_the_callers_thread_and_sends_only_onto_an_empty_list(
-    idle: Stack,
+    idle: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What exit (atexit) relies on: `flush()` hands the queue over at once and empties it;
     onto an empty list it sends the tasks that name it, each with its own messages' request
-    ids, and onto a list not taken yet it sends nothing."""
+    ids, and onto a list not taken yet it sends nothing (nor extends the list's life)."""
     broker = redis.Redis.from_url(idle.svc.settings.broker_url)
     marker = uid("flush")
     publisher = Publisher(idle.svc)
     idle.redis.delete(ingest_handoff.KEY)
+    monkeypatch.setattr(ingest_handoff, "TTL_S", 60)  # no worker takes the list: keep it
     try:
         assert publisher.flush() == 0
         publisher.queue([(f"{marker}-{n}", "c", f"r{n // 150}") for n in range(300)])
@@ -127,8 +131,11 @@ def test_flush_hands_over_in_the_callers_thread_and_sends_only_onto_an_empty_lis
         by_size = {len(args[0]): headers["request_id"] for _, headers, args in got}
         assert by_size == {256: "r0,r1", 44: "r1"}
         assert publisher.flush() == 0
+        time.sleep(0.2)
         publisher.queue([(f"{marker}-late", "c", "r-late")])
         assert publisher.flush() == 1
+        # the push that made the list set its expiry; a ride does not extend it
+        assert idle.redis.pttl(ingest_handoff.KEY) <= 60_000 - 150
         assert len(_tasks(broker, marker)) == 2, "a flush onto a list not taken sent a task"
         assert [e[0] for e in _handed(idle.redis, marker)][-2:] == [
             f"{marker}-299",
@@ -139,7 +146,7 @@ def test_flush_hands_over_in_the_callers_thread_and_sends_only_onto_an_empty_lis
 
 
 def test_a_take_is_bounded_logs_the_riders_request_ids_and_sends_a_task_for_the_rest(
-    idle: Stack,
+    idle: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """150 posts handed over: a task's take gets the TAKE_AT_MOST (100) oldest, adds their
     request ids to its log context and sends one more (empty) task for the rest, which the
@@ -147,6 +154,7 @@ def test_a_take_is_bounded_logs_the_riders_request_ids_and_sends_a_task_for_the_
     broker = redis.Redis.from_url(idle.svc.settings.broker_url)
     marker = uid("take")
     idle.redis.delete(ingest_handoff.KEY)
+    monkeypatch.setattr(ingest_handoff, "TTL_S", 60)  # no worker takes the list: keep it
     most = ingest_handoff.TAKE_AT_MOST
     posts = [(f"{marker}-{n}", f"conv-{n % 2}", f"{marker}-r{n // 50}") for n in range(150)]
     assert most == 100
