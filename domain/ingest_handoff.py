@@ -13,18 +13,16 @@ list before it reads the database, so what it takes was committed before its rea
 pushed after the take finds the list empty and sends its own task. A task takes at most
 TAKE_AT_MOST, and sends one more task when it leaves some behind.
 
-Nothing depends on the list for safety: it tells a task which posts to name (and whose request
-ids to log), no more. A rider is a committed message with its outbox row. Every task's read of
-what waits takes it anyway (oldest first, up to the stage's batch), and the sweeper re-sends
-the task of any message not done in time, a task that takes the list too. So a rider whose task
-died after its take is moderated by the task's redelivery (or the next task), and if the worker
-died after the verdicts' commit but before the fan-out's, the sweeper's task fans it out. A
-publish that fails drops the list (`forget`), so the next post sends a task of its own. A list
-whose task never comes otherwise (the web process was killed between its push and its publish,
-the broker lost the task) expires TTL_S after it was made, whatever rode on it since: the next
-post then sends a task, and that task's read of what waits takes the riders (the sweeper's
-tasks take the list too, if they come first). Redis unreachable: each flush sends its task as
-before.
+The list carries every rider until a task takes it: a task that leaves posts behind sends the
+next, so a burst is taken TAKE_AT_MOST at a time however long it is. What if no task comes (the
+web process was killed between its push and its publish, the broker lost the task)? A list
+nobody has taken from for STALE_S gets one more task from the next push (under a backlog that
+is one extra task every STALE_S, which finds little to do), and a publish that fails lets the
+next push send one at once (`forget`). If no post comes after, the sweeper re-sends each
+rider's task from its outbox row, and those tasks take the list too. A rider whose task died
+after its take is still waiting in the database: the task's redelivery, or any task's read of
+what waits, takes it; if the worker died after the verdicts' commit and before the fan-out's,
+the sweeper's task fans it out. Redis unreachable: each flush sends its task as before.
 """
 
 from __future__ import annotations
@@ -45,55 +43,72 @@ from domain.moderation_stage import BATCH
 logger = logging.getLogger(__name__)
 
 KEY = "parley:moderate:handed"
-# How long posts may ride on a task that never comes (a web process killed between its push
-# and its publish): then the next post sends a task, whose read of what waits takes them.
-TTL_S = 2
+# When the list was last made or taken from (ms, Redis's clock): a list nobody has taken from
+# for STALE_S gets one more task from the next push. Its task may never come: the web process
+# was killed between its push and its publish, or the broker lost the task.
+AT_KEY = "parley:moderate:handed:at"
+STALE_S = 2.0
+TTL_S = 60  # both keys, from the last push: a bound on what a stopped service leaves behind
 # The moderation stage's batch: a task takes no more than one transaction's worth (it always
 # moderates what it names), and under a backlog the tasks it sends for the rest share them out.
 TAKE_AT_MOST = BATCH
 
 Handed = tuple[str, str, str]  # (message id, conversation id, request id or "")
 
-
-# KEYS[1]: the list; ARGV[1]: its TTL (s), then the posts. The TTL is set by the push that
-# makes the list, not refreshed by the ones that ride: a list lives TTL_S at most.
-_PUSH = """
+_NOW_MS = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000)"
+# KEYS: the list, its time; ARGV: STALE_S in ms, TTL_S, then the posts. Returns 1 when the
+# caller must send a task: the push made the list, or nobody has taken from it for STALE_S.
+_PUSH = f"""
 local n = 0
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   n = redis.call('RPUSH', KEYS[1], ARGV[i])
 end
-if n == #ARGV - 1 then
-  redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+{_NOW_MS}
+local at = tonumber(redis.call('GET', KEYS[2])) or 0
+if n == #ARGV - 2 or now - at >= tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[2], now, 'EX', ARGV[2])
+  return 1
 end
-return n
+return 0
+"""
+# KEYS: the list, its time; ARGV: how many at most, TTL_S. Returns {the posts, how many are
+# left}; the list's time is reset when some are left (the caller sends a task for them).
+_TAKE = f"""
+local got = redis.call('LPOP', KEYS[1], ARGV[1])
+local left = redis.call('LLEN', KEYS[1])
+if left == 0 then
+  redis.call('DEL', KEYS[2])
+else
+  {_NOW_MS}
+  redis.call('SET', KEYS[2], now, 'EX', ARGV[2])
+end
+return {{got or {{}}, left}}
 """
 
 
 def hand_over(r: redis.Redis, posts: Sequence[Handed]) -> bool:
-    """Push committed posts; True when the list was empty, so the caller must send a task
-    (naming them) for the list to be taken."""
+    """Push committed posts; True when the caller must send a task (naming them) for the
+    list to be taken: the list was empty, or nobody has taken from it for STALE_S."""
     if not posts:
         return False
     entries = [json.dumps(p, separators=(",", ":")) for p in posts]
-    length = r.register_script(_PUSH)(keys=[KEY], args=[TTL_S, *entries])
-    return int(length) == len(posts)
+    send = r.register_script(_PUSH)(keys=[KEY, AT_KEY], args=[int(STALE_S * 1000), TTL_S, *entries])
+    return bool(send)
 
 
 def forget(r: redis.Redis) -> None:
-    """Drop the list: the task its first push sent never reached the broker. Its messages,
-    and the posts that rode on it, are the sweeper's (their outbox rows), or taken sooner by
-    the next task's read of what waits."""
-    r.delete(KEY)
+    """Let the next push send a task: the one the last push sent never reached the broker.
+    The posts on the list stay for that task to take (their outbox rows are the sweeper's
+    anyway)."""
+    r.delete(AT_KEY)
 
 
 def take(r: redis.Redis) -> tuple[list[Handed], bool]:
     """The posts handed over since the last take (at most TAKE_AT_MOST, oldest first), and
     whether more are left: then the caller sends one more task to take them."""
-    pipe = r.pipeline(transaction=True)
-    pipe.lpop(KEY, TAKE_AT_MOST)
-    pipe.llen(KEY)
-    raw, left = pipe.execute()
-    posts = [cast(Handed, tuple(json.loads(item))) for item in raw or ()]
+    raw, left = r.register_script(_TAKE)(keys=[KEY, AT_KEY], args=[TAKE_AT_MOST, TTL_S])
+    posts = [cast(Handed, tuple(json.loads(item))) for item in raw]
     return posts, int(left) > 0
 
 

@@ -72,7 +72,7 @@ def test_concurrent_batches_are_handed_over_once_and_only_the_first_flush_sends_
     # Posts of earlier tests may still be handed over: their tasks wait on the broker, and
     # their messages for any task's read of what waits.
     idle.redis.delete(ingest_handoff.KEY)
-    monkeypatch.setattr(ingest_handoff, "TTL_S", 60)  # no worker takes the list: keep it
+    monkeypatch.setattr(ingest_handoff, "STALE_S", 60)  # no worker takes it: no more tasks
 
     def publish(k: int) -> None:
         start.wait()
@@ -116,12 +116,13 @@ def test_flush_hands_over_in_the_callers_thread_and_sends_only_onto_an_empty_lis
 ) -> None:
     """What exit (atexit) relies on: `flush()` hands the queue over at once and empties it;
     onto an empty list it sends the tasks that name it, each with its own messages' request
-    ids, and onto a list not taken yet it sends nothing (nor extends the list's life)."""
+    ids; onto a list not taken yet it sends nothing, unless nobody has taken from the list
+    for STALE_S."""
     broker = redis.Redis.from_url(idle.svc.settings.broker_url)
     marker = uid("flush")
     publisher = Publisher(idle.svc)
     idle.redis.delete(ingest_handoff.KEY)
-    monkeypatch.setattr(ingest_handoff, "TTL_S", 60)  # no worker takes the list: keep it
+    monkeypatch.setattr(ingest_handoff, "STALE_S", 60)  # no worker takes it: no more tasks
     try:
         assert publisher.flush() == 0
         publisher.queue([(f"{marker}-{n}", "c", f"r{n // 150}") for n in range(300)])
@@ -131,15 +132,22 @@ def test_flush_hands_over_in_the_callers_thread_and_sends_only_onto_an_empty_lis
         by_size = {len(args[0]): headers["request_id"] for _, headers, args in got}
         assert by_size == {256: "r0,r1", 44: "r1"}
         assert publisher.flush() == 0
-        time.sleep(0.2)
         publisher.queue([(f"{marker}-late", "c", "r-late")])
         assert publisher.flush() == 1
-        # the push that made the list set its expiry; a ride does not extend it
-        assert idle.redis.pttl(ingest_handoff.KEY) <= 60_000 - 150
         assert len(_tasks(broker, marker)) == 2, "a flush onto a list not taken sent a task"
-        assert [e[0] for e in _handed(idle.redis, marker)][-2:] == [
+        # nobody has taken from the list for STALE_S: the next flush sends a task too
+        monkeypatch.setattr(ingest_handoff, "STALE_S", 0.3)
+        time.sleep(0.35)
+        publisher.queue([(f"{marker}-stale", "c", "r-stale")])
+        assert publisher.flush() == 1
+        assert sorted(len(args[0]) for _, _, args in _tasks(broker, marker)) == [1, 44, 256]
+        publisher.queue([(f"{marker}-after", "c", "")])
+        assert publisher.flush() == 1 and len(_tasks(broker, marker)) == 3
+        assert [e[0] for e in _handed(idle.redis, marker)][-4:] == [
             f"{marker}-299",
             f"{marker}-late",
+            f"{marker}-stale",
+            f"{marker}-after",
         ]
     finally:
         _clean(broker, idle.redis, marker)
@@ -154,7 +162,7 @@ def test_a_take_is_bounded_logs_the_riders_request_ids_and_sends_a_task_for_the_
     broker = redis.Redis.from_url(idle.svc.settings.broker_url)
     marker = uid("take")
     idle.redis.delete(ingest_handoff.KEY)
-    monkeypatch.setattr(ingest_handoff, "TTL_S", 60)  # no worker takes the list: keep it
+    monkeypatch.setattr(ingest_handoff, "STALE_S", 60)  # no worker takes it: no more tasks
     most = ingest_handoff.TAKE_AT_MOST
     posts = [(f"{marker}-{n}", f"conv-{n % 2}", f"{marker}-r{n // 50}") for n in range(150)]
     assert most == 100
