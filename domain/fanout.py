@@ -164,31 +164,54 @@ def _walked_then_recorded(svc: Services, cids: list[str], waited_ms: float | Non
     starts right after a committed cursor, in seq order, and the streams skip what they
     already hold: a walk that read an older cursor appends nothing out of order, and what of
     it is not recorded is what another walk appends (or has appended) anyway."""
-    walk = _walked_before_the_lock(svc, cids)
-    return _recorded(svc, walk, waited_ms) if walk.seen else []
+    walk, index_ahead = _walked_before_the_lock(svc, cids)
+    return _recorded(svc, walk, index_ahead, waited_ms) if walk.seen else []
 
 
-def _walked_before_the_lock(svc: Services, cids: list[str]) -> Walk:
+def _walked_before_the_lock(
+    svc: Services, cids: list[str]
+) -> tuple[Walk, search_stage.Prepared | None]:
+    """The walk, appended, and its search index prepared (None: it could not be, and is
+    prepared under the lock)."""
     with svc.ReadSession() as rs:
-        walk = walk_after_cursors(connection_of(rs), cids, lock=False)
+        conn = connection_of(rs)
+        walk = walk_after_cursors(conn, cids, lock=False)
+        index_ahead = None
+        if any(walk.walked_by().values()):
+            try:
+                index_ahead = search_stage.prepare_ahead(svc, conn, walk.walked_by())
+            except Exception:  # prepared again under the lock, which handles what fails
+                logger.debug("fan-out: search index not prepared ahead", exc_info=True)
     event_log(svc).append_many(walk.events)
-    return walk
+    return walk, index_ahead
 
 
-def _recorded(svc: Services, walk: Walk, waited_ms: float | None) -> list[str]:
-    """Under the write lock: record what of `walk` is still as read (see `fanout_walk.as_read`); the
-    conversations to walk again under the lock."""
+def _recorded(
+    svc: Services, walk: Walk, index_ahead: search_stage.Prepared | None, waited_ms: float | None
+) -> list[str]:
+    """Under the write lock: record what of `walk` is still as read (see
+    `fanout_walk.as_read`), with the index prepared ahead if it still applies to exactly
+    that; the conversations to walk again under the lock."""
+    walked = walk.walked_by()
     with svc.Session.begin() as s:
         walk, changed = as_read(connection_of(s), walk)
         if walk.seen:
-            _record(svc, s, walk)
+            if index_ahead is not None and (
+                walk.walked_by() != walked
+                or not search_stage.still_as_prepared(connection_of(s), index_ahead)
+            ):
+                index_ahead = None
+            _record(svc, s, walk, index_ahead)
     _finish(svc, walk, waited_ms)
     return sorted(changed)
 
 
-def _record(svc: Services, s: Session, walk: Walk) -> None:
+def _record(
+    svc: Services, s: Session, walk: Walk, index_ahead: search_stage.Prepared | None = None
+) -> None:
     """In the caller's transaction: the delivered messages' state, the cursors, the search
-    index and the moderate tasks' outbox rows."""
+    index (`index_ahead` when given: prepared before the lock, still applying) and the
+    moderate tasks' outbox rows."""
     conn = connection_of(s)
     if delivered := walk.delivered:
         conn.execute(_DELIVERED, {"ids": delivered})
@@ -197,7 +220,10 @@ def _record(svc: Services, s: Session, walk: Walk) -> None:
     # The search index moves with the cursors, after the streams (docs/search.md); the
     # messages' rows and the cursors are written first, in the order an edit takes its
     # locks. The conversation's own row is not written: posts reserve their seqs there.
-    _index(svc, s, walk.walked_by())
+    if index_ahead is not None:
+        index_ahead.writes.apply(conn)
+    else:
+        _index(svc, s, walk.walked_by())
     outbox.mark_done(s, walk.done, MODERATE_TASK)
 
 

@@ -191,6 +191,9 @@ class Writes:
     inserts: list[dict[str, object]] = field(default_factory=list)
     updates: list[dict[str, object]] = field(default_factory=list)
     deletes: list[dict[str, object]] = field(default_factory=list)
+    # What they were planned on: the (ref, bucket, segment) keys read, and the rows found.
+    keys: list[tuple[int, int, int]] = field(default_factory=list)
+    found: dict[tuple[int, int, int], bytes] = field(default_factory=dict)
 
     def apply(self, conn: Connection) -> None:
         """One executemany each for inserts, updates and deletes."""
@@ -212,10 +215,11 @@ def planned(conn: Connection, changes: Mapping[int, Change]) -> Writes:
             segment, offset = postings.place(seq)
             clear[segment].add(offset)
         clears[ref] = clear
+    keys = [(r, b, g) for r, clear in clears.items() for g in clear for b in _BUCKETS]
     old: dict[int, dict[tuple[int, int], bytes]] = {ref: {} for ref in changes}
-    for r, b, g, data in _read(conn, [(r, g) for r, clear in clears.items() for g in clear]):
-        old[r][b, g] = data
-    out = Writes()
+    out = Writes(keys=keys)
+    for r, b, g, data in rows_at(conn, keys):
+        old[r][b, g] = out.found[r, b, g] = data
     for ref, change in changes.items():
         for (b, g), data in _new_rows(old[ref], clears[ref], change).items():
             key: dict[str, object] = {"r": ref, "b": b, "g": g}
@@ -229,9 +233,12 @@ def planned(conn: Connection, changes: Mapping[int, Change]) -> Writes:
     return out
 
 
-def _read(conn: Connection, pairs: list[tuple[int, int]]) -> Iterable[tuple[int, int, int, bytes]]:
-    """(ref, bucket, segment, data) of every row of these (ref, segment) pairs."""
-    return rows_at(conn, [(r, b, g) for r, g in pairs for b in range(postings.TAIL + 1)])
+_BUCKETS = range(postings.TAIL + 1)  # a segment's rows: its buckets, times and tail
+
+
+def unchanged(conn: Connection, writes: Writes) -> bool:
+    """Whether the rows `writes` were planned on are as they were read (one read)."""
+    return {(r, b, g): d for r, b, g, d in rows_at(conn, writes.keys)} == writes.found
 
 
 def rows_at(db: Db, keys: Sequence[tuple[int, int, int]]) -> list[tuple[int, int, int, bytes]]:

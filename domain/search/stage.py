@@ -14,7 +14,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 
 from core.crypto import MissingKeyError
@@ -82,6 +82,7 @@ class Prepared:
     writes: index.Writes = field(default_factory=index.Writes)
     written: int = 0  # tokens
     read: int = 0  # messages
+    refs: dict[str, int] = field(default_factory=dict)  # conversation id -> index ref
 
 
 def prepare(svc: Services, db: Db, messages: Mapping[str, Sequence[str]]) -> Prepared:
@@ -103,9 +104,29 @@ def prepare(svc: Services, db: Db, messages: Mapping[str, Sequence[str]]) -> Pre
     if fresh:  # a conversation's first index: made only while it lives
         live = conn.execute(_LIVE, {"c": fresh}).scalars().all()
         refs.update(index.locked(conn, live))
-    wanted = [(c, mid) for c in cids if c in refs for mid in messages[c]]
-    if not wanted:
+    return _prepared(svc, conn, messages, refs)
+
+
+def prepare_ahead(svc: Services, db: Db, messages: Mapping[str, Sequence[str]]) -> Prepared | None:
+    """`prepare` in a read-only transaction, for a later one to apply if `still_as_prepared`
+    there (SQLite's fan-out: the work is done before the write lock). None when a
+    conversation has no index row yet: making one is a write."""
+    if not svc.settings.search_index:
         return Prepared()
+    conn = connection_of(db)
+    cids = sorted(c for c, ids in messages.items() if ids)
+    refs = index.locked(conn, cids, create=False)
+    if len(refs) < len(cids):
+        return None
+    return _prepared(svc, conn, messages, refs)
+
+
+def _prepared(
+    svc: Services, conn: Connection, messages: Mapping[str, Sequence[str]], refs: dict[str, int]
+) -> Prepared:
+    wanted = [(c, mid) for c in sorted(refs) for mid in messages[c]]
+    if not wanted:
+        return Prepared(refs=refs)
     of = dict((mid, c) for c, mid in wanted)
     rows = [r for r in conn.execute(_TEXTS, {"ids": list(of)}) if of[r.id] == r.conversation_id]
     changes: dict[int, index.Change] = {}
@@ -120,4 +141,17 @@ def prepare(svc: Services, db: Db, messages: Mapping[str, Sequence[str]]) -> Pre
         except MissingKeyError:  # the conversation was deleted meanwhile: nothing to index
             continue
     writes = index.planned(conn, changes)
-    return Prepared(writes, sum(c.written for c in changes.values()), len(rows))
+    return Prepared(writes, sum(c.written for c in changes.values()), len(rows), refs)
+
+
+def still_as_prepared(db: Db, prepared: Prepared) -> bool:
+    """Whether writes prepared in an earlier transaction still apply: the conversations have
+    the same index rows, and the postings rows they rewrite are as they were read. An edit,
+    a delete, an expiry or another writer of these messages' postings since changes those
+    rows; so does a conversation's deletion (its index row goes)."""
+    if not prepared.refs:  # nothing was prepared (the index is off, or nothing to index)
+        return True
+    conn = connection_of(db)
+    if index.locked(conn, prepared.refs, create=False) != prepared.refs:
+        return False
+    return index.unchanged(conn, prepared.writes)

@@ -249,7 +249,7 @@ def test_a_walk_made_before_the_lock_records_only_what_is_still_as_it_was_read(
         return (seq, *states)
 
     give_verdict(first)
-    walk = fanout._walked_before_the_lock(svc, [cid])
+    walk, ahead = fanout._walked_before_the_lock(svc, [cid])
     assert walk.done == [first] and delivered_ids(stack, b) == [first]  # appended already
     if meanwhile == "a moderator rejected":
         resp = api.post(
@@ -259,7 +259,7 @@ def test_a_walk_made_before_the_lock_records_only_what_is_still_as_it_was_read(
             json={"reason": "off-platform contact"},
         )
         assert resp.status_code == 200, resp.get_json()
-        again = fanout._recorded(svc, walk, None)
+        again = fanout._recorded(svc, walk, ahead, None)
         assert now() == (0, "rejected")  # not delivered
         assert again == [cid]
         fanout.drain_many(svc, again)  # the walk under the lock
@@ -272,13 +272,53 @@ def test_a_walk_made_before_the_lock_records_only_what_is_still_as_it_was_read(
         if meanwhile == "a walk went further":
             moderation_stage.moderate_and_fan_out(svc, {second: cid})  # its verdict, a walk
             assert now() == (2, "delivered", "delivered")
-            assert fanout._recorded(svc, walk, None) == []
+            assert fanout._recorded(svc, walk, ahead, None) == []
         else:
             give_verdict(second)
-            longer = fanout._walked_before_the_lock(svc, [cid])
-            assert longer.done == expected and fanout._recorded(svc, walk, None) == []
+            longer, longer_ahead = fanout._walked_before_the_lock(svc, [cid])
+            assert longer.done == expected and fanout._recorded(svc, walk, ahead, None) == []
             assert now() == (1, "delivered", "pending")
-            assert fanout._recorded(svc, longer, None) == []  # from 1 on
+            assert fanout._recorded(svc, longer, longer_ahead, None) == []  # from 1 on
         assert now() == (2, "delivered", "delivered")  # and not moved back to 1
     assert delivered_ids(stack, b) == expected
     assert _pending_moderate_rows(stack, set(expected)) == 0
+
+
+@pytest.mark.parametrize("stack", ["sqlite"], indirect=True)  # PostgreSQL walks under row locks
+@pytest.mark.parametrize("meanwhile", ["nothing", "an edit"])
+def test_a_search_index_prepared_before_the_lock_is_written_only_if_its_rows_are_unchanged(
+    api: Api, stack: Stack, meanwhile: str
+) -> None:
+    """SQLite prepares a walk's search index (texts opened, tokens, the postings rows to
+    write) before the write lock, and writes it under the lock only if the postings rows it
+    was planned on are unchanged. An edit committed in between rewrites them: the index is
+    then prepared again under the lock, from the edited text, instead of the stale tokens
+    overwriting the edit's."""
+    stack.worker.stop()
+    a, b = uid(), uid()
+    cid = api.conversation(a, b)
+    svc = stack.svc
+    earlier = api.send(a, cid, "warmup message")["id"]  # makes the conversation's index row
+    moderation_stage.moderate_and_fan_out(svc, {earlier: cid})
+    word, edited = uid("bulldozer").replace("-", ""), uid("excavator").replace("-", "")
+    mid = api.send(a, cid, f"the {word} arrives at seven")["id"]
+    with svc.ReadSession() as s:
+        judged = moderation_stage._judge(svc, s.connection(), {mid: cid}, locks=False)
+    moderation_stage._written(svc, judged, {mid: cid})
+    walk, ahead = fanout._walked_before_the_lock(svc, [cid])
+    assert ahead is not None and walk.done == [mid]
+    if meanwhile == "an edit":
+        resp = api.patch(f"/v1/messages/{mid}", user=a, json={"text": f"the {edited} came"})
+        assert resp.status_code == 200, resp.get_json()
+    assert fanout._recorded(svc, walk, ahead, None) == []
+
+    def found(q: str) -> list[str]:
+        resp = api.get("/v1/search/messages", user=b, query_string={"q": q})
+        assert resp.status_code == 200, resp.get_json()
+        return [item["message"]["id"] for item in resp.get_json()["items"]]
+
+    if meanwhile == "an edit":
+        assert found(edited) == [mid]
+        assert found(word) == [], "the tokens prepared before the edit were written"
+    else:
+        assert found(word) == [mid]
