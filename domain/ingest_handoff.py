@@ -48,7 +48,7 @@ KEY = "parley:moderate:handed"
 # was killed between its push and its publish, or the broker lost the task.
 AT_KEY = "parley:moderate:handed:at"
 STALE_S = 2.0
-TTL_S = 60  # both keys, from the last push: a bound on what a stopped service leaves behind
+TTL_S = 60  # the list from its last push, its time from when set: what a stopped service leaves
 # The moderation stage's batch: a task takes no more than one transaction's worth (it always
 # moderates what it names), and under a backlog the tasks it sends for the rest share them out.
 TAKE_AT_MOST = BATCH
