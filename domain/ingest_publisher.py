@@ -14,8 +14,9 @@ the request's own after-work, its access line and its response, runs before the 
 thread), but the peer scenarios lose 15-40% of their msgs/s at 20-60% more CPU per message,
 because fewer publishes are coalesced.
 
-Posts that commit while a task is on its way ride on it (domain/ingest_handoff.py): only the
-flush that finds nothing handed over sends a task.
+Posts that commit while a task is on its way ride on it (domain/ingest_handoff.py): only a
+flush that finds nothing handed over, or a list nobody has taken from for STALE_S, sends a
+task.
 
 Order does not depend on the tasks: the moderation stage walks each conversation in seq order
 from the database. At exit, what is still queued is sent before the process goes (atexit); a
