@@ -177,9 +177,9 @@ def _walked_before_the_lock(
         conn = connection_of(rs)
         walk = walk_after_cursors(conn, cids, lock=False)
         index_ahead = None
-        if any(walk.walked_by().values()):
+        if walked := walk.walked_by():
             try:
-                index_ahead = search_stage.prepare_ahead(svc, conn, walk.walked_by())
+                index_ahead = search_stage.prepare_ahead(svc, conn, walked)
             except Exception:  # prepared again under the lock, which handles what fails
                 logger.debug("fan-out: search index not prepared ahead", exc_info=True)
     event_log(svc).append_many(walk.events)
@@ -196,6 +196,8 @@ def _recorded(
     with svc.Session.begin() as s:
         walk, changed = as_read(connection_of(s), walk)
         if walk.seen:
+            # The index moves with the cursors (docs/search.md): prepared writes only for
+            # exactly the rows recorded here, and only onto the rows they were planned on.
             if index_ahead is not None and (
                 walk.walked_by() != walked
                 or not search_stage.still_as_prepared(connection_of(s), index_ahead)
