@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 
 from core.services import Services
 
@@ -18,18 +19,24 @@ PREFIX = "parley:flood:"
 LABEL = "flood"
 
 
-# Records a batch of posts in one command, in order (a batch may repeat a key: the same text
-# from one sender to several of its conversations). KEYS: each post's set; ARGV: now, the
-# oldest score still in the window, the window in seconds, then each post's conversation.
-# Returns each post's count of conversations within the window, its own included.
+# Records a batch of posts in one command (a batch may repeat a key: the same text from one
+# sender to several of its conversations). Each conversation keeps the time of its first copy
+# (NX), and a post's count is its conversation's rank by that time: the conversations the text
+# reached up to and including this one. So a post judged twice gets the same answer (a judgement
+# made before SQLite's write lock may be redone under it, and two tasks may judge one post), and
+# the order batches run in does not matter. KEYS: each post's set; ARGV: the oldest score still
+# in the window, the window in seconds, then each post's conversation and time.
 _RECORD = """
-local now, oldest, window = ARGV[1], ARGV[2], ARGV[3]
+local oldest, window = ARGV[1], ARGV[2]
+for i, key in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. oldest)
+  redis.call('ZADD', key, 'NX', ARGV[2 + 2 * i], ARGV[1 + 2 * i])
+  redis.call('EXPIRE', key, window)
+end
 local counts = {}
 for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, now, ARGV[3 + i])
-  redis.call('ZREMRANGEBYSCORE', key, 0, oldest)
-  counts[i] = redis.call('ZCARD', key)
-  redis.call('EXPIRE', key, window)
+  local rank = redis.call('ZRANK', key, ARGV[1 + 2 * i])
+  counts[i] = rank and rank + 1 or 0
 end
 return counts
 """
@@ -46,13 +53,16 @@ def _fingerprinter(svc: Services) -> Callable[[str], str]:
     return fingerprint
 
 
-def record_and_check(svc: Services, posts: Sequence[tuple[str | None, str, str]]) -> list[bool]:
-    """Record (sender, text, conversation) posts in order, in one round trip (one script run,
-    which costs far less to send than four commands per post); for each, True when the same
-    text from that sender reached the flood threshold of conversations."""
+def record_and_check(
+    svc: Services, posts: Sequence[tuple[str | None, str, str, datetime]]
+) -> list[bool]:
+    """Record (sender, text, conversation, posted at) posts in one round trip (one script run,
+    which costs far less to send than several commands per post); for each, True when the
+    same text from that sender had reached the flood threshold of conversations by the time
+    it was posted, counting the copies recorded so far."""
     settings = svc.settings
     checked = (
-        [i for i, (sender, text, _) in enumerate(posts) if sender and text.strip()]
+        [i for i, (sender, text, _, _) in enumerate(posts) if sender and text.strip()]
         if settings.flood_conversations > 0
         else []
     )
@@ -60,11 +70,11 @@ def record_and_check(svc: Services, posts: Sequence[tuple[str | None, str, str]]
     if not checked:
         return flooded
     fingerprint = _fingerprinter(svc)
-    now = time.time()
     window = settings.flood_window_s
     keys = [f"{PREFIX}{posts[i][0]}:{fingerprint(posts[i][1])}" for i in checked]
+    each = [arg for i in checked for arg in (posts[i][2], posts[i][3].timestamp())]
     counts = svc.redis.register_script(_RECORD)(
-        keys=keys, args=[now, now - window, window, *(posts[i][2] for i in checked)]
+        keys=keys, args=[time.time() - window, window, *each]
     )
     for i, n in zip(checked, counts, strict=True):
         flooded[i] = int(n) >= settings.flood_conversations
