@@ -16,6 +16,9 @@ from sqlalchemy import func, select
 
 from domain import fanout, moderation_stage
 from domain.messages import MODERATE_TASK
+from domain.search import index
+from domain.search.candidates import candidates
+from domain.search.text import parse
 from models import DeliveryCursor, Message, Outbox
 from tests.conftest import Stack, wait_for
 from tests.factories import Api, delivered_ids, uid, wait_delivered
@@ -322,3 +325,46 @@ def test_a_search_index_prepared_before_the_lock_is_written_only_if_its_rows_are
         assert found(word) == [], "the tokens prepared before the edit were written"
     else:
         assert found(word) == [mid]
+
+
+@pytest.mark.parametrize("stack", ["sqlite"], indirect=True)
+def test_a_search_index_prepared_before_the_lock_is_not_written_for_a_walk_that_narrowed(
+    api: Api, stack: Stack
+) -> None:
+    """A moderator rejects a message after the walk read it and before the lock: its
+    conversation is left out of what is recorded (walked again under the lock), and the index
+    prepared for the whole walk must not be written, or the rejected message's tokens would be
+    indexed past a cursor that never reached it. Its postings rows were not touched, so only
+    the check that the walk recorded is the one prepared for catches it."""
+    stack.worker.stop()
+    a, b, mod = uid(), uid(), uid("mod")
+    kept, narrowed = api.conversation(a, b), api.conversation(a, b)
+    svc = stack.svc
+    warm = {api.send(a, c, "warmup message")["id"]: c for c in (kept, narrowed)}
+    moderation_stage.moderate_and_fan_out(svc, warm)  # makes both conversations' index rows
+    word, gone = uid("bulldozer").replace("-", ""), uid("excavator").replace("-", "")
+    mid = api.send(a, kept, f"the {word} arrives at seven")["id"]
+    rejected = api.send(a, narrowed, f"the {gone} came")["id"]
+    own = {mid: kept, rejected: narrowed}
+    with svc.ReadSession() as s:
+        judged = moderation_stage._judge(svc, s.connection(), own, locks=False)
+    moderation_stage._written(svc, judged, own)
+    walk, ahead = fanout._walked_before_the_lock(svc, [kept, narrowed])
+    assert ahead is not None and sorted(walk.done) == sorted(own)
+    reject = api.post(
+        f"/v1/moderation/messages/{rejected}/reject",
+        user=mod,
+        roles=("moderator",),
+        json={"reason": "off-platform contact"},
+    )
+    assert reject.status_code == 200, reject.get_json()
+    assert fanout._recorded(svc, walk, ahead, None) == [narrowed]
+
+    resp = api.get("/v1/search/messages", user=b, query_string={"q": word})
+    assert [item["message"]["id"] for item in resp.get_json()["items"]] == [mid]
+    with svc.ReadSession() as s:
+        ref = index.locked(s.connection(), [narrowed], create=False)[narrowed]
+        dk_id = s.scalar(select(Message.key_id).where(Message.id == rejected))
+        assert dk_id is not None
+        hits = candidates(svc, s, [(narrowed, ref, dk_id)], sorted(parse(gone).needs()))
+    assert hits == [], "the rejected message was indexed"
