@@ -3,9 +3,9 @@
 The POSTs a web process serves at the same moment share one transaction: one statement looks
 up what every request of the batch needs (its conversation, the caller's membership and
 standing, an earlier message with the same client_msg_id, the reply target), and each is
-judged by domain/messages.post's rules (domain/ingest_checks.py); per conversation one
-`UPDATE … RETURNING` reserves the batch's seqs (consecutive, in arrival order, gap-free: the
-row lock on PostgreSQL, where they share one round trip, `BEGIN IMMEDIATE` on SQLite); then
+judged by domain/messages.post's rules (domain/ingest_checks.py); `UPDATE … RETURNING`
+reserves each conversation's seqs for the batch (domain/ingest_seqs.py: consecutive, in
+arrival order, gap-free; one statement for the lot on SQLite, one round trip on PostgreSQL); then
 one multi-row INSERT of the messages and one of their outbox rows, and one commit. A request
 whose own input is refused gets its own error and writes nothing, so it costs the others
 nothing. Every request is answered after the commit; the batch's moderate task goes to the
@@ -27,8 +27,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 from weakref import WeakKeyDictionary
 
 from sqlalchemy import (
@@ -39,13 +38,13 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError, NoResultFound
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import logs
 from core.ids import iso, new_id, utcnow
 from core.services import Services
-from domain import fanout
+from domain import fanout, ingest_seqs
 from domain.errors import DomainError
 from domain.group_commit import GroupCommit, Item
 from domain.ingest_checks import Posting, Replay, check, lookup, other_conversation
@@ -54,9 +53,6 @@ from domain.keys import create_data_key, message_aad
 from domain.messages import MODERATE_TASK
 from domain.principals import Principal
 from models import Conversation, Message, Outbox
-
-if TYPE_CHECKING:
-    import psycopg
 
 logger = logging.getLogger(__name__)
 
@@ -68,13 +64,6 @@ _conv = cast(Table, Conversation.__table__)
 _msg = cast(Table, Message.__table__)
 _outbox = cast(Table, Outbox.__table__)
 
-# A conversation's seqs for a batch: `n` more, the last of them returned.
-_RESERVE = (
-    update(_conv)
-    .where(_conv.c.id == bindparam("conv"))
-    .values(last_seq=_conv.c.last_seq + bindparam("n"), last_activity_at=bindparam("at"))
-    .returning(_conv.c.last_seq, _conv.c.data_key_id)
-)
 _SET_KEY = update(_conv).where(_conv.c.id == bindparam("conv")).values(data_key_id=bindparam("dk"))
 _INSERT_MESSAGES = insert(_msg)
 _INSERT_OUTBOX = insert(_outbox)
@@ -235,42 +224,6 @@ def _write(svc: Services, batch: Sequence[Item[Posting]]) -> None:
             item.answer(error=got)
 
 
-def _reserve(
-    conn: Connection, counts: Mapping[str, int], now: datetime
-) -> dict[str, tuple[int, str | None]]:
-    """For each conversation, in `counts`' order (by id: two writers never wait on each other
-    in a cycle), its last seq once `counts[cid]` more are reserved, and its data key: one
-    `UPDATE … RETURNING` each. On PostgreSQL a batch's UPDATEs go in one round trip
-    (psycopg's pipeline mode, which its executemany uses); the server still runs them one
-    after the other, in that order. SQLite runs them in-process anyway."""
-    params = [{"conv": cid, "n": n, "at": now} for cid, n in counts.items()]
-    if len(params) > 1 and conn.dialect.name == "postgresql":
-        rows = _reserve_pipelined(conn, params)
-    else:
-        rows = [conn.execute(_RESERVE, p).one() for p in params]
-    return {cid: (row[0], row[1]) for cid, row in zip(counts, rows, strict=True)}
-
-
-_RESERVE_SQL: dict[str, str] = {}  # _RESERVE as psycopg's SQL, compiled once per process
-
-
-def _reserve_pipelined(conn: Connection, params: list[dict[str, Any]]) -> list[Any]:
-    sql = _RESERVE_SQL.get(conn.dialect.name)
-    if sql is None:
-        sql = _RESERVE_SQL[conn.dialect.name] = str(_RESERVE.compile(dialect=conn.dialect))
-    rows: list[Any] = []
-    raw = cast("psycopg.Connection[Any]", conn.connection.dbapi_connection)
-    with raw.cursor() as cur:
-        cur.executemany(sql, params, returning=True)
-        while True:
-            row = cur.fetchone()
-            if row is None:  # the conversation is gone: as `.one()` would fail
-                raise NoResultFound(f"conversation {params[len(rows)]['conv']} not found")
-            rows.append(row)
-            if not cur.nextset():
-                return rows
-
-
 def _idempotency_key(p: Posting) -> tuple[str, str] | None:
     cmid = p.body.get("client_msg_id")
     return (p.who.user_id, cmid) if cmid and p.who.user_id is not None else None
@@ -286,7 +239,7 @@ def _insert(svc: Services, conn: Connection, posts: Sequence[Posting]) -> list[d
         by_conv.setdefault(p.cid, []).append(i)
     seqs: list[int] = [0] * len(posts)
     keys: dict[str, str] = {}
-    reserved = _reserve(conn, {cid: len(by_conv[cid]) for cid in sorted(by_conv)}, now)
+    reserved = ingest_seqs.reserve(conn, {cid: len(by_conv[cid]) for cid in sorted(by_conv)}, now)
     for cid, (last, dk) in reserved.items():
         mine = by_conv[cid]
         if dk is None:  # the conversation's first message: its data key, in this transaction

@@ -14,7 +14,7 @@ from sqlalchemy import event, func, select
 from sqlalchemy.exc import NoResultFound
 
 from core.ids import utcnow
-from domain import ingest
+from domain import ingest_seqs
 from domain.group_commit import GroupCommit, Item
 from domain.messages import MODERATE_TASK
 from models import Conversation, DataKey, Message, Outbox
@@ -159,8 +159,9 @@ def test_a_burst_over_several_conversations_stores_each_message_once_with_gap_fr
 def test_a_batch_reserves_each_conversations_seqs_and_names_its_data_key(
     api: Api, stack: Stack
 ) -> None:
-    """One reservation per conversation of a batch (on PostgreSQL all in one round trip):
-    each gets its own last seq and data key; a conversation gone fails the batch."""
+    """A batch's reservations in one statement on SQLite, in one round trip on PostgreSQL:
+    each conversation gets its own last seq and data key; a conversation gone fails the
+    batch."""
     a, b = uid(), uid()
     cids = sorted(api.conversation(a, b) for _ in range(3))
     api.send(a, cids[1], "its first message makes its data key")
@@ -175,18 +176,21 @@ def test_a_batch_reserves_each_conversations_seqs_and_names_its_data_key(
     event.listen(stack.svc.engine, "before_cursor_execute", on_execute)
     try:
         with stack.svc.Session.begin() as s:
-            got = ingest._reserve(s.connection(), {cids[0]: 2, cids[1]: 3, cids[2]: 1}, utcnow())
+            got = ingest_seqs.reserve(
+                s.connection(), {cids[0]: 2, cids[1]: 3, cids[2]: 1}, utcnow()
+            )
     finally:
         event.remove(stack.svc.engine, "before_cursor_execute", on_execute)
-    # PostgreSQL: the three go through psycopg's pipelined executemany, not one statement each
-    assert len(statements) == (0 if stack.svc.dialect == "postgresql" else 3)
+    # PostgreSQL: the three go through psycopg's pipelined executemany, not one statement each;
+    # SQLite: one UPDATE for the three
+    assert len(statements) == (0 if stack.svc.dialect == "postgresql" else 1)
     assert list(got) == cids
     assert [seq for seq, _ in got.values()] == [2, 4, 1]
     assert got[cids[1]][1] is not None and got[cids[0]][1] is None and got[cids[2]][1] is None
     with pytest.raises(NoResultFound), stack.svc.Session.begin() as s:
-        ingest._reserve(s.connection(), {cids[0]: 5, "01NOSUCHCONVERSATION000000": 1}, utcnow())
+        ingest_seqs.reserve(s.connection(), {cids[0]: 5, "01NOSUCHCONVERSATION000000": 1}, utcnow())
     with stack.svc.Session.begin() as s:  # the failed batch reserved nothing
-        assert ingest._reserve(s.connection(), {cids[0]: 1}, utcnow())[cids[0]][0] == 3
+        assert ingest_seqs.reserve(s.connection(), {cids[0]: 1}, utcnow())[cids[0]][0] == 3
 
 
 def test_the_same_client_msg_id_twice_in_one_burst_is_one_message(api: Api, stack: Stack) -> None:
