@@ -230,9 +230,9 @@ def _idempotency_key(p: Posting) -> tuple[str, str] | None:
 
 
 def _insert(svc: Services, conn: Connection, posts: Sequence[Posting]) -> list[dict[str, Any]]:
-    """Seqs per conversation (one UPDATE each, in id order so two writers never wait on each
-    other in a cycle), the sealed texts, then one INSERT of the messages and one of the
-    outbox rows. Returns the message rows, in the order of `posts`."""
+    """Seqs per conversation (`ingest_seqs.reserve`, in id order), the sealed texts, then one
+    INSERT of the messages and one of the outbox rows. Returns the message rows, in the order
+    of `posts`."""
     now = utcnow()
     by_conv: dict[str, list[int]] = {}
     for i, p in enumerate(posts):
