@@ -151,8 +151,8 @@ def _judged_then_written(svc: Services, own: Mapping[str, str]) -> Taken:
     one read checks that each row is as it was judged, and the verdicts are written. If any
     row changed meanwhile (another task judged it, an edit, a delete), that judgement is
     dropped and the batch is judged again under the lock, as `moderate_waiting` always does.
-    Judging twice is harmless: the rules are pure, and the flood check records a (sender,
-    text, conversation) once and answers the same however often it runs."""
+    Judging twice is harmless: the rules are pure, and the flood check answers a message
+    what it answered the first time (domain/flood.py)."""
     with svc.ReadSession() as s:
         judged = _judge(svc, connection_of(s), own, locks=False)
     return _written(svc, judged, own)
@@ -195,7 +195,7 @@ def _judge(svc: Services, conn: Connection, own: Mapping[str, str], locks: bool)
     flooded = flood.record_and_check(
         svc,
         [
-            (m.sender_id, text, m.conversation_id, m.created_at)
+            (m.sender_id, text, m.conversation_id, m.id)
             for m, text in zip(batch, texts, strict=True)
         ],
     )
