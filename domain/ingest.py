@@ -5,7 +5,7 @@ up what every request of the batch needs (its conversation, the caller's members
 standing, an earlier message with the same client_msg_id, the reply target), and each is
 judged by domain/messages.post's rules (domain/ingest_checks.py); `UPDATE … RETURNING`
 reserves each conversation's seqs for the batch (domain/ingest_seqs.py: consecutive, in
-arrival order, gap-free; one statement for the lot on SQLite, one round trip on PostgreSQL); then
+arrival order, gap-free; one statement for the lot, which on PostgreSQL locks in id order); then
 one multi-row INSERT of the messages and one of their outbox rows, and one commit. A request
 whose own input is refused gets its own error and writes nothing, so it costs the others
 nothing. Every request is answered after the commit; the batch's moderate task goes to the

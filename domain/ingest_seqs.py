@@ -2,11 +2,10 @@
 
 Consecutive and gap-free in arrival order: the conversation row's lock on PostgreSQL, SQLite's
 `BEGIN IMMEDIATE` there. One statement per conversation cost more than the rows it wrote when a
-batch spans several (a web process under load batches posts to many conversations): on
-PostgreSQL the UPDATEs share one round trip (psycopg's pipeline mode, which its executemany
-uses) and still run one after the other in id order, so two writers never wait on each other
-in a cycle; on SQLite, where one writer holds the whole file anyway, they are one UPDATE over a
-JSON object of the counts.
+batch spans several (a web process under load batches posts to many conversations), so a batch
+over several conversations takes one statement on both databases: on PostgreSQL it locks the
+rows first, in id order, so two writers never wait on each other in a cycle; on SQLite, where
+one writer holds the whole file anyway, it is one UPDATE over a JSON object of the counts.
 """
 
 from __future__ import annotations
@@ -14,17 +13,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import cast
 
-from sqlalchemy import Table, bindparam, update
+from sqlalchemy import ARRAY, Integer, String, Table, bindparam, update
 from sqlalchemy import text as sql
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import NoResultFound
 
 from models import Conversation
-
-if TYPE_CHECKING:
-    import psycopg
 
 _conv = cast(Table, Conversation.__table__)
 
@@ -41,45 +37,39 @@ _RESERVE_SQLITE = sql(
     " last_activity_at = :at FROM json_each(:counts) AS k WHERE conversations.id = k.key"
     " RETURNING conversations.id, conversations.last_seq, conversations.data_key_id"
 ).bindparams(bindparam("at", type_=_conv.c.last_activity_at.type))
-_RESERVE_PG: dict[str, str] = {}  # _RESERVE as psycopg's SQL, compiled once per process
+# The same on PostgreSQL: `ids` and `ns` side by side. The materialized CTE takes the row
+# locks in id order (its sort runs before the locking) before the UPDATE writes any row.
+_RESERVE_PG = sql(
+    "WITH k AS (SELECT * FROM unnest(:ids, :ns) AS k(id, n)),"
+    " locked AS MATERIALIZED (SELECT conversations.id FROM conversations JOIN k USING (id)"
+    " ORDER BY conversations.id FOR UPDATE OF conversations)"
+    " UPDATE conversations SET last_seq = conversations.last_seq + k.n, last_activity_at = :at"
+    " FROM k JOIN locked USING (id) WHERE conversations.id = k.id"
+    " RETURNING conversations.id, conversations.last_seq, conversations.data_key_id"
+).bindparams(
+    bindparam("ids", type_=ARRAY(String)),
+    bindparam("ns", type_=ARRAY(Integer)),
+    bindparam("at", type_=_conv.c.last_activity_at.type),
+)
 
 
 def reserve(
     conn: Connection, counts: Mapping[str, int], now: datetime
 ) -> dict[str, tuple[int, str | None]]:
-    """For each conversation, in `counts`' order (by id), its last seq once `counts[cid]`
-    more are reserved, and its data key. Raises NoResultFound when a conversation is gone."""
-    if len(counts) > 1 and conn.dialect.name == "sqlite":
-        got = {
-            cid: (last, dk)
-            for cid, last, dk in conn.execute(
-                _RESERVE_SQLITE, {"counts": json.dumps(counts), "at": now}
-            )
-        }
+    """For each conversation of `counts`, its last seq once `counts[cid]` more are reserved,
+    and its data key. Raises NoResultFound when a conversation is gone."""
+    if len(counts) > 1:
+        if conn.dialect.name == "sqlite":
+            params: dict[str, object] = {"counts": json.dumps(counts), "at": now}
+            stmt = _RESERVE_SQLITE
+        else:
+            params = {"ids": list(counts), "ns": list(counts.values()), "at": now}
+            stmt = _RESERVE_PG
+        got = {cid: (last, dk) for cid, last, dk in conn.execute(stmt, params)}
         if len(got) < len(counts):
             missing = next(cid for cid in counts if cid not in got)
             raise NoResultFound(f"conversation {missing} not found")
         return {cid: got[cid] for cid in counts}
-    params = [{"conv": cid, "n": n, "at": now} for cid, n in counts.items()]
-    if len(params) > 1 and conn.dialect.name == "postgresql":
-        rows = _pipelined(conn, params)
-    else:
-        rows = [conn.execute(_RESERVE, p).one() for p in params]
-    return {cid: (row[0], row[1]) for cid, row in zip(counts, rows, strict=True)}
-
-
-def _pipelined(conn: Connection, params: list[dict[str, Any]]) -> list[Any]:
-    sql_text = _RESERVE_PG.get(conn.dialect.name)
-    if sql_text is None:
-        sql_text = _RESERVE_PG[conn.dialect.name] = str(_RESERVE.compile(dialect=conn.dialect))
-    rows: list[Any] = []
-    raw = cast("psycopg.Connection[Any]", conn.connection.dbapi_connection)
-    with raw.cursor() as cur:
-        cur.executemany(sql_text, params, returning=True)
-        while True:
-            row = cur.fetchone()
-            if row is None:  # the conversation is gone: as `.one()` would fail
-                raise NoResultFound(f"conversation {params[len(rows)]['conv']} not found")
-            rows.append(row)
-            if not cur.nextset():
-                return rows
+    ((cid, n),) = counts.items()
+    row = conn.execute(_RESERVE, {"conv": cid, "n": n, "at": now}).one()
+    return {cid: (row[0], row[1])}

@@ -45,7 +45,13 @@ def make_engine(url: str, *, pre_ping: bool = True, **kwargs: Any) -> Engine:
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
-    return create_engine(url, pool_pre_ping=pre_ping, **kwargs)
+    engine = create_engine(url, pool_pre_ping=pre_ping, **kwargs)
+    # A list of rows goes as one multi-row INSERT (SQLAlchemy's "insertmanyvalues", which its
+    # psycopg2 dialect uses by default) rather than psycopg's pipelined executemany: a batch
+    # here is a few rows (a group commit's posts, a message's postings), for which the
+    # pipeline's setup cost more CPU than the rows (docs/performance.md).
+    engine.dialect.use_insertmanyvalues_wo_returning = True
+    return engine
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, func, select
+from sqlalchemy import text as sql
 from sqlalchemy.exc import NoResultFound
 
 from core.ids import utcnow
@@ -159,9 +160,8 @@ def test_a_burst_over_several_conversations_stores_each_message_once_with_gap_fr
 def test_a_batch_reserves_each_conversations_seqs_and_names_its_data_key(
     api: Api, stack: Stack
 ) -> None:
-    """A batch's reservations in one statement on SQLite, in one round trip on PostgreSQL:
-    each conversation gets its own last seq and data key; a conversation gone fails the
-    batch."""
+    """A batch's reservations in one statement: each conversation gets its own last seq and
+    data key; a conversation gone fails the batch."""
     a, b = uid(), uid()
     cids = sorted(api.conversation(a, b) for _ in range(3))
     api.send(a, cids[1], "its first message makes its data key")
@@ -181,9 +181,7 @@ def test_a_batch_reserves_each_conversations_seqs_and_names_its_data_key(
             )
     finally:
         event.remove(stack.svc.engine, "before_cursor_execute", on_execute)
-    # PostgreSQL: the three go through psycopg's pipelined executemany, not one statement each;
-    # SQLite: one UPDATE for the three
-    assert len(statements) == (0 if stack.svc.dialect == "postgresql" else 1)
+    assert len(statements) == 1
     assert list(got) == cids
     assert [seq for seq, _ in got.values()] == [2, 4, 1]
     assert got[cids[1]][1] is not None and got[cids[0]][1] is None and got[cids[2]][1] is None
@@ -191,6 +189,48 @@ def test_a_batch_reserves_each_conversations_seqs_and_names_its_data_key(
         ingest_seqs.reserve(s.connection(), {cids[0]: 5, "01NOSUCHCONVERSATION000000": 1}, utcnow())
     with stack.svc.Session.begin() as s:  # the failed batch reserved nothing
         assert ingest_seqs.reserve(s.connection(), {cids[0]: 1}, utcnow())[cids[0]][0] == 3
+
+
+@pytest.mark.parametrize("stack", ["postgres"], indirect=True)
+def test_a_batch_waiting_for_a_conversation_holds_no_later_one(api: Api, stack: Stack) -> None:
+    """Row locks in id order: a batch over two conversations, stopped at the first by another
+    writer, has not locked the second, so two batches never wait on each other in a cycle.
+    The first row is updated beforehand, which puts its live version after the second's on
+    disk, where a scan in table order would meet the second first."""
+    a, b = uid(), uid()
+    first, second = sorted(api.conversation(a, b) for _ in range(2))
+    engine = stack.svc.engine
+    with engine.begin() as conn:  # the first row's live version now lies after the second's
+        ingest_seqs.reserve(conn, {first: 1}, utcnow())
+    with engine.connect() as holder, holder.begin():
+        ingest_seqs.reserve(holder, {first: 1}, utcnow())  # holds the first row until the end
+        got: dict[str, tuple[int, str | None]] = {}
+
+        def batch() -> None:
+            with engine.begin() as conn:
+                # given out of order: the statement itself takes the locks in id order
+                got.update(ingest_seqs.reserve(conn, {second: 1, first: 1}, utcnow()))
+
+        worker = threading.Thread(target=batch)
+        worker.start()
+        waiting = sql(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND query LIKE '%unnest%' AND pid <> pg_backend_pid()"
+        )
+
+        def batches_waiting() -> int:  # a transaction of its own: pg_stat_activity is
+            with engine.connect() as probe:  # read once per transaction
+                return int(probe.execute(waiting).scalar_one())
+
+        deadline = time.monotonic() + 10
+        while not batches_waiting() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert batches_waiting() == 1
+        with engine.begin() as probe:  # NOWAIT: fails at once if the waiting batch holds it
+            locked = select(Conversation.id).where(Conversation.id == second)
+            assert probe.execute(locked.with_for_update(nowait=True)).scalar_one() == second
+    worker.join(10)
+    assert {cid: seq for cid, (seq, _) in got.items()} == {first: 3, second: 1}
 
 
 def test_the_same_client_msg_id_twice_in_one_burst_is_one_message(api: Api, stack: Stack) -> None:
