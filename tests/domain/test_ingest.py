@@ -214,8 +214,8 @@ def test_a_batch_waiting_for_a_conversation_holds_no_later_one(api: Api, stack: 
         worker = threading.Thread(target=batch)
         worker.start()
         waiting = sql(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE wait_event_type = 'Lock' AND query LIKE '%unnest%' AND pid <> pg_backend_pid()"
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock' AND query LIKE '%unnest%' AND pid <> pg_backend_pid()"
         )
 
         def batches_waiting() -> int:  # a transaction of its own: pg_stat_activity is
