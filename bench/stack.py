@@ -230,11 +230,11 @@ def postgres_server_pid(database_url: str) -> int:
 
     engine = create_engine(database_url)
     try:
-        with engine.connect() as conn:
+        with engine.connect() as conn:  # the backend exits once its connection closes
             backend = int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+            return psutil.Process(backend).ppid()
     finally:
         engine.dispose()
-    return psutil.Process(backend).ppid()
 
 
 @contextmanager
