@@ -49,7 +49,7 @@ def make_engine(url: str, *, pre_ping: bool = True, **kwargs: Any) -> Engine:
     # A list of rows goes as one multi-row INSERT (SQLAlchemy's "insertmanyvalues", which its
     # psycopg2 dialect uses by default) rather than psycopg's pipelined executemany: a batch
     # here is a few rows (a group commit's posts, a message's postings), for which the
-    # pipeline's setup cost more CPU than the rows (docs/performance.md).
+    # pipeline cost more CPU than the rows under gevent, as the web runs (docs/performance.md).
     engine.dialect.use_insertmanyvalues_wo_returning = True
     return engine
 
