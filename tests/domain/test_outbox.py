@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 
+import redis
 from sqlalchemy import select
 
 from domain import ingest_handoff
@@ -19,16 +20,23 @@ def test_posts_while_the_broker_is_down_are_committed_and_the_sweeper_sends_them
 ) -> None:
     """A second app on the same database whose broker is a closed port takes 12 POSTs at
     once: all 202, each row and outbox row committed, nothing sent. The sweeper of the app
-    with a broker then sends them, and the worker delivers every one."""
+    with a broker then sends them, and the worker delivers every one.
+
+    The second app has a Redis db of its own: on a shared one, the posts it hands over
+    (domain/ingest_handoff.py) would be taken, and delivered, by the next moderate task of
+    the running worker (a previous test's, late behind a backlog, did so once), which is
+    the hand-over's own way and would leave the sweeper nothing to prove."""
     from tasks.outbox import sweep
     from web import create_app
 
     settings = live.svc.settings
     moderate = Outbox.task == MODERATE_TASK  # (the index stage adds rows of its own)
+    own_redis = settings.redis_url.rsplit("/", 1)[0] + "/15"  # a db no other test uses
+    redis.Redis.from_url(own_redis).flushdb()  # nothing handed over by the other variant
     down = create_app(
         {
             "database_url": settings.database_url,
-            "redis_url": settings.redis_url,
+            "redis_url": own_redis,
             "broker_url": f"redis://127.0.0.1:{free_port()}/0",
             "data_dir": settings.data_dir,
             "jwt_secret": settings.jwt_secret,
@@ -61,7 +69,8 @@ def test_posts_while_the_broker_is_down_are_committed_and_the_sweeper_sends_them
     assert codes == [202] * 12
     # each failed publish (from the sender thread, after the answers) lets the next post send
     # a task of its own instead of riding on the one that never reached the broker
-    wait_for(lambda: not live.redis.exists(ingest_handoff.AT_KEY), 20, 0.1, "the list's time")
+    down_redis = redis.Redis.from_url(own_redis)
+    wait_for(lambda: not down_redis.exists(ingest_handoff.AT_KEY), 20, 0.1, "the list's time")
     with live.svc.Session() as s:
         mids = list(s.scalars(select(Message.id).where(Message.conversation_id == cid)))
         assert len(mids) == 12
