@@ -196,7 +196,8 @@ class Writes:
     found: dict[tuple[int, int, int], bytes] = field(default_factory=dict)
 
     def apply(self, conn: Connection) -> None:
-        """One executemany each for inserts, updates and deletes."""
+        """One call each for inserts, updates and deletes: the inserts one multi-row INSERT
+        (on PostgreSQL by models/db.make_engine's setting), the others an executemany."""
         if self.inserts:
             conn.execute(_INSERT, self.inserts)
         if self.updates:
